@@ -1,0 +1,185 @@
+"""Reading and writing model checkpoints.
+
+Two kinds are read: files this project writes (configuration stored beside
+the weights) and the reference implementation's files as distributed (a
+bare state dict, or one wrapped under ``state_dict``, ``network`` or
+``model_state_dict``, keys possibly prefixed ``module.``), whose
+configuration is inferred from the tensors themselves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import MSINNConfig
+from .determinism import make_deterministic
+from .model import MSINN, _is_derived
+
+FORMAT = "msinn-checkpoint"
+FORMAT_VERSION = 1
+WRAPPER_KEYS = ("state_dict", "network", "model_state_dict")
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint this codec can load; the message says why."""
+
+
+def _strip_prefix(sd: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        if not isinstance(v, torch.Tensor):
+            continue
+        out[k[len("module.") :] if k.startswith("module.") else k] = v
+    return out
+
+
+def _count_units(sd: Mapping[str, torch.Tensor], stage: int) -> int:
+    pat = re.compile(rf"^g_a{stage}\.(\d+)\.")
+    ids = {int(m.group(1)) for k in sd if (m := pat.match(k))}
+    return max(ids) + 1 if ids else 0
+
+
+def infer_config(sd: Mapping[str, torch.Tensor]) -> MSINNConfig:
+    """Rebuild the configuration of a reference-format state dict from its tensors."""
+    required = ("gain", "g_a0.0.block.0.conv1.weight", "g_a3.0.block.0.conv1.weight", "sc_transforms.0.0.weight")
+    absent = [k for k in required if k not in sd]
+    if absent:
+        raise CheckpointError(f"not an MS-INN state dict: missing {absent}")
+    if "g_a0.0.permute.weight" in sd:
+        permutation = "invconv"
+    elif "g_a0.0.permute.indices" in sd:
+        permutation = "shuffle"
+    else:
+        raise CheckpointError(
+            "cannot tell the flow permutation ('reverse' or 'cross' keep no tensors); pass a config explicitly"
+        )
+    coupling_out = sd["g_a0.0.block.1.conv.weight"].shape[0]
+    return MSINNConfig(
+        N=int(sd["g_a0.0.block.0.conv1.weight"].shape[0]),
+        M=int(sd["g_a3.0.block.0.conv1.weight"].shape[0]),
+        depths=tuple(_count_units(sd, s) for s in range(4)),  # type: ignore[arg-type]
+        context_channels=int(sd["sc_transforms.0.0.weight"].shape[0]),
+        anchor_num=int(sd["gain"].shape[0]),
+        flow_permutation=permutation,
+        flow_coupling="affine" if coupling_out == 12 else "additive",
+        act_norm="g_a0.0.actnorm.logs" in sd,
+        post_process=any(k.startswith("post_net.") for k in sd),
+        lrp=any(k.startswith("lrp_transforms.") for k in sd),
+    )
+
+
+def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
+    """(config, state dict, metadata) from a checkpoint file or its bytes."""
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pickle, zip and weights_only refusals all land here
+        raise CheckpointError(f"{name}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{name}: checkpoint holds a {type(obj).__name__}, not a dict")
+    if obj.get("format") == FORMAT:
+        if int(obj.get("version", 0)) > FORMAT_VERSION:
+            raise CheckpointError(f"{name}: checkpoint format version {obj['version']} is newer than this reader")
+        cfg = MSINNConfig.from_dict(obj["config"])
+        return cfg, _strip_prefix(obj["state_dict"]), dict(obj.get("meta", {}))
+    sd: Mapping[str, Any] = obj
+    for key in WRAPPER_KEYS:
+        if key in obj and isinstance(obj[key], Mapping):
+            sd = obj[key]
+            break
+    sd = _strip_prefix(sd)
+    return infer_config(sd), sd, {}
+
+
+def check_compatible(model: MSINN, sd: Mapping[str, torch.Tensor]) -> None:
+    """Raise CheckpointError naming every key or shape that differs."""
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in sd and not _is_derived(k))
+    unexpected = sorted(k for k in sd if k not in own)
+    shapes = sorted(
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and not _is_derived(k) and tuple(sd[k].shape) != tuple(own[k].shape)
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(f"shape mismatches {shapes[:8]}{' ...' if len(shapes) > 8 else ''}")
+        raise CheckpointError("incompatible checkpoint: " + "; ".join(parts))
+
+
+def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the non-derived tensors in name order: the model's identity."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if _is_derived(k):
+            continue
+        t = sd[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def build_model(
+    config: MSINNConfig, sd: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
+) -> MSINN:
+    make_deterministic()
+    model = MSINN(config)
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    check_compatible(model, sd)
+    model.load_state_dict(sd, strict=True)
+    model.weights_sha256 = weights_hash(sd)
+    model.update()
+    model.eval()
+    return model.to(device)
+
+
+def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> MSINN:
+    """Ready-to-code model from a checkpoint file of either kind."""
+    cfg, sd, meta = read_checkpoint(path)
+    model = build_model(cfg, sd, device)
+    model.checkpoint_meta = meta
+    return model
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: MSINN,
+    meta: dict | None = None,
+    half: bool = False,
+    extra: dict | None = None,
+) -> None:
+    """Write a checkpoint with its configuration, atomically (temp file + rename)."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not _is_derived(k)}
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    obj = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": sd,
+        "meta": meta or {},
+    }
+    if extra:
+        obj.update(extra)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

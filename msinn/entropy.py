@@ -1,0 +1,66 @@
+"""Thin layer over CompressAI's rANS coder.
+
+The CDF tables are converted to Python lists once per model (the reference
+converts them on every call), and symbols travel as NumPy arrays until the
+single conversion that the C++ binding needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from compressai.ans import RansDecoder, RansEncoder
+from compressai.entropy_models import GaussianConditional
+
+
+class EntropyDecodeError(ValueError):
+    """The rANS stream could not be decoded (truncated or corrupt)."""
+
+
+@dataclass(frozen=True)
+class RansTables:
+    cdfs: list[list[int]]
+    cdf_lengths: list[int]
+    offsets: list[int]
+
+    @classmethod
+    def from_gaussian_conditional(cls, gc: GaussianConditional) -> RansTables:
+        return cls(
+            cdfs=gc.quantized_cdf.tolist(),
+            cdf_lengths=gc.cdf_length.reshape(-1).int().tolist(),
+            offsets=gc.offset.reshape(-1).int().tolist(),
+        )
+
+    def encode(self, symbols: np.ndarray, indexes: np.ndarray) -> bytes:
+        """One rANS stream for all symbols, each coded with the CDF its index names."""
+        if symbols.shape != indexes.shape:
+            raise ValueError("symbols and indexes differ in length")
+        return RansEncoder().encode_with_indexes(
+            symbols.astype(np.int32, copy=False).tolist(),
+            indexes.astype(np.int32, copy=False).tolist(),
+            self.cdfs,
+            self.cdf_lengths,
+            self.offsets,
+        )
+
+    def decoder(self, data: bytes) -> StreamDecoder:
+        return StreamDecoder(self, data)
+
+
+class StreamDecoder:
+    """Decodes a rANS stream piece by piece, as the context model supplies indexes."""
+
+    def __init__(self, tables: RansTables, data: bytes):
+        if len(data) < 4 or len(data) % 4:
+            # CompressAI's decoder reads 32-bit words and would run past a short buffer.
+            raise EntropyDecodeError(f"rANS stream of {len(data)} bytes is not a whole number of 32-bit words")
+        self._tables = tables
+        self._data = bytes(data)  # keep the buffer alive for the C++ decoder
+        self._dec = RansDecoder()
+        self._dec.set_stream(self._data)
+
+    def decode(self, indexes: np.ndarray) -> np.ndarray:
+        t = self._tables
+        out = self._dec.decode_stream(indexes.astype(np.int32, copy=False).tolist(), t.cdfs, t.cdf_lengths, t.offsets)
+        return np.asarray(out, dtype=np.int32)

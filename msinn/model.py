@@ -1,0 +1,439 @@
+"""The MS-INN variable-rate codec (Tu et al., IEEE TMM 2025).
+
+An invertible multi-scale transform maps the image to five latent levels.
+Levels are coded coarsest first; each level's entropy parameters come from a
+channel context (the already decoded coarser levels, pushed back through the
+inverse transform), a two-pass checkerboard spatial context, and per-anchor
+gain vectors that select the rate. Latent residual prediction refines each
+decoded level, and a small U-Net post-processes the image.
+
+Numerics follow the reference implementation operation for operation, so that
+bitstreams are byte-identical to it on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from compressai.entropy_models import GaussianConditional
+from compressai.ops import LowerBound
+from torch import nn
+
+from .config import LATENT_CHANNELS, MSINNConfig
+from .entropy import RansTables
+from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
+from .postprocess import PostProcessNet
+
+SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
+
+Qp = int | float | Sequence[int] | torch.Tensor
+
+
+def default_scale_table() -> torch.Tensor:
+    return torch.exp(torch.linspace(math.log(SCALES_MIN), math.log(SCALES_MAX), SCALES_LEVELS))
+
+
+def _conv3x3_stack(cin: int, cout: int, width: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    chans = [cin, width, width, width, width]
+    for a, b in zip(chans[:-1], chans[1:]):
+        layers += [nn.Conv2d(a, b, 3, padding=1), nn.GELU()]
+    layers.append(nn.Conv2d(width, cout, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+def _spatial_context_stack(c: int, width: int) -> nn.Sequential:
+    return nn.Sequential(
+        CheckerboardContextConv(c, width, "A"),
+        nn.GELU(),
+        CheckerboardContextConv(width, width, "B"),
+        nn.GELU(),
+        CheckerboardContextConv(width, width, "B"),
+        nn.GELU(),
+        CheckerboardContextConv(width, 2 * c, "B"),
+    )
+
+
+def _entropy_parameter_stack(c: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c * 12 // 3, c * 10 // 3, 1),
+        nn.GELU(),
+        nn.Conv2d(c * 10 // 3, c * 8 // 3, 1),
+        nn.GELU(),
+        nn.Conv2d(c * 8 // 3, c * 6 // 3, 1),
+    )
+
+
+@dataclass(frozen=True)
+class Level:
+    """One latent level in decoding order."""
+
+    index: int
+    channels: int
+    # Stage of the analysis transform inverted once this level is decoded
+    # (None for the coarsest level, which only starts the support tensor).
+    stage: int | None
+    # Phase 0: anchors sit where dy != dx inside each 2x2 block; phase 1: dy == dx.
+    phase: int
+
+
+LEVELS: tuple[Level, ...] = tuple(
+    Level(i, c, None if i == 0 else 4 - i, i % 2) for i, c in enumerate(LATENT_CHANNELS)
+)
+
+
+def _split_phases(t: torch.Tensor, phase: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchor, non_anchor) halves of a level, each 1 x 2C x h/2 x w/2, in coding order."""
+    c = t.shape[1]
+    s = space_to_depth(t)
+    off_diag = s[:, c : 3 * c]
+    diag = torch.cat((s[:, :c], s[:, 3 * c :]), dim=1)
+    return (off_diag, diag) if phase == 0 else (diag, off_diag)
+
+
+def _merge_phases(anchor: torch.Tensor, non_anchor: torch.Tensor, phase: int) -> torch.Tensor:
+    off_diag, diag = (anchor, non_anchor) if phase == 0 else (non_anchor, anchor)
+    c = off_diag.shape[1] // 2
+    return depth_to_space(torch.cat((diag[:, :c], off_diag, diag[:, c:]), dim=1))
+
+
+def _anchor_mask(h: int, w: int, phase: int, device: torch.device) -> torch.Tensor:
+    yy = torch.arange(h, device=device).view(h, 1) % 2
+    xx = torch.arange(w, device=device).view(1, w) % 2
+    off_diag = yy != xx
+    return (off_diag if phase == 0 else ~off_diag).view(1, 1, h, w)
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return (torch.round(x) - x).detach() + x
+
+
+@dataclass
+class EncodedLatents:
+    """What an encode produced: the rANS stream plus the coded symbols per level."""
+
+    data: bytes
+    latent_shape: tuple[int, int]
+    level_symbols: list[np.ndarray]
+
+
+LevelCheck = Callable[[int, np.ndarray], None]
+
+
+class MSINN(nn.Module):
+    """MS-INN codec. ``MSINN(anchor_num=12)`` or ``MSINN(MSINNConfig(...))``."""
+
+    def __init__(self, config: MSINNConfig | None = None, **overrides: object):
+        super().__init__()
+        if config is None:
+            config = MSINNConfig(**overrides)  # type: ignore[arg-type]
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)  # type: ignore[arg-type]
+        self.config = config
+        self.anchor_num = config.anchor_num
+        self.channel_split = list(LATENT_CHANNELS)
+        self.num_iters = len(LEVELS)
+
+        widths = (config.N, config.N, config.N, config.M)
+        ch = 12
+        for s in range(4):
+            units = nn.ModuleList(
+                InvUnit(ch, widths[s], config.flow_permutation, config.flow_coupling, config.act_norm)
+                for _ in range(config.depths[s])
+            )
+            setattr(self, f"g_a{s}", units)
+            ch *= 2
+
+        if config.post_process:
+            self.post_net = PostProcessNet()
+
+        cw = config.context_channels
+        cs = LATENT_CHANNELS
+        self.initial_scale = nn.Parameter(torch.ones(1, cs[0], 1, 1))
+        self.cc_transforms = nn.ModuleList(_conv3x3_stack(cs[i], 2 * cs[i], cw) for i in range(1, 5))
+        self.sc_transforms = nn.ModuleList(_spatial_context_stack(c, cw) for c in cs)
+        self.entropy_parameters = nn.ModuleList(_entropy_parameter_stack(c) for c in cs)
+        self.gaussian_conditional = GaussianConditional(None)
+        total = sum(cs)
+        self.gain = nn.Parameter(torch.ones(config.anchor_num, total, 1, 1))
+        self.inv_gain = nn.Parameter(torch.ones(config.anchor_num, total, 1, 1))
+        self.scale_gain = nn.Parameter(torch.ones(config.anchor_num, total, 1, 1))
+        self.lower_bound = LowerBound(0.01)
+        if config.lrp:
+            self.lrp_transforms = nn.ModuleList(
+                _conv3x3_stack(c if i == 0 else 2 * c, c, cw) for i, c in enumerate(cs)
+            )
+        self._tables: RansTables | None = None
+
+    # ------------------------------------------------------------------ transform
+    def stage(self, s: int) -> nn.ModuleList:
+        return getattr(self, f"g_a{s}")
+
+    def analyze(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Analysis transform: five latents, coarsest (decoding order) first.
+
+        It does not depend on the rate, so rate control computes it once.
+        """
+        kept = []
+        h = x
+        for s in range(4):
+            h = space_to_depth(h)
+            for unit in self.stage(s):
+                h = unit(h)
+            keep, h = h.chunk(2, dim=1)
+            kept.append(keep)
+        kept.append(h)
+        return kept[::-1]
+
+    def _grow_support(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+        """Fold a decoded level into the support tensor by inverting one stage."""
+        if level.stage is None:
+            return y_hat
+        h = torch.cat((y_hat, support), dim=1)
+        for unit in reversed(self.stage(level.stage)):
+            h = unit(h, reverse=True)
+        return depth_to_space(h)
+
+    def _finish(self, support: torch.Tensor) -> torch.Tensor:
+        return self.post_net(support) if self.config.post_process else support
+
+    # ------------------------------------------------------------------ rate parameter
+    def check_qp(self, qp: Qp) -> None:
+        if isinstance(qp, bool):
+            raise TypeError("qp must be a number, not a bool")
+        if isinstance(qp, int | float):
+            if not math.isfinite(qp) or not 0 <= qp <= self.anchor_num - 1:
+                raise ValueError(f"qp {qp!r} outside [0, {self.anchor_num - 1}]")
+
+    def _gains(self, qp: Qp) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Lower-bounded (gain, inverse gain, scale gain) per level for a rate parameter.
+
+        A fractional qp interpolates geometrically between its two anchors; a
+        qp equal to an anchor (int or float, the top anchor included) selects it.
+        """
+        self.check_qp(qp)
+        per_param = [p.split(self.channel_split, dim=1) for p in (self.gain, self.inv_gain, self.scale_gain)]
+        out = []
+        for i in range(self.num_iters):
+            vecs = []
+            for slices in per_param:
+                table = slices[i]
+                if isinstance(qp, float) and not float(qp).is_integer():
+                    lo = int(qp)
+                    t = qp - lo
+                    v = table[lo : lo + 1] ** (1 - t) * table[lo + 1 : lo + 2] ** t
+                elif isinstance(qp, int | float):
+                    q = int(qp)
+                    v = table[q : q + 1]
+                else:
+                    v = table[qp]
+                vecs.append(self.lower_bound(v))
+            out.append((vecs[0], vecs[1], vecs[2]))
+        return out
+
+    # ------------------------------------------------------------------ entropy parameters
+    def _channel_context(self, level: Level, support: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        if level.index == 0:
+            b, c, h, w = like.shape
+            scales = self.initial_scale.expand(b, c, h, w)
+            return torch.cat((scales, torch.zeros_like(scales)), dim=1)
+        return self.cc_transforms[level.index - 1](support)
+
+    def _params(self, level: Level, cc: torch.Tensor, sc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scales, means = self.entropy_parameters[level.index](torch.cat((cc, sc), dim=1)).chunk(2, 1)
+        return scales, means
+
+    def _spatial_context(self, level: Level, half: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        sc = self.sc_transforms[level.index](half)
+        return torch.where(anchor, torch.zeros((), dtype=sc.dtype, device=sc.device), sc)
+
+    def _lrp(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None, inv_gain: torch.Tensor):
+        if not self.config.lrp:
+            return y_hat
+        inp = y_hat if level.index == 0 else torch.cat((y_hat, support), dim=1)
+        return y_hat + 0.5 * torch.tanh(self.lrp_transforms[level.index](inp)) * inv_gain
+
+    # ------------------------------------------------------------------ training / estimate
+    def forward(self, x: torch.Tensor, qp: Qp) -> dict:
+        """Differentiable pass: reconstruction and per-level likelihoods (as the reference)."""
+        gains = self._gains(qp)
+        latents = self.analyze(x)
+        support = None
+        likelihoods = {}
+        y_hats = []
+        for level, y in zip(LEVELS, latents):
+            g, ig, sg = gains[level.index]
+            cc = self._channel_context(level, support, y)
+            anchor = _anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            scales, means = self._params(level, cc, torch.zeros_like(cc))
+            first = _ste_round((y - means) * g) * ig + means
+            half = torch.where(anchor, first, torch.zeros((), dtype=y.dtype, device=y.device))
+            scales, means = self._params(level, cc, self._spatial_context(level, half, anchor))
+            res = (y - means) * g
+            y_hat = _ste_round(res) * ig + means
+            y_hat = self._lrp(level, y_hat, support, ig)
+            y_hats.append(y_hat)
+            _, lik = self.gaussian_conditional(res, scales * sg, means=None)
+            likelihoods[f"y{level.index}"] = lik
+            support = self._grow_support(level, y_hat, support)
+        return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
+
+    # ------------------------------------------------------------------ entropy coder tables
+    def update(self, scale_table: torch.Tensor | None = None, force: bool = True) -> bool:
+        """Build the Gaussian conditional's CDF tables (needed before coding)."""
+        if scale_table is None:
+            scale_table = default_scale_table()
+        updated = self.gaussian_conditional.update_scale_table(scale_table, force=force)
+        self._tables = None
+        return bool(updated) or self.gaussian_conditional._offset.numel() > 0
+
+    def tables(self) -> RansTables:
+        if self.gaussian_conditional._offset.numel() == 0:
+            raise RuntimeError("entropy tables missing: call model.update() before coding")
+        if self._tables is None:
+            self._tables = RansTables.from_gaussian_conditional(self.gaussian_conditional)
+        return self._tables
+
+    def _indexes(self, scales: torch.Tensor) -> torch.Tensor:
+        """Scale-table index per element; equal to GaussianConditional.build_indexes."""
+        gc = self.gaussian_conditional
+        scales = gc.lower_bound_scale(scales)
+        return torch.searchsorted(gc.scale_table[:-1].to(scales), scales.contiguous(), right=False).to(torch.int32)
+
+    # ------------------------------------------------------------------ coding
+    @torch.inference_mode()
+    def encode_latents(self, latents: list[torch.Tensor], qp: int | float) -> EncodedLatents:
+        """Entropy-code latents from :meth:`analyze` at one rate parameter."""
+        if latents[0].shape[0] != 1:
+            raise ValueError("coding works on one image at a time (batch size 1)")
+        gains = self._gains(qp)
+        tables = self.tables()
+        support = None
+        symbols: list[np.ndarray] = []
+        indexes: list[np.ndarray] = []
+        level_symbols: list[np.ndarray] = []
+        zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
+        for level, y in zip(LEVELS, latents):
+            g, ig, sg = gains[level.index]
+            cc = self._channel_context(level, support, y)
+            anchor = _anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            q1 = torch.round((y - means1) * g)
+            idx1 = self._indexes(scales1 * sg)
+            y_hat1 = q1 * ig + means1
+            half = torch.where(anchor, y_hat1, zero)
+            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
+            q2 = torch.round((y - means2) * g)
+            idx2 = self._indexes(scales2 * sg)
+            sym_a = _split_phases(q1, level.phase)[0]
+            sym_n = _split_phases(q2, level.phase)[1]
+            idx_a = _split_phases(idx1, level.phase)[0]
+            idx_n = _split_phases(idx2, level.phase)[1]
+            lvl = torch.cat((sym_a.reshape(-1), sym_n.reshape(-1))).to(torch.int32).cpu().numpy()
+            level_symbols.append(lvl)
+            symbols.append(lvl)
+            indexes.append(idx_a.reshape(-1).cpu().numpy())
+            indexes.append(idx_n.reshape(-1).cpu().numpy())
+            if level.index == self.num_iters - 1:
+                break  # the finest level's reconstruction is not needed to encode
+            y_hat = torch.where(anchor, y_hat1, q2 * ig + means2)
+            y_hat = self._lrp(level, y_hat, support, ig)
+            support = self._grow_support(level, y_hat, support)
+        data = tables.encode(np.concatenate(symbols), np.concatenate(indexes))
+        shape = latents[0].shape[-2:]
+        return EncodedLatents(data, (int(shape[0]), int(shape[1])), level_symbols)
+
+    @torch.inference_mode()
+    def decode_latents(
+        self,
+        data: bytes,
+        latent_shape: Sequence[int],
+        qp: int | float,
+        level_check: LevelCheck | None = None,
+    ) -> torch.Tensor:
+        """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
+        h0, w0 = int(latent_shape[0]), int(latent_shape[1])
+        if h0 < 1 or w0 < 1:
+            raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
+        gains = self._gains(qp)
+        tables = self.tables()
+        decoder = tables.decoder(data)
+        device = self.gain.device
+        dtype = self.gain.dtype
+        zero = torch.zeros((), dtype=dtype, device=device)
+        support = None
+        for level in LEVELS:
+            g, ig, sg = gains[level.index]
+            scale = 2 ** max(level.index - 1, 0)
+            h, w = h0 * scale, w0 * scale
+            like = torch.empty(1, level.channels, h, w, dtype=dtype, device=device)
+            cc = self._channel_context(level, support, like)
+            anchor = _anchor_mask(h, w, level.phase, device)
+            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            idx_a = _split_phases(self._indexes(scales1 * sg), level.phase)[0]
+            sym_a = decoder.decode(idx_a.reshape(-1).cpu().numpy())
+            qa = torch.from_numpy(sym_a).to(device=device, dtype=dtype).view(idx_a.shape)
+            q_full = _merge_phases(qa, torch.zeros_like(qa), level.phase)
+            y_hat1 = q_full * ig + means1
+            half = torch.where(anchor, y_hat1, zero)
+            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
+            idx_n = _split_phases(self._indexes(scales2 * sg), level.phase)[1]
+            sym_n = decoder.decode(idx_n.reshape(-1).cpu().numpy())
+            if level_check is not None:
+                level_check(level.index, np.concatenate((sym_a, sym_n)))
+            qn = torch.from_numpy(sym_n).to(device=device, dtype=dtype).view(idx_n.shape)
+            q_full = _merge_phases(torch.zeros_like(qn), qn, level.phase)
+            y_hat = torch.where(anchor, y_hat1, q_full * ig + means2)
+            y_hat = self._lrp(level, y_hat, support, ig)
+            support = self._grow_support(level, y_hat, support)
+        return self._finish(support)
+
+    def compress_raw(self, x: torch.Tensor, qp: int | float) -> tuple[bytes, tuple[int, int]]:
+        """Encode a 1x3xHxW image in [0, 1] (H, W multiples of 64) to one rANS stream.
+
+        Byte-identical to the reference ``compress(x, qp)`` on CPU in float32.
+        """
+        _check_image(x)
+        with torch.inference_mode():
+            enc = self.encode_latents(self.analyze(x), qp)
+        return enc.data, enc.latent_shape
+
+    def decompress_raw(self, data: bytes, latent_shape: Sequence[int], qp: int | float) -> torch.Tensor:
+        """Decode a stream from :meth:`compress_raw` to a 1x3xHxW image clamped to [0, 1]."""
+        with torch.inference_mode():
+            return self.decode_latents(data, latent_shape, qp).clamp_(0, 1)
+
+    # ------------------------------------------------------------------ state dict
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load weights; entropy-coder tables are derived buffers and are rebuilt by update()."""
+        sd = dict(state_dict)
+        gc_derived = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+        for key in [k for k in sd if k.startswith("gaussian_conditional.") and k.rsplit(".", 1)[-1] in gc_derived]:
+            del sd[key]
+        result = super().load_state_dict(sd, strict=False, assign=assign)
+        if strict:
+            missing = [k for k in result.missing_keys if not _is_derived(k)]
+            if missing or result.unexpected_keys:
+                raise RuntimeError(
+                    f"state dict does not fit MSINN({self.config}): missing {missing[:10]}, "
+                    f"unexpected {result.unexpected_keys[:10]}"
+                )
+        self._tables = None
+        return result
+
+
+def _is_derived(key: str) -> bool:
+    leaf = key.rsplit(".", 1)[-1]
+    return leaf in ("mask", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "bound")
+
+
+def _check_image(x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+        raise ValueError(f"expected a 1x3xHxW image tensor, got shape {tuple(x.shape)}")
+    if x.shape[2] % 64 or x.shape[3] % 64 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"image sides must be positive multiples of 64, got {x.shape[2]}x{x.shape[3]}")

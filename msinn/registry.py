@@ -1,0 +1,47 @@
+"""Append-only registry of bundled model names.
+
+A name, once published, always means the same weights: bitstreams record the
+name and a hash prefix of the weights, so an old file never decodes with a
+different model. Add new entries at the end; never edit or reuse one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+REGISTRY_FILE = WEIGHTS_DIR / "registry.json"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    file: str
+    sha256: str  # weights_hash() of the model's tensors
+    description: str = ""
+
+    @property
+    def path(self) -> Path:
+        return WEIGHTS_DIR / self.file
+
+
+def registered_models() -> list[RegisteredModel]:
+    if not REGISTRY_FILE.exists():
+        return []
+    entries = json.loads(REGISTRY_FILE.read_text())["models"]
+    return [RegisteredModel(**e) for e in entries]
+
+
+def default_model_name() -> str | None:
+    """The newest registered model is the default."""
+    models = registered_models()
+    return models[-1].name if models else None
+
+
+def lookup(name: str) -> RegisteredModel | None:
+    for m in registered_models():
+        if m.name == name:
+            return m
+    return None

@@ -1,0 +1,300 @@
+"""Rate-distortion training with the paper's objective.
+
+Each sample draws a random rate anchor k; the loss is
+``lambda_k * 255^2 * MSE + bpp`` (lambdas from the paper). All randomness of
+step ``s`` (crops, anchors, quantisation noise) derives from ``(seed, s)``
+alone, so a run stopped and resumed from its checkpoint ends with exactly
+the weights of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_checkpoint
+from .config import MSINNConfig
+from .imageio import list_images, read_image_rgb
+from .model import MSINN, _is_derived
+
+log = logging.getLogger("msinn.train")
+
+# The paper's lambda per anchor (anchor 0 = lowest rate).
+PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800, 0.320, 0.569, 1.012, 1.8)
+
+
+@dataclass
+class TrainSettings:
+    data: str
+    out: str
+    steps: int = 100_000
+    batch_size: int = 8
+    patch_size: int = 128
+    lr: float = 1e-4
+    clip_max_norm: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 50
+    validate_every: int = 1000
+    val_data: str | None = None
+    val_images: int = 6
+    val_patch: int = 256
+    device: str = "cpu"
+    threads: int = 0
+    lambdas: list[float] = field(default_factory=list)
+    init_gain_range: tuple[float, float] = (1.0, 12.0)
+
+
+def lambdas_for(anchor_num: int, lambdas: list[float] | None = None) -> list[float]:
+    lam = list(lambdas) if lambdas else list(PAPER_LAMBDAS[:anchor_num])
+    if len(lam) != anchor_num:
+        raise ValueError(f"{anchor_num} anchors need {anchor_num} lambdas, got {len(lam)}")
+    return lam
+
+
+def rd_loss(out: dict, x: torch.Tensor, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Paper objective: per-sample lambda-weighted MSE (x 255^2) plus batch bpp."""
+    n, _, h, w = x.shape
+    bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
+    bpp = bits / (n * h * w)
+    mse = ((out["x_hat"] - x) ** 2).mean(dim=(1, 2, 3))
+    return {"loss": 255**2 * (lambdas * mse).mean() + bpp, "bpp": bpp, "mse": mse.mean()}
+
+
+@torch.no_grad()
+def init_gains(model: MSINN, lo: float, hi: float) -> None:
+    """Spread the anchors' gains geometrically so training starts with distinct rates."""
+    a = model.anchor_num
+    g = torch.exp(torch.linspace(math.log(lo), math.log(hi), a)).view(a, 1, 1, 1)
+    model.gain.copy_(g.expand_as(model.gain))
+    model.inv_gain.copy_((1 / g).expand_as(model.inv_gain))
+    model.scale_gain.copy_(g.expand_as(model.scale_gain))
+
+
+def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int) -> dict[str, torch.Tensor]:
+    """Fine-tuning to more anchors: new gain rows start as copies of the top anchor."""
+    out = dict(sd)
+    for k in ("gain", "inv_gain", "scale_gain"):
+        v = sd[k]
+        if v.shape[0] > anchor_num:
+            raise ValueError(f"checkpoint has {v.shape[0]} anchors, more than {anchor_num}")
+        extra = v[-1:].expand(anchor_num - v.shape[0], *v.shape[1:])
+        out[k] = torch.cat((v, extra), dim=0).contiguous()
+    return out
+
+
+class CropSampler:
+    """Random crops from images held in memory, reproducible per step."""
+
+    def __init__(self, images: list[np.ndarray], patch: int):
+        self.images = [im for im in images if im.shape[0] >= patch and im.shape[1] >= patch]
+        if not self.images:
+            raise ValueError(f"no training image is at least {patch}x{patch}")
+        self.patch = patch
+
+    def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        crops = []
+        p = self.patch
+        for _ in range(n):
+            im = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            top = int(torch.randint(im.shape[0] - p + 1, (1,), generator=gen))
+            left = int(torch.randint(im.shape[1] - p + 1, (1,), generator=gen))
+            crop = im[top : top + p, left : left + p]
+            if int(torch.randint(2, (1,), generator=gen)):
+                crop = crop[:, ::-1]
+            crops.append(torch.from_numpy(np.ascontiguousarray(crop)))
+        return torch.stack(crops).permute(0, 3, 1, 2).float().div(255)
+
+
+def load_images(uri: str, limit: int | None = None, storage_options: dict | None = None) -> list[np.ndarray]:
+    paths = list_images(uri, storage_options)
+    if limit:
+        paths = paths[:limit]
+    return [read_image_rgb(p, storage_options) for p in paths]
+
+
+def center_crops(images: list[np.ndarray], size: int) -> torch.Tensor:
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        s = min(size, h, w) // 64 * 64
+        t, left = (h - s) // 2, (w - s) // 2
+        out.append(torch.from_numpy(np.ascontiguousarray(im[t : t + s, left : left + s])).permute(2, 0, 1).float().div(255))
+    return out
+
+
+@torch.no_grad()
+def validate(model: MSINN, crops: list[torch.Tensor], anchors: list[int], device: str) -> list[dict]:
+    """Rate estimate and PSNR per anchor on fixed crops (eval mode, real rounding)."""
+    was = model.training
+    model.eval()
+    rows = []
+    for a in anchors:
+        bits = pixels = 0.0
+        psnrs = []
+        for c in crops:
+            x = c[None].to(device)
+            out = model(x, a)
+            bits += float(sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()))
+            pixels += x.shape[2] * x.shape[3]
+            mse = float(((out["x_hat"].clamp(0, 1) - x) ** 2).mean())
+            psnrs.append(10 * math.log10(1 / max(mse, 1e-12)))
+        rows.append({"qp": a, "bpp": bits / pixels, "psnr": float(np.mean(psnrs))})
+    model.train(was)
+    return rows
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + step) % (2**63))
+    return g
+
+
+class Trainer:
+    """Owns model, optimiser and data; ``run()`` trains to ``settings.steps`` with checkpoints."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        config: MSINNConfig | None = None,
+        init_from: str | None = None,
+        images: list[np.ndarray] | None = None,
+    ):
+        self.s = settings
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        self.ckpt_path = Path(settings.out) / "last.pt"
+        self.history_path = Path(settings.out) / "history.jsonl"
+        self.step = 0
+        resume = self.ckpt_path.exists()
+        if resume:
+            cfg, sd, _ = read_checkpoint(self.ckpt_path)
+            config = cfg
+        elif init_from:
+            cfg0, sd0, _ = read_checkpoint(init_from)
+            config = config or cfg0
+            if config.anchor_num != cfg0.anchor_num:
+                sd0 = extend_anchors(sd0, config.anchor_num)
+        config = config or MSINNConfig()
+        self.config = config
+        self.lambdas = lambdas_for(config.anchor_num, settings.lambdas)
+        torch.manual_seed(settings.seed)
+        self.model = MSINN(config).to(settings.device)
+        self.model.train()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
+        if resume:
+            obj = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            self.model.load_state_dict(obj["state_dict"], strict=True)
+            self.opt.load_state_dict(obj["optimizer"])
+            self.step = int(obj["step"])
+            log.info("resumed from %s at step %d", self.ckpt_path, self.step)
+        elif init_from:
+            self.model.load_state_dict(sd0, strict=True)
+        else:
+            init_gains(self.model, *settings.init_gain_range)
+        self.images = images if images is not None else load_images(settings.data)
+        self.sampler = CropSampler(self.images, settings.patch_size)
+        self.val_crops: list[torch.Tensor] = []
+        if settings.val_data:
+            self.val_crops = center_crops(load_images(settings.val_data, settings.val_images), settings.val_patch)
+
+    def train_step(self) -> dict[str, float]:
+        s = self.s
+        gen = _step_generator(s.seed, self.step)
+        x = self.sampler.batch(s.batch_size, gen).to(s.device)
+        anchors = torch.randint(self.config.anchor_num, (s.batch_size,), generator=gen).tolist()
+        lam = torch.tensor([self.lambdas[a] for a in anchors], device=s.device)
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # quantisation noise
+        self.opt.zero_grad(set_to_none=True)
+        out = self.model(x, anchors)
+        losses = rd_loss(out, x, lam)
+        losses["loss"].backward()
+        if s.clip_max_norm > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_max_norm)
+        self.opt.step()
+        self.step += 1
+        return {k: float(v) for k, v in losses.items()}
+
+    def save(self) -> None:
+        sd_meta = {"lambdas": self.lambdas, "settings": _jsonable(asdict(self.s)), "step": self.step}
+        extra = {"optimizer": self.opt.state_dict(), "step": self.step}
+        save_checkpoint(self.ckpt_path, self.model, meta=sd_meta, extra=extra)
+
+    def _record(self, row: dict) -> None:
+        self.history_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.history_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def run(self, max_seconds: float | None = None) -> None:
+        s = self.s
+        start = time.time()
+        window: list[dict] = []
+        t_window = time.time()
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=s.steps, initial=self.step, desc="train", unit="step")
+        while self.step < s.steps:
+            window.append(self.train_step())
+            if bar:
+                bar.update(1)
+            if self.step % s.log_every == 0 or self.step == s.steps:
+                dt = time.time() - t_window
+                row = {
+                    "step": self.step,
+                    "loss": float(np.mean([w["loss"] for w in window])),
+                    "bpp": float(np.mean([w["bpp"] for w in window])),
+                    "psnr": float(np.mean([10 * math.log10(1 / max(w["mse"], 1e-12)) for w in window])),
+                    "images_per_s": len(window) * s.batch_size / max(dt, 1e-9),
+                }
+                log.info(
+                    "step %d loss %.4f bpp %.4f psnr %.2f %.1f img/s",
+                    row["step"], row["loss"], row["bpp"], row["psnr"], row["images_per_s"],
+                )
+                self._record(row)
+                window, t_window = [], time.time()
+            if self.val_crops and (self.step % s.validate_every == 0 or self.step == s.steps):
+                anchors = sorted({0, self.config.anchor_num // 2, self.config.anchor_num - 1})
+                rows = validate(self.model, self.val_crops, anchors, s.device)
+                log.info("validation step %d: %s", self.step,
+                         " | ".join(f"qp{r['qp']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in rows))
+                self._record({"step": self.step, "validation": rows})
+            if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+                self.save()
+            if max_seconds is not None and time.time() - start > max_seconds:
+                self.save()
+                break
+        if bar:
+            bar.close()
+
+
+def _jsonable(d: dict) -> dict:
+    return json.loads(json.dumps(d, default=str))
+
+
+def export_weights(ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool = False, meta: dict | None = None) -> str:
+    """Strip optimiser state from a training checkpoint; returns the weights hash."""
+    from .checkpoint import build_model, weights_hash
+
+    cfg, sd, old_meta = read_checkpoint(ckpt)
+    sd = {k: v for k, v in sd.items() if not _is_derived(k)}
+    if half:
+        sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
+    model = build_model(cfg, sd)
+    m = dict(old_meta)
+    m.update(meta or {})
+    obj = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "state_dict": sd, "meta": m}
+    Path(dest).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, dest)
+    return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}) if half else model.weights_sha256
