@@ -11,8 +11,7 @@ from .config import MSINNConfig
 from .determinism import make_deterministic
 from .model import MSINN
 from .registry import default_model_name, lookup
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["MSINN", "MSINNConfig", "CheckpointError", "load", "save_checkpoint", "make_deterministic", "__version__"]
 

@@ -80,7 +80,8 @@ def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dic
     """(config, state dict, metadata) from a checkpoint file or its bytes."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        obj = torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu", weights_only=True)
+        f = io.BytesIO(source) if isinstance(source, bytes) else source
+        obj = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:  # pickle, zip and weights_only refusals all land here

@@ -44,19 +44,24 @@ class RansTables:
             self.offsets,
         )
 
-    def decoder(self, data: bytes) -> StreamDecoder:
-        return StreamDecoder(self, data)
+    def decoder(self, data: bytes, max_symbols: int = 0) -> StreamDecoder:
+        return StreamDecoder(self, data, max_symbols)
 
 
 class StreamDecoder:
     """Decodes a rANS stream piece by piece, as the context model supplies indexes."""
 
-    def __init__(self, tables: RansTables, data: bytes):
+    def __init__(self, tables: RansTables, data: bytes, max_symbols: int = 0):
         if len(data) < 4 or len(data) % 4:
-            # CompressAI's decoder reads 32-bit words and would run past a short buffer.
             raise EntropyDecodeError(f"rANS stream of {len(data)} bytes is not a whole number of 32-bit words")
         self._tables = tables
-        self._data = bytes(data)  # keep the buffer alive for the C++ decoder
+        # CompressAI's decoder does not check the end of its buffer. A stream decoded
+        # with the wrong probabilities (drifted decoder, undetected corruption) would
+        # read past it, so zeros follow the data: at most one word per symbol for the
+        # rANS state, two for the escape code, and the escape lengths that the data
+        # itself can announce (15 per 4 bits read).
+        pad = 12 * max_symbols + 16 * len(data) + 64
+        self._data = bytes(data) + bytes(pad)  # kept alive for the C++ decoder
         self._dec = RansDecoder()
         self._dec.set_stream(self._data)
 

@@ -25,7 +25,7 @@ from compressai.ops import LowerBound
 from torch import nn
 
 from .config import LATENT_CHANNELS, MSINNConfig
-from .entropy import RansTables
+from .entropy import RansTables, StreamDecoder
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
 from .postprocess import PostProcessNet
 
@@ -115,11 +115,22 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EncodedLatents:
-    """What an encode produced: the rANS stream plus the coded symbols per level."""
+    """What an encode produced: the rANS stream plus the coded symbols per level.
+
+    ``finish()`` completes the decoder-side reconstruction from state kept at
+    the last level, so rate control pays for it only for the encode it keeps.
+    """
 
     data: bytes
     latent_shape: tuple[int, int]
     level_symbols: list[np.ndarray]
+    _finish: Callable[[], torch.Tensor] | None = None
+
+    def finish(self) -> torch.Tensor:
+        """The (unclamped) image the decoder will reconstruct from ``data``."""
+        if self._finish is None:
+            raise RuntimeError("encode was run without keep_state=True")
+        return self._finish()
 
 
 LevelCheck = Callable[[int, np.ndarray], None]
@@ -261,8 +272,11 @@ class MSINN(nn.Module):
     # ------------------------------------------------------------------ training / estimate
     def forward(self, x: torch.Tensor, qp: Qp) -> dict:
         """Differentiable pass: reconstruction and per-level likelihoods (as the reference)."""
+        return self.forward_latents(self.analyze(x), qp)
+
+    def forward_latents(self, latents: list[torch.Tensor], qp: Qp) -> dict:
+        """:meth:`forward` from precomputed latents (rate control probes reuse the analysis)."""
         gains = self._gains(qp)
-        latents = self.analyze(x)
         support = None
         likelihoods = {}
         y_hats = []
@@ -282,6 +296,13 @@ class MSINN(nn.Module):
             likelihoods[f"y{level.index}"] = lik
             support = self._grow_support(level, y_hat, support)
         return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
+
+    @torch.inference_mode()
+    def estimate_bits(self, latents: list[torch.Tensor], qp: int | float, reconstruct: bool = False):
+        """Estimated bits (sum of -log2 likelihoods) and, optionally, the reconstruction."""
+        out = self.forward_latents(latents, qp)
+        bits = float(sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()))
+        return bits, (out["x_hat"] if reconstruct else None)
 
     # ------------------------------------------------------------------ entropy coder tables
     def update(self, scale_table: torch.Tensor | None = None, force: bool = True) -> bool:
@@ -307,7 +328,7 @@ class MSINN(nn.Module):
 
     # ------------------------------------------------------------------ coding
     @torch.inference_mode()
-    def encode_latents(self, latents: list[torch.Tensor], qp: int | float) -> EncodedLatents:
+    def encode_latents(self, latents: list[torch.Tensor], qp: int | float, keep_state: bool = False) -> EncodedLatents:
         """Entropy-code latents from :meth:`analyze` at one rate parameter."""
         if latents[0].shape[0] != 1:
             raise ValueError("coding works on one image at a time (batch size 1)")
@@ -339,14 +360,23 @@ class MSINN(nn.Module):
             symbols.append(lvl)
             indexes.append(idx_a.reshape(-1).cpu().numpy())
             indexes.append(idx_n.reshape(-1).cpu().numpy())
+            y_hat = torch.where(anchor, y_hat1, q2 * ig + means2)
             if level.index == self.num_iters - 1:
                 break  # the finest level's reconstruction is not needed to encode
-            y_hat = torch.where(anchor, y_hat1, q2 * ig + means2)
             y_hat = self._lrp(level, y_hat, support, ig)
             support = self._grow_support(level, y_hat, support)
         data = tables.encode(np.concatenate(symbols), np.concatenate(indexes))
         shape = latents[0].shape[-2:]
-        return EncodedLatents(data, (int(shape[0]), int(shape[1])), level_symbols)
+        finish = None
+        if keep_state:
+            last, last_support, last_ig = LEVELS[-1], support, gains[-1][1]
+
+            def finish() -> torch.Tensor:
+                with torch.inference_mode():
+                    y = self._lrp(last, y_hat, last_support, last_ig)
+                    return self._finish(self._grow_support(last, y, last_support))
+
+        return EncodedLatents(data, (int(shape[0]), int(shape[1])), level_symbols, finish)
 
     @torch.inference_mode()
     def decode_latents(
@@ -355,6 +385,7 @@ class MSINN(nn.Module):
         latent_shape: Sequence[int],
         qp: int | float,
         level_check: LevelCheck | None = None,
+        decoder: StreamDecoder | None = None,
     ) -> torch.Tensor:
         """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
         h0, w0 = int(latent_shape[0]), int(latent_shape[1])
@@ -362,7 +393,8 @@ class MSINN(nn.Module):
             raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
         gains = self._gains(qp)
         tables = self.tables()
-        decoder = tables.decoder(data)
+        if decoder is None:
+            decoder = tables.decoder(data, max_symbols=3 * h0 * w0 * 256)
         device = self.gain.device
         dtype = self.gain.dtype
         zero = torch.zeros((), dtype=dtype, device=device)

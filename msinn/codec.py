@@ -1,0 +1,357 @@
+"""Whole-image coding: input images, tiles, rate control and the container together."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import weights_hash
+from .container import (
+    MODEL_HASH_PREFIX,
+    Header,
+    TileRecord,
+    image_digest,
+    pack,
+    symbols_digest,
+    unpack,
+)
+from .entropy import StreamDecoder
+from .errors import BitstreamError
+from .images import (
+    DEFAULT_MAX_PIXELS,
+    PreparedImage,
+    decode_alpha,
+    encode_alpha,
+    open_image,
+    restore_image,
+    to_pil,
+)
+from .model import MSINN
+from .ratecontrol import RateSearch, Target, window_for
+from .version import __version__
+
+DEFAULT_TILE_PIXELS = 1 << 21  # images up to ~2 MP are coded whole
+DEFAULT_TILE_SIZE = 1024
+PROBE_FRACTION = 1 / 16  # area of the crop whose estimates shape the rate search
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    tile_pixels: int = DEFAULT_TILE_PIXELS
+    tile_size: int = DEFAULT_TILE_SIZE
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 64 or self.tile_size % 64:
+            raise ValueError("tile_size must be a positive multiple of 64")
+        if self.tile_pixels < 64 * 64:
+            raise ValueError("tile_pixels must be at least 4096")
+
+
+@dataclass
+class EncodeResult:
+    data: bytes
+    header: Header
+    qp: int | float
+    bytes: int
+    bpp: float
+    psnr: float
+    target: Target
+    in_range: bool
+    note: str
+    probes: int  # real encodes
+    estimates: int  # crop rate/PSNR estimates
+    seconds: float
+    reconstruction: np.ndarray = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "bytes": self.bytes,
+            "bpp": round(self.bpp, 6),
+            "psnr": round(self.psnr, 4) if math.isfinite(self.psnr) else None,
+            "qp": self.qp,
+            "target": {"kind": self.target.kind, "value": self.target.value},
+            "in_range": self.in_range,
+            "note": self.note,
+            "probes": self.probes,
+            "estimates": self.estimates,
+            "seconds": round(self.seconds, 3),
+            "width": self.header.width,
+            "height": self.header.height,
+            "mode": self.header.mode,
+            "model": self.header.model_name,
+        }
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray
+    mode: str
+    header: Header
+
+    def to_pil(self):
+        return to_pil(self.pixels, self.mode)
+
+
+def model_identity(model: MSINN) -> tuple[str, str]:
+    """(registry name, weights hash prefix) recorded in every file."""
+    h = getattr(model, "weights_sha256", None)
+    if h is None:
+        h = weights_hash(model.state_dict())
+        model.weights_sha256 = h
+    return getattr(model, "model_name", None) or "unregistered", h[:MODEL_HASH_PREFIX]
+
+
+def tile_grid(width: int, height: int, options: EncodeOptions) -> list[tuple[int, int, int, int]]:
+    """(x, y, w, h) of independently coded tiles; one tile unless over the pixel budget."""
+    if width * height <= options.tile_pixels:
+        return [(0, 0, width, height)]
+    t = options.tile_size
+    return [(x, y, min(t, width - x), min(t, height - y)) for y in range(0, height, t) for x in range(0, width, t)]
+
+
+def _pad64(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
+    h, w = rgb.shape[:2]
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div(255)[None]
+    ph, pw = (-h) % 64, (-w) % 64
+    if ph or pw:  # replicate the last row/column: cheaper to code than zeros, cropped away on decode
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """1x3xHxW float image -> HxWx3 uint8, as the decoder rounds it."""
+    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+class _ImageSession:
+    """One image being encoded: tiles padded and analysed once, encodes cached per qp."""
+
+    def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions):
+        self.model = model
+        self.img = img
+        self.device = model.gain.device
+        self.tiles = tile_grid(img.width, img.height, options)
+        self.latents = []
+        with torch.inference_mode():
+            for x0, y0, w, h in self.tiles:
+                self.latents.append(model.analyze(_pad64(img.rgb[y0 : y0 + h, x0 : x0 + w], self.device)))
+        self._crop_latents: list[torch.Tensor] | None = None
+        self._crop_rgb: np.ndarray | None = None
+
+    def encode(self, qp: int | float) -> list:
+        return [self.model.encode_latents(lat, qp, keep_state=True) for lat in self.latents]
+
+    def reconstruct(self, encs: list) -> np.ndarray:
+        out = np.empty_like(self.img.rgb)
+        for (x0, y0, w, h), enc in zip(self.tiles, encs):
+            out[y0 : y0 + h, x0 : x0 + w] = to_uint8(enc.finish())[:h, :w]
+        return out
+
+    def crop(self) -> tuple[list[torch.Tensor], np.ndarray]:
+        """Latents of a central crop of about PROBE_FRACTION of the image (all of a small one)."""
+        if self._crop_latents is None:
+            h, w = self.img.height, self.img.width
+            ch = max(64, int(round(h * math.sqrt(PROBE_FRACTION) / 64)) * 64)
+            cw = max(64, int(round(w * math.sqrt(PROBE_FRACTION) / 64)) * 64)
+            if ch * cw * 4 >= h * w:  # small image: estimate on all of it
+                ch, cw = h, w
+            ch, cw = min(ch, h), min(cw, w)
+            y0, x0 = (h - ch) // 2, (w - cw) // 2
+            self._crop_rgb = self.img.rgb[y0 : y0 + ch, x0 : x0 + cw]
+            with torch.inference_mode():
+                self._crop_latents = self.model.analyze(_pad64(self._crop_rgb, self.device))
+        return self._crop_latents, self._crop_rgb
+
+
+def _header_overhead(model: MSINN, img: PreparedImage, n_tiles: int, alpha_len: int) -> int:
+    """Upper bound of everything in the file except the tile streams."""
+    name = getattr(model, "model_name", "") or "unregistered"
+    alpha = alpha_len + 12 if alpha_len else 0
+    return 64 + len(name) + len(img.source_mode) + n_tiles * 60 + alpha
+
+
+def encode_image(
+    model: MSINN,
+    source: bytes | str | os.PathLike | PreparedImage,
+    target: Target | None = None,
+    options: EncodeOptions | None = None,
+    source_name: str | None = None,
+) -> EncodeResult:
+    """Encode one image to a complete ``.msinn`` file meeting ``target``."""
+    t0 = time.perf_counter()
+    options = options or EncodeOptions()
+    target = target or Target("qp", (model.anchor_num - 1) / 2)
+    if isinstance(source, PreparedImage):
+        img = source
+        name = source_name or "input"
+    else:
+        if isinstance(source, bytes):
+            data, name = source, source_name or "input"
+        else:
+            name = source_name or str(source)
+            data = Path(source).read_bytes()
+        img = open_image(data, name, options.max_pixels)
+    if target.kind == "qp":
+        model.check_qp(target.value)
+    session = _ImageSession(model, img, options)
+    alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
+    overhead = _header_overhead(model, img, len(session.tiles), len(alpha_bytes))
+    pixels = img.width * img.height
+
+    def payload_bytes(encs: list) -> int:
+        return sum(len(e.data) for e in encs)
+
+    estimates = measures = 0
+    in_range, note = True, ""
+    if target.kind == "qp":
+        qp = int(target.value) if float(target.value).is_integer() else float(target.value)
+        encs = session.encode(qp)
+        measures = 1
+    else:
+        crop_latents, crop_rgb = session.crop()
+        crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1]
+        if target.is_cap:
+            cap = target.value if target.kind == "bytes" else target.value * pixels / 8
+
+            def estimate(q: float) -> float:
+                bits, _ = model.estimate_bits(crop_latents, q)
+                return math.log(max(bits / crop_pixels * pixels / 8, 1.0) + overhead)
+
+            def measure(q: int | float) -> tuple[float, Any]:
+                encs = session.encode(q)
+                return math.log(payload_bytes(encs) + overhead), encs
+
+            lo, hi, aim = window_for(Target("bytes", cap))
+        else:
+
+            def estimate(q: float) -> float:
+                _, x_hat = model.estimate_bits(crop_latents, q, reconstruct=True)
+                h, w = crop_rgb.shape[:2]
+                return min(psnr_uint8(to_uint8(x_hat)[:h, :w], crop_rgb), 100.0)
+
+            def measure(q: int | float) -> tuple[float, Any]:
+                encs = session.encode(q)
+                rec = session.reconstruct(encs)
+                return min(psnr_uint8(rec, img.rgb), 100.0), (encs, rec)
+
+            lo, hi, aim = window_for(target)
+        search = RateSearch(model.anchor_num, estimate, measure, lo, hi, aim, cap=target.is_cap)
+        res = search.run()
+        qp, in_range, note = res.qp, res.in_range, res.note
+        estimates, measures = res.estimates, res.measures
+        encs = res.payload if target.is_cap else res.payload[0]
+    recon = session.reconstruct(encs) if target.kind != "psnr" else res.payload[1]
+    name_, hash_ = model_identity(model)
+    tiles, offset, streams = [], 0, []
+    for (x0, y0, w, h), enc in zip(session.tiles, encs):
+        digests = [symbols_digest(v) for v in enc.level_symbols]
+        tiles.append(
+            TileRecord(
+                x0, y0, w, h, list(enc.latent_shape), offset, len(enc.data), digests
+            )
+        )
+        streams.append(enc.data)
+        offset += len(enc.data)
+    final_pixels = restore_image(recon, img.alpha, img.mode)
+    header = Header(
+        model_name=name_,
+        model_hash=hash_,
+        qp=qp,
+        width=img.width,
+        height=img.height,
+        mode=img.mode,
+        source_mode=img.source_mode,
+        bit_depth=img.bit_depth,
+        padding="replicate",
+        tile_width=session.tiles[0][2] if len(session.tiles) > 1 else img.width,
+        tile_height=session.tiles[0][3] if len(session.tiles) > 1 else img.height,
+        tiles=tiles,
+        alpha_offset=offset if alpha_bytes else None,
+        alpha_length=len(alpha_bytes) if alpha_bytes else None,
+        payload_length=0,
+        payload_crc32=0,
+        image_digest=image_digest(final_pixels),
+        codec_version=__version__,
+    )
+    data = pack(header, b"".join(streams) + alpha_bytes)
+    return EncodeResult(
+        data=data,
+        header=header,
+        qp=qp,
+        bytes=len(data),
+        bpp=len(data) * 8 / pixels,
+        psnr=psnr_uint8(recon, img.rgb),
+        target=target,
+        in_range=in_range,
+        note=note,
+        probes=measures,
+        estimates=estimates,
+        seconds=time.perf_counter() - t0,
+        reconstruction=final_pixels,
+    )
+
+
+def check_model(header: Header, model: MSINN, source: str = "input") -> None:
+    name, h = model_identity(model)
+    if header.model_hash != h[: len(header.model_hash)]:
+        raise BitstreamError(
+            f"{source}: encoded with model {header.model_name} (weights {header.model_hash}), "
+            f"but the loaded model is {name} (weights {h}); decode with --model {header.model_name}"
+        )
+
+
+def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedImage:
+    """Decode a ``.msinn`` file, checking every hash it carries; raises BitstreamError on any mismatch."""
+    header, payload = unpack(data, source)
+    check_model(header, model, source)
+    try:
+        model.check_qp(header.qp)
+    except ValueError as exc:
+        raise BitstreamError(f"{source}: {exc} for model {header.model_name}") from None
+    rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
+    tables = model.tables()
+    for i, t in enumerate(header.tiles):
+        stream = payload[t.offset : t.offset + t.length]
+        n_symbols = 3 * (t.latent_shape[0] * 16) * (t.latent_shape[1] * 16)
+
+        def check(level: int, symbols: np.ndarray, t: TileRecord = t, i: int = i) -> None:
+            if symbols_digest(symbols) != t.level_digests[level]:
+                raise BitstreamError(
+                    f"{source}: tile {i} latent level {level}: decoded symbols do not match the encoder's "
+                    "(corrupt stream, or this decoder's entropy parameters differ from the encoder's)"
+                )
+
+        try:
+            decoder = StreamDecoder(tables, stream, max_symbols=n_symbols)
+            x_hat = model.decode_latents(stream, t.latent_shape, header.qp, level_check=check, decoder=decoder)
+        except BitstreamError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise BitstreamError(f"{source}: tile {i} could not be decoded ({exc})") from exc
+        rgb[t.y : t.y + t.height, t.x : t.x + t.width] = to_uint8(x_hat)[: t.height, : t.width]
+    alpha = None
+    if header.alpha_offset is not None:
+        try:
+            alpha = decode_alpha(
+                payload[header.alpha_offset : header.alpha_offset + header.alpha_length], header.width, header.height
+            )
+        except ValueError as exc:
+            raise BitstreamError(f"{source}: {exc}") from None
+    pixels = restore_image(rgb, alpha, header.mode)
+    if image_digest(pixels) != header.image_digest:
+        raise BitstreamError(f"{source}: decoded image does not match the encoder's reconstruction hash")
+    return DecodedImage(pixels, header.mode, header)

@@ -1,0 +1,214 @@
+"""Choosing the rate parameter that meets a size cap or a quality floor.
+
+The measured quantity g(qp) (log of the coded size, or decoded PSNR) rises
+with qp. Real measurements cost a full pass of the context models, so the
+search leans on cheap estimates: the model's rate estimate (or PSNR) on a
+small crop of the image, at a few anchors, gives the shape of g. One real
+encode calibrates that shape to the whole image, the next lands in the
+window, and a secant step between real measurements corrects the rare miss.
+
+* caps (``bpp``, ``bytes``): the largest quality whose real size is within
+  the cap, aiming 1% under it (accepted window 0.98..1.0 x cap);
+* floors (``psnr``): the smallest size whose decoded PSNR reaches the target,
+  aiming 0.04 dB over it (accepted window target..target + 0.1 dB);
+* ``qp``: fixed.
+
+A target outside the model's range returns the nearest end, flagged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TARGET_KINDS = ("bpp", "bytes", "psnr", "qp")
+QP_STEP = 1 / 256  # chosen qps are multiples of this: exact in binary, short in headers and manifests
+MAX_MEASURES = 8
+
+
+@dataclass(frozen=True)
+class Target:
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in TARGET_KINDS:
+            raise ValueError(f"target kind must be one of {TARGET_KINDS}, got {self.kind!r}")
+        if not isinstance(self.value, int | float) or not math.isfinite(self.value) or self.value < 0:
+            raise ValueError(f"{self.kind} target must be a finite non-negative number, got {self.value!r}")
+        if self.kind in ("bpp", "bytes", "psnr") and self.value <= 0:
+            raise ValueError(f"{self.kind} target must be positive")
+
+    @property
+    def is_cap(self) -> bool:
+        return self.kind in ("bpp", "bytes")
+
+
+def snap_qp(q: float, top: int) -> int | float:
+    q = min(max(q, 0.0), float(top))
+    s = round(q / QP_STEP) * QP_STEP
+    return int(s) if float(s).is_integer() else s
+
+
+@dataclass
+class Measurement:
+    qp: int | float
+    g: float  # log(bytes) for caps, PSNR for floors
+    payload: Any
+
+
+@dataclass
+class SearchResult:
+    qp: int | float
+    payload: Any
+    in_range: bool
+    note: str
+    estimates: int
+    measures: int
+    history: list[tuple[float, float]] = field(default_factory=list)
+
+
+class RateSearch:
+    """Finds qp for a monotone measured quantity with an estimate of its shape.
+
+    ``estimate(q)`` is cheap (crop probe) and ``measure(q)`` real; both return
+    g (log-bytes for caps, PSNR for floors). ``lo``/``hi`` bound the accepted
+    window of g, ``aim`` lies inside it, and ``cap`` says which side is hard.
+    """
+
+    def __init__(
+        self,
+        anchor_num: int,
+        estimate: Callable[[float], float],
+        measure: Callable[[int | float], tuple[float, Any]],
+        lo: float,
+        hi: float,
+        aim: float,
+        cap: bool,
+    ):
+        self.top = anchor_num - 1
+        self._estimate_fn = estimate
+        self._measure_fn = measure
+        self.lo, self.hi, self.aim, self.cap = lo, hi, aim, cap
+        self.est: dict[float, float] = {}
+        self.meas: dict[float, Measurement] = {}
+
+    # -- helpers
+    def estimate(self, q: float) -> float:
+        if q not in self.est:
+            self.est[q] = self._estimate_fn(q)
+        return self.est[q]
+
+    def measure(self, q: int | float) -> Measurement:
+        if float(q) not in self.meas:
+            g, payload = self._measure_fn(q)
+            self.meas[float(q)] = Measurement(q, g, payload)
+        return self.meas[float(q)]
+
+    def feasible(self, m: Measurement) -> bool:
+        return m.g <= self.hi if self.cap else m.g >= self.lo
+
+    def in_window(self, m: Measurement) -> bool:
+        return self.lo <= m.g <= self.hi
+
+    def _invert_estimate(self, value: float) -> float:
+        """q where the (piecewise-linear over anchors) estimate equals value, found by bisection on anchors."""
+        lo_a, hi_a = 0, self.top
+        if value <= self.estimate(lo_a):
+            return self._extrapolate(0, 1, value)
+        if value >= self.estimate(hi_a):
+            return self._extrapolate(self.top - 1, self.top, value)
+        while hi_a - lo_a > 1:
+            mid = (lo_a + hi_a) // 2
+            if self.estimate(mid) <= value:
+                lo_a = mid
+            else:
+                hi_a = mid
+        return self._interp(lo_a, hi_a, value)
+
+    def _interp(self, a: float, b: float, value: float) -> float:
+        ea, eb = self.estimate(a), self.estimate(b)
+        if eb == ea:
+            return (a + b) / 2
+        return a + (value - ea) / (eb - ea) * (b - a)
+
+    def _extrapolate(self, a: int, b: int, value: float) -> float:
+        return self._interp(a, b, value)
+
+    def shape(self, q: float) -> float:
+        """Estimate at any q, interpolated linearly between the two neighbouring anchors."""
+        a = min(int(math.floor(q)), self.top - 1)
+        return self.estimate(a) + (q - a) * (self.estimate(a + 1) - self.estimate(a))
+
+    def _best(self) -> Measurement | None:
+        feas = [m for m in self.meas.values() if self.feasible(m)]
+        if not feas:
+            return None
+        return max(feas, key=lambda m: m.g) if self.cap else min(feas, key=lambda m: m.g)
+
+    def _next_qp(self, last: Measurement) -> float:
+        below = [m for m in self.meas.values() if m.g < self.aim]
+        above = [m for m in self.meas.values() if m.g >= self.aim]
+        if below and above:
+            a = max(below, key=lambda m: m.g)
+            b = min(above, key=lambda m: m.g)
+            if b.g > a.g:
+                q = float(a.qp) + (self.aim - a.g) / (b.g - a.g) * (float(b.qp) - float(a.qp))
+            else:
+                q = (float(a.qp) + float(b.qp)) / 2
+            return q
+        # calibrate the estimate's shape with the latest real measurement
+        offset = last.g - self.shape(float(last.qp))
+        q = self._invert_estimate(self.aim - offset)
+        # never step away from the target (the shape may be locally off)
+        if last.g > self.aim:
+            q = min(q, float(last.qp) - QP_STEP)
+        else:
+            q = max(q, float(last.qp) + QP_STEP)
+        return q
+
+    def run(self, q_hint: float | None = None) -> SearchResult:
+        q = self._invert_estimate(self.aim) if q_hint is None else q_hint
+        last: Measurement | None = None
+        for _ in range(MAX_MEASURES):
+            qs = snap_qp(q, self.top)
+            if float(qs) in self.meas:
+                # the search cannot move any further on the qp grid
+                break
+            last = self.measure(qs)
+            if self.in_window(last):
+                return self._result(last, True, "")
+            if qs == 0 and not self.feasible(last) and self.cap:
+                return self._result(last, False, "target below the model's lowest rate: returned qp 0")
+            if qs == 0 and last.g > self.hi and not self.cap:
+                return self._result(last, False, "target below the model's lowest quality: returned qp 0")
+            if qs == self.top and last.g < self.lo and self.cap:
+                return self._result(last, False, "target above the model's highest rate: returned the top anchor")
+            if qs == self.top and not self.feasible(last) and not self.cap:
+                return self._result(last, False, "target above the model's highest quality: returned the top anchor")
+            q = self._next_qp(last)
+        best = self._best()
+        if best is None:
+            # nothing met the hard side yet: walk to the safe end, which always ends the search
+            end = 0 if self.cap else self.top
+            m = self.measure(end)
+            if self.feasible(m):
+                best = m
+            else:
+                side = "lowest rate" if self.cap else "highest quality"
+                return self._result(m, False, f"target beyond the model's {side}: returned qp {end}")
+        return self._result(best, self.in_window(best), "" if self.in_window(best) else "closest feasible qp found")
+
+    def _result(self, m: Measurement, in_range: bool, note: str) -> SearchResult:
+        hist = [(float(k), v.g) for k, v in self.meas.items()]
+        return SearchResult(m.qp, m.payload, in_range, note, len(self.est), len(self.meas), hist)
+
+
+def window_for(target: Target, total_bytes_for: Callable[[float], float] | None = None) -> tuple[float, float, float]:
+    """(lo, hi, aim) of g for a target: log-bytes for caps, PSNR for floors."""
+    if target.kind == "psnr":
+        return target.value, target.value + 0.1, target.value + 0.04
+    cap = total_bytes_for(target.value) if total_bytes_for else target.value
+    return math.log(0.98 * cap), math.log(cap), math.log(0.99 * cap)
