@@ -120,7 +120,7 @@ def tile_grid(width: int, height: int, options: EncodeOptions) -> list[tuple[int
 
 def _pad64(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
     h, w = rgb.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div(255)[None]
+    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(device).permute(2, 0, 1).float().div(255)[None]
     ph, pw = (-h) % 64, (-w) % 64
     if ph or pw:  # replicate the last row/column: cheaper to code than zeros, cropped away on decode
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")

@@ -1,0 +1,133 @@
+"""``msinn encode``, ``msinn decode`` and ``msinn info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import BitstreamError, ImageInputError
+
+
+def _encode_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msinn encode", description="Encode an image to a .msinn file.")
+    p.add_argument("input", help="any image Pillow opens")
+    p.add_argument("output", help="the .msinn file to write")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--bpp", type=float, help="size cap in bits per pixel (largest quality within it)")
+    g.add_argument("--psnr", type=float, help="quality floor in dB (smallest size reaching it)")
+    g.add_argument("--bytes", type=int, help="size cap in bytes for the whole file")
+    g.add_argument("--qp", type=float, help="rate parameter, 0 .. anchors-1 (fractional values interpolate)")
+    p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--tile-pixels", type=int, help="images above this many pixels are coded as tiles")
+    p.add_argument("--tile-size", type=int, help="tile side in pixels (multiple of 64)")
+    p.add_argument("--max-pixels", type=int, help="refuse inputs with more pixels than this")
+    return p
+
+
+def _target(args: argparse.Namespace):
+    from .ratecontrol import Target
+
+    if args.bpp is not None:
+        return Target("bpp", args.bpp)
+    if args.psnr is not None:
+        return Target("psnr", args.psnr)
+    if args.bytes is not None:
+        return Target("bytes", args.bytes)
+    if args.qp is not None:
+        return Target("qp", int(args.qp) if float(args.qp).is_integer() else args.qp)
+    return None
+
+
+def _load_model(name: str | None, device: str):
+    import msinn
+
+    return msinn.load(name, device=device)
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def cmd_encode(argv: list[str]) -> int:
+    args = _encode_parser().parse_args(argv)
+    from .codec import EncodeOptions, encode_image
+
+    opts = {}
+    if args.tile_pixels:
+        opts["tile_pixels"] = args.tile_pixels
+    if args.tile_size:
+        opts["tile_size"] = args.tile_size
+    if args.max_pixels:
+        opts["max_pixels"] = args.max_pixels
+    try:
+        options = EncodeOptions(**opts)
+        model = _load_model(args.model, args.device)
+        target = _target(args)
+        if target is not None and target.kind == "qp":
+            model.check_qp(target.value)
+        result = encode_image(model, Path(args.input), target, options, source_name=args.input)
+    except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
+        print(f"msinn encode: {exc}", file=sys.stderr)
+        return 1
+    _write_atomic(args.output, result.data)
+    print(json.dumps(result.summary()))
+    return 0
+
+
+def cmd_decode(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="msinn decode", description="Decode a .msinn file to an image.")
+    p.add_argument("input")
+    p.add_argument("output", help="image file; the format follows the extension (png, webp, tiff, ...)")
+    p.add_argument("--model", help="model name or checkpoint path (default: the one named in the file)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    from .codec import decode_image
+    from .container import read_header
+
+    try:
+        data = Path(args.input).read_bytes()
+        header, _ = read_header(data, args.input)
+        model = _load_model(args.model or header.model_name, args.device)
+        decoded = decode_image(data, model, args.input)
+        img = decoded.to_pil()
+        ext = Path(args.output).suffix.lower()
+        if ext in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):
+            img = img.convert("RGB" if img.mode == "RGBA" else "L")
+        tmp = f"{args.output}.tmp{os.getpid()}{ext}"
+        img.save(tmp)
+        os.replace(tmp, args.output)
+    except (BitstreamError, FileNotFoundError, OSError, ValueError) as exc:
+        print(f"msinn decode: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_info(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="msinn info", description="Print a .msinn file's header as JSON.")
+    p.add_argument("input")
+    args = p.parse_args(argv)
+    from .container import read_header
+
+    try:
+        data = Path(args.input).read_bytes()
+        header, start = read_header(data, args.input)
+    except (BitstreamError, OSError) as exc:
+        print(f"msinn info: {exc}", file=sys.stderr)
+        return 1
+    info = header.to_json()
+    info["file_bytes"] = len(data)
+    info["header_bytes"] = start
+    info["bpp"] = len(data) * 8 / (header.width * header.height)
+    print(json.dumps(info))
+    return 0
+
+
+def main(cmd: str, argv: list[str]) -> int:
+    return {"encode": cmd_encode, "decode": cmd_decode, "info": cmd_info}[cmd](argv)

@@ -1,0 +1,136 @@
+"""Odd inputs: every image kind Pillow opens round-trips in a documented layout."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from msinn.codec import EncodeOptions, decode_image, encode_image
+from msinn.container import read_header
+from msinn.errors import ImageInputError
+from msinn.images import open_image
+from msinn.ratecontrol import Target
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "PNG", **kw)
+    return buf.getvalue()
+
+
+def _gradient(w: int, h: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    return np.stack(((x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) * 7 % 256)), axis=2).astype(
+        np.uint8
+    )
+
+
+def _round_trip(model, data: bytes, **opts):
+    res = encode_image(model, data, Target("qp", model.anchor_num - 1), EncodeOptions(**opts) if opts else None)
+    dec = decode_image(res.data, model)
+    assert np.array_equal(dec.pixels, res.reconstruction)
+    return res, dec
+
+
+def test_grayscale_decodes_to_grayscale(tiny_model):
+    g = _gradient(70, 50)[:, :, 0]
+    res, dec = _round_trip(tiny_model, _png(Image.fromarray(g, "L")))
+    assert dec.mode == "L" and dec.pixels.shape == (50, 70)
+    assert dec.to_pil().mode == "L"
+
+
+def test_sixteen_bit_gray_is_reduced_and_recorded(tiny_model):
+    g16 = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50).astype(np.uint16)
+    im = Image.fromarray(g16)  # mode I;16
+    prepared = open_image(_png(im))
+    assert prepared.bit_depth == 16 and prepared.mode == "L"
+    assert np.array_equal(prepared.rgb[:, :, 0], np.round(g16 / 257).astype(np.uint8))
+    res, dec = _round_trip(tiny_model, _png(im))
+    assert read_header(res.data)[0].bit_depth == 16 and dec.mode == "L"
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_alpha_is_kept_losslessly(tiny_model, mode):
+    rgb = _gradient(65, 33)
+    alpha = (np.arange(65 * 33).reshape(33, 65) * 13 % 256).astype(np.uint8)
+    im = Image.fromarray(np.dstack((rgb, alpha)), "RGBA")
+    if mode == "LA":
+        im = im.convert("LA")
+    res, dec = _round_trip(tiny_model, _png(im))
+    assert dec.mode == mode
+    assert np.array_equal(dec.pixels[:, :, -1], np.asarray(im)[:, :, -1])
+
+
+def test_palette_with_and_without_transparency(tiny_model):
+    rgb = Image.fromarray(_gradient(48, 40)).quantize(16)
+    _, dec = _round_trip(tiny_model, _png(rgb))
+    assert dec.mode == "RGB"
+    t = rgb.copy()
+    t.info["transparency"] = 0
+    _, dec = _round_trip(tiny_model, _png(t, transparency=0))
+    assert dec.mode == "RGBA"
+    expected_alpha = np.asarray(t.convert("RGBA"))[:, :, 3]
+    assert np.array_equal(dec.pixels[:, :, 3], expected_alpha)
+
+
+def test_cmyk_is_converted_to_rgb(tiny_model):
+    im = Image.fromarray(_gradient(64, 64)).convert("CMYK")
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95)
+    res, dec = _round_trip(tiny_model, buf.getvalue())
+    assert dec.mode == "RGB" and read_header(res.data)[0].source_mode == "CMYK"
+
+
+def test_exif_orientation_is_applied(tiny_model):
+    im = Image.fromarray(_gradient(80, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    _, dec = _round_trip(tiny_model, buf.getvalue())
+    assert dec.pixels.shape[:2] == (80, 40)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 3), (3, 7), (64, 64), (65, 129)])
+def test_sizes_not_multiple_of_64(tiny_model, size):
+    w, h = size
+    _, dec = _round_trip(tiny_model, _png(Image.fromarray(_gradient(w, h))))
+    assert dec.pixels.shape == (h, w, 3)
+
+
+def test_large_images_are_tiled(tiny_model):
+    data = _png(Image.fromarray(_gradient(150, 100)))
+    res, dec = _round_trip(tiny_model, data, tile_pixels=64 * 64, tile_size=64)
+    header = read_header(res.data)[0]
+    assert len(header.tiles) == 3 * 2 and header.tile_width == 64
+    assert dec.pixels.shape == (100, 150, 3)
+
+
+def test_pixel_budget_and_bombs(tiny_model):
+    data = _png(Image.fromarray(_gradient(100, 100)))
+    with pytest.raises(ImageInputError, match="exceeds"):
+        encode_image(tiny_model, data, Target("qp", 0), EncodeOptions(max_pixels=5000))
+    # a PNG header claiming 100000 x 100000 pixels, with no real data behind it
+    ihdr = struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk
+    with pytest.raises(ImageInputError, match="exceeds|not a decodable"):
+        open_image(bomb, "bomb.png")
+
+
+@pytest.mark.parametrize(
+    "data,cause", [(b"", "empty"), (b"hello world", "not a decodable"), (None, "corrupt|truncated|decodable")]
+)
+def test_non_images_get_clear_errors(data, cause):
+    if data is None:
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        full = _png(Image.fromarray(noise))
+        data = full[: len(full) // 2]
+    with pytest.raises(ImageInputError, match=cause) as err:
+        open_image(data, "thing.png")
+    assert "thing.png" in str(err.value)
