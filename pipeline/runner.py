@@ -1,0 +1,257 @@
+"""Running a transcode job on Ray: plan, skip committed units, encode the rest, summarise.
+
+CPU tasks fetch each unit's inputs while encoder actors (one per GPU, or CPU
+actors without GPUs) work on earlier units; Ray's ActorPool hands units to
+idle actors. Actors restart after a crash and Ray retries the interrupted
+call; a unit rewrites its whole shard, so retries never duplicate rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from . import storage
+from .encoder import JobSpec, UnitEncoder, manifest_uri
+from .plan import WorkUnit, build_plan, read_plan, write_plan
+from .sources import read_unit
+
+log = logging.getLogger("pipeline")
+
+RAY_ENV_DEFAULTS = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep local clusters on 127.0.0.1
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+class JobError(RuntimeError):
+    """The job cannot run as asked (conflicting plan, no inputs, no workers)."""
+
+
+def init_ray(num_cpus: int | None = None) -> None:
+    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for k, v in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _new_run_id() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+
+
+def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
+    """Read the frozen plan under the output, or list the input once and freeze it."""
+    found = read_plan(spec.output, spec.output_options)
+    if found is not None:
+        units, job = found
+        spec = replace(spec, run_id=job.get("run_id", spec.run_id))
+        mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
+        if mine != theirs:
+            diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+            raise JobError(f"{spec.output} already holds a plan for another job (planned vs asked: {diff})")
+        return spec, units
+    spec = replace(spec, run_id=spec.run_id or _new_run_id())
+    units = build_plan(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes)
+    write_plan(spec.output, units, spec.job_dict(), spec.output_options)
+    return spec, units
+
+
+def committed_units(spec: JobSpec, units: list[WorkUnit]) -> set[str]:
+    """Units whose manifest shard exists: done by an earlier run."""
+    listing = storage.list_files(storage.join(spec.output, "manifest"), spec.output_options)
+    names = {u.rsplit("/", 1)[-1] for u in listing}
+    return {u.unit_id for u in units if f"{u.shard_name}.parquet" in names}
+
+
+def pool_size(spec: JobSpec, actors: int | None, resources: dict | None) -> int:
+    import ray
+
+    if actors:
+        return actors
+    total = ray.cluster_resources()
+    if resources:
+        return max(1, min(int(total.get(k, 0) // v) for k, v in resources.items()))
+    if spec.device == "cuda":
+        n = int(total.get("GPU", 0))
+        if n < 1:
+            raise JobError("--device cuda but the cluster has no GPUs")
+        return n
+    return max(1, int(total.get("CPU", 1)) // 4)
+
+
+class Progress:
+    """Periodic log lines (and a bar on a terminal): images, rate, bytes, errors, ETA."""
+
+    def __init__(self, units_total: int, bytes_total: int, done_units: int):
+        self.start = time.time()
+        self.units_total, self.bytes_total = units_total, bytes_total
+        self.units_done = done_units
+        self.images = self.errors = self.bytes_in = self.bytes_out = self.input_bytes_done = 0
+        self.last_log = 0.0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=units_total, initial=done_units, unit="shard", desc="transcode")
+
+    def add(self, unit: WorkUnit, res: dict) -> None:
+        self.units_done += 1
+        self.images += res["images"]
+        self.errors += res["errors"]
+        self.bytes_in += res["bytes_in"]
+        self.bytes_out += res["bytes_out"]
+        self.input_bytes_done += unit.input_bytes
+        if self.bar:
+            self.bar.update(1)
+            self.bar.set_postfix(images=self.images, errors=self.errors)
+
+    def log(self, force: bool = False) -> None:
+        now = time.time()
+        if not force and now - self.last_log < 10:
+            return
+        self.last_log = now
+        el = max(now - self.start, 1e-9)
+        frac = self.input_bytes_done / self.bytes_total if self.bytes_total else 0.0
+        eta = (el / frac - el) if frac > 0 else float("nan")
+        log.info(
+            "progress: shards %d/%d, images %d (%.2f/s), in %.1f MB, out %.1f MB, errors %d, ETA %s",
+            self.units_done, self.units_total, self.images, self.images / el, self.bytes_in / 1e6,
+            self.bytes_out / 1e6, self.errors, "?" if math.isnan(eta) else f"{eta:.0f}s",
+        )
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+
+
+def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int, failed: list[str]) -> dict[str, Any]:
+    """Totals over every committed shard of the archive, plus this run's speed."""
+    import pyarrow as pa
+
+    from .manifest import from_parquet
+
+    tables = []
+    for u in units:
+        uri = manifest_uri(spec, u)
+        if storage.exists(uri, spec.output_options):
+            tables.append(from_parquet(storage.read_bytes(uri, spec.output_options)))
+    t = pa.concat_tables(tables) if tables else None
+    rows = t.to_pylist() if t is not None else []
+    ok = [r for r in rows if r["status"] == "ok"]
+    psnrs = [r["psnr"] for r in ok if r["psnr"] is not None]
+    return {
+        "run_id": spec.run_id,
+        "output": spec.output,
+        "target": {"kind": spec.target_kind, "value": spec.target_value},
+        "model": ok[0]["model"] if ok else spec.model,
+        "shards": len(units),
+        "shards_committed": len(tables),
+        "shards_failed": failed,
+        "images": len(rows),
+        "ok": len(ok),
+        "errors": len(rows) - len(ok),
+        "errors_by_cause": dict(Counter(r["error"].split(":", 1)[0] for r in rows if r["status"] == "error")),
+        "bytes_in": sum(r["source_bytes"] or 0 for r in rows),
+        "bytes_out": sum(r["bytes"] for r in ok),
+        "mean_bpp": sum(r["bpp"] for r in ok) / len(ok) if ok else None,
+        "mean_psnr": sum(psnrs) / len(psnrs) if psnrs else None,
+        "target_met": sum(1 for r in ok if r["target_met"]),
+        "wall_seconds": round(wall, 3),
+        "images_this_run": processed,
+        "images_per_second": round(processed / wall, 4) if wall > 0 else None,
+        "finished_at": datetime.now(UTC).isoformat(),
+    }
+
+
+def run_job(
+    spec: JobSpec,
+    actors: int | None = None,
+    actor_resources: dict | None = None,
+    cpus_per_actor: float = 1.0,
+    read_cpus: float = 0.5,
+    prefetch: int = 2,
+) -> dict[str, Any]:
+    """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
+    import ray
+    from ray.util import ActorPool
+
+    t0 = time.time()
+    init_ray()
+    spec, units = prepare_plan(spec)
+    done = committed_units(spec, units)
+    pending = [u for u in units if u.unit_id not in done]
+    log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), len(done),
+             len(pending))
+    failed: list[str] = []
+    processed = 0
+    if pending:
+        n = min(pool_size(spec, actors, actor_resources), len(pending))
+        opts: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": cpus_per_actor}
+        if spec.device == "cuda":
+            opts["num_gpus"] = 1
+        if actor_resources:
+            opts["resources"] = actor_resources
+        threads = max(1, int(cpus_per_actor))
+        actor_cls = ray.remote(UnitEncoder).options(**opts)
+        pool_actors = [actor_cls.remote(spec.model, spec.device, threads) for _ in range(n)]
+        ray.get([a.ready.remote() for a in pool_actors])
+        reader = ray.remote(read_unit).options(num_cpus=read_cpus, max_retries=3, retry_exceptions=True)
+        pool = ActorPool(pool_actors)
+        progress = Progress(len(units), sum(u.input_bytes for u in pending), len(done))
+        queue = list(pending)
+        by_id = {u.unit_id: u for u in pending}
+
+        def submit_next() -> None:
+            if queue:
+                unit = queue.pop(0)
+                records = reader.remote(unit, spec.input_options, spec.key_column, spec.image_column)
+                pool.submit(lambda a, v: a.process.remote(v[0], v[1], spec), (unit, records))
+
+        for _ in range(n * prefetch):
+            submit_next()
+        while pool.has_next():
+            try:
+                res = pool.get_next_unordered(timeout=10)
+            except TimeoutError:
+                progress.log()
+                continue
+            except Exception as exc:  # a unit that failed after all retries: report, keep going
+                log.error("a shard failed after retries: %s", exc)
+                failed.append(str(exc).splitlines()[0][:200])
+                submit_next()
+                continue
+            progress.add(by_id[res["unit_id"]], res)
+            processed += res["images"]
+            progress.log()
+            submit_next()
+        progress.log(force=True)
+        progress.close()
+        for a in pool_actors:
+            ray.kill(a)
+        if failed:
+            # which units: those without a manifest now
+            still = {u.unit_id for u in units} - committed_units(spec, units)
+            failed = sorted(still)
+    summary = summarise(spec, units, time.time() - t0, processed, failed)
+    body = json.dumps(summary, indent=2).encode()
+    storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
+    storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)
+    return summary

@@ -1,0 +1,138 @@
+"""Reading the images of one work unit: loose files, webdataset tars, Parquet shards.
+
+Every input yields a record, good or bad: an unreadable shard member or a
+corrupt image becomes a record with an error, never an exception that would
+drop the unit's other images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow.parquet as pq
+
+from msinn.imageio import IMAGE_EXTENSIONS
+
+from . import storage
+from .plan import WorkUnit
+
+
+@dataclass
+class InputRecord:
+    key: str
+    source_uri: str
+    data: bytes | None
+    error: str | None = None
+
+    @property
+    def sha256(self) -> str | None:
+        return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+
+
+def safe_key(key: str) -> str | None:
+    """A key usable as a tar member name, or None: no absolute paths, '..', or control characters."""
+    if not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
+        return None
+    norm = posixpath.normpath(key)
+    if norm != key or norm.startswith("..") or "/../" in f"/{norm}/":
+        return None
+    return key
+
+
+def _strip_ext(name: str) -> str:
+    base, dot, ext = name.rpartition(".")
+    return base if dot and "/" not in ext else name
+
+
+def _relative(uri: str, root: str) -> str:
+    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+
+
+def read_files(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
+    for uri in unit.uris:
+        key = _strip_ext(_relative(uri, unit.root))
+        try:
+            data = storage.read_bytes(uri, options)
+        except Exception as exc:  # one unreadable object must not stop the unit
+            yield InputRecord(key, uri, None, f"read failed: {type(exc).__name__}: {exc}")
+            continue
+        yield InputRecord(key, uri, data)
+
+
+def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
+    uri = unit.uris[0]
+    blob = storage.read_bytes(uri, options)
+    try:
+        tf = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
+        members = tf.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        # a broken shard: report what can still be listed
+        yield InputRecord(f"{_relative(uri, unit.root)}", uri, None, f"unreadable tar shard: {exc}")
+        return
+    for m in members:
+        if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
+            continue
+        key = _strip_ext(m.name)
+        src = f"{uri}#{m.name}"
+        try:
+            f = tf.extractfile(m)
+            data = f.read() if f is not None else None
+            if data is None or len(data) != m.size:
+                raise EOFError("member truncated")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            yield InputRecord(key, src, None, f"unreadable tar member: {exc}")
+            continue
+        yield InputRecord(key, src, data)
+
+
+def read_parquet(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> Iterator[InputRecord]:
+    uri = unit.uris[0]
+    blob = storage.read_bytes(uri, options)
+    pf = pq.ParquetFile(io.BytesIO(blob))
+    names = pf.schema_arrow.names
+    for col in (key_column, image_column):
+        if col not in names:
+            raise ValueError(f"{uri}: no column {col!r} (columns: {names})")
+    row = 0
+    for batch in pf.iter_batches(columns=[key_column, image_column], batch_size=256):
+        keys = batch.column(0).to_pylist()
+        images = batch.column(1).to_pylist()
+        for k, v in zip(keys, images):
+            src = f"{uri}#row={row}"
+            row += 1
+            if isinstance(v, dict):  # e.g. the {bytes, path} struct of HF datasets
+                v = v.get("bytes")
+            if k is None:
+                yield InputRecord(f"{_relative(uri, unit.root)}#row={row - 1}", src, None, "missing key")
+            elif v is None:
+                yield InputRecord(str(k), src, None, "missing image bytes")
+            else:
+                yield InputRecord(str(k), src, bytes(v))
+
+
+def read_unit(unit: WorkUnit, options: dict | None, key_column: str = "key", image_column: str = "image"):
+    """All records of a unit, each either with bytes or with an error."""
+    if unit.kind == "files":
+        records = list(read_files(unit, options))
+    elif unit.kind == "tar":
+        records = list(read_tar(unit, options))
+    else:
+        records = list(read_parquet(unit, options, key_column, image_column))
+    seen: dict[str, str] = {}
+    for r in records:
+        if safe_key(r.key) is None:
+            r.error, r.data = f"unsafe key {r.key!r} (absolute path, '..' or control characters)", None
+            r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
+        if r.key in seen:
+            n = 2
+            while f"{r.key}~dup{n}" in seen:
+                n += 1
+            r.error, r.data = f"duplicate key {r.key!r}: also read from {seen[r.key]}", None
+            r.key = f"{r.key}~dup{n}"
+        seen[r.key] = r.source_uri
+    return records

@@ -1,0 +1,156 @@
+"""Object storage access: fsspec filesystems, retries with backoff, atomic writes.
+
+Credentials and endpoints come from the storage's own configuration (for S3:
+the AWS environment variables and files, ``AWS_ENDPOINT_URL`` included) or
+from explicit storage options; they are passed to workers as task arguments
+and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import fsspec
+
+log = logging.getLogger("pipeline.storage")
+T = TypeVar("T")
+
+# Errors that say the request can never succeed: retrying would only delay the report.
+PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
+
+
+def storage_options_from_env(uri: str, given: dict | None) -> dict:
+    """Explicit options win; for s3:// without them, carry the driver's AWS settings to workers."""
+    if given:
+        return dict(given)
+    if not uri.startswith(("s3://", "s3a://")):
+        return {}
+    opts: dict[str, Any] = {}
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        opts["key"] = env["AWS_ACCESS_KEY_ID"]
+        opts["secret"] = env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            opts["token"] = env["AWS_SESSION_TOKEN"]
+    client: dict[str, Any] = {}
+    if env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"):
+        client["endpoint_url"] = env.get("AWS_ENDPOINT_URL_S3") or env["AWS_ENDPOINT_URL"]
+    if env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"):
+        client["region_name"] = env.get("AWS_REGION") or env["AWS_DEFAULT_REGION"]
+    if client:
+        opts["client_kwargs"] = client
+    return opts
+
+
+def redact(options: dict | None) -> dict:
+    """Storage options safe to print: secrets replaced."""
+    out = {}
+    for k, v in (options or {}).items():
+        if isinstance(v, dict):
+            out[k] = redact(v)
+        elif any(s in k.lower() for s in ("secret", "key", "token", "password", "credential")):
+            out[k] = "***"
+        else:
+            out[k] = v
+    return out
+
+
+def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: float = 0.2) -> T:
+    """Run fn, retrying transient failures with exponential backoff and jitter."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except PERMANENT:
+            raise
+        except Exception as exc:  # storage clients raise many transient kinds
+            if i == attempts - 1:
+                raise
+            delay = base_delay * (2**i) * (0.5 + random.random())
+            log.warning(
+                "%s failed (%s: %s); retry %d/%d in %.2fs", what, type(exc).__name__, exc, i + 1, attempts - 1, delay
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def read_bytes(uri: str, options: dict | None = None, start: int | None = None, end: int | None = None) -> bytes:
+    fs, path = filesystem(uri, options)
+    if start is None:
+        return with_retries(lambda: fs.cat_file(path), f"read {uri}")
+    return with_retries(lambda: fs.cat_file(path, start=start, end=end), f"read {uri}[{start}:{end}]")
+
+
+def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
+    """Whole-object write that readers never see half done.
+
+    Object stores make a single PUT visible at once; on file systems the data
+    goes to a temporary name first and is renamed into place.
+    """
+    fs, path = filesystem(uri, options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+
+    def put() -> None:
+        parent = path.rsplit("/", 1)[0]
+        if protocol in ("file", "local"):
+            fs.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+            with fs.open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+
+    with_retries(put, f"write {uri}")
+
+
+def exists(uri: str, options: dict | None = None) -> bool:
+    fs, path = filesystem(uri, options)
+    return with_retries(lambda: fs.exists(path), f"stat {uri}")
+
+
+def list_files(uri: str, options: dict | None = None) -> list[str]:
+    """Every file under a prefix (recursive), as full URIs, sorted."""
+    fs, path = filesystem(uri, options)
+    if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
+        return []
+    if with_retries(lambda: fs.isfile(path), f"stat {uri}"):
+        found = [path]
+    else:
+        found = with_retries(lambda: fs.find(path), f"list {uri}")
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in ("file", "local"):
+        return sorted(found)
+    return sorted(f"{protocol}://{p}" for p in found)
+
+
+def file_sizes(uri: str, options: dict | None = None) -> dict[str, int]:
+    """Sizes of every file under a prefix, from one listing call (no per-object requests)."""
+    fs, path = filesystem(uri, options)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if with_retries(lambda: fs.isfile(path), f"stat {uri}"):
+        info = with_retries(lambda: fs.info(path), f"stat {uri}")
+        items = {path: info}
+    else:
+        items = with_retries(lambda: fs.find(path, detail=True), f"list {uri}")
+    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    return {prefix + p: int(i.get("size") or 0) for p, i in sorted(items.items()) if i.get("type", "file") == "file"}
+
+
+def delete(uri: str, options: dict | None = None) -> None:
+    fs, path = filesystem(uri, options)
+    with_retries(lambda: fs.rm(path), f"delete {uri}")
