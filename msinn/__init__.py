@@ -1,19 +1,41 @@
-"""MS-INN learned variable-rate image codec."""
+"""MS-INN learned variable-rate image codec.
+
+Heavy modules (torch, CompressAI) load on first use of a name that needs
+them, so light users (``msinn.imageio``, ``msinn.container``, ``msinn info``)
+start fast.
+"""
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .checkpoint import CheckpointError, load_file, save_checkpoint
-from .config import MSINNConfig
-from .determinism import make_deterministic
-from .model import MSINN
-from .registry import default_model_name, lookup
 from .version import __version__
 
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .checkpoint import CheckpointError
+    from .config import MSINNConfig
+    from .model import MSINN
+
 __all__ = ["MSINN", "MSINNConfig", "CheckpointError", "load", "save_checkpoint", "make_deterministic", "__version__"]
+
+_LAZY = {
+    "MSINN": ".model",
+    "MSINNConfig": ".config",
+    "CheckpointError": ".checkpoint",
+    "save_checkpoint": ".checkpoint",
+    "load_file": ".checkpoint",
+    "make_deterministic": ".determinism",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'msinn' has no attribute {name!r}")
 
 
 def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> MSINN:
@@ -22,6 +44,9 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     Reads this project's checkpoints and the reference implementation's
     published checkpoints unchanged. With no argument, the bundled default.
     """
+    from .checkpoint import CheckpointError, load_file
+    from .registry import default_model_name, lookup
+
     if name_or_path is None:
         name_or_path = default_model_name()
         if name_or_path is None:
@@ -32,6 +57,17 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
         if model.weights_sha256 != entry.sha256:
             raise CheckpointError(f"bundled weights {entry.name} do not match their registered hash")
         model.model_name = entry.name
+        return model
+    if "://" in str(name_or_path):  # a checkpoint in object storage
+        import fsspec
+
+        from .checkpoint import build_model, read_checkpoint
+
+        with fsspec.open(str(name_or_path), "rb") as f:
+            cfg, sd, meta = read_checkpoint(f.read())
+        model = build_model(cfg, sd, device)
+        model.checkpoint_meta = meta
+        model.model_name = str(name_or_path).rstrip("/").rsplit("/", 1)[-1]
         return model
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: neither a registered model name nor an existing file")

@@ -118,6 +118,15 @@ def _ms_ssim(recon: np.ndarray, original: np.ndarray) -> float | None:
     return float(ms_ssim(a, b, data_range=1.0))
 
 
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # outside Ray
+        return None
+
+
 class UnitEncoder:
     """Holds the model; encodes units. Wrapped as a Ray actor by the runner."""
 
@@ -226,4 +235,5 @@ class UnitEncoder:
             "n_psnr": sum(1 for r in ok if r.get("psnr") is not None),
             "seconds": time.perf_counter() - t0,
             "device": self.device_name,
+            "node_id": _node_id(),
         }

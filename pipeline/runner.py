@@ -202,6 +202,7 @@ def run_job(
              len(pending))
     failed: list[str] = []
     processed = 0
+    nodes: dict[str | None, int] = {}
     if pending:
         n = min(pool_size(spec, actors, actor_resources), len(pending))
         opts: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": cpus_per_actor}
@@ -210,8 +211,11 @@ def run_job(
         if actor_resources:
             opts["resources"] = actor_resources
         threads = max(1, int(cpus_per_actor))
-        actor_cls = ray.remote(UnitEncoder).options(**opts)
-        pool_actors = [actor_cls.remote(spec.model, spec.device, threads) for _ in range(n)]
+        actor_cls = ray.remote(UnitEncoder)
+        pool_actors = [
+            actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{i}", **opts).remote(spec.model, spec.device, threads)
+            for i in range(n)
+        ]
         ray.get([a.ready.remote() for a in pool_actors])
         reader = ray.remote(read_unit).options(num_cpus=read_cpus, max_retries=3, retry_exceptions=True)
         pool = ActorPool(pool_actors)
@@ -239,6 +243,7 @@ def run_job(
                 submit_next()
                 continue
             progress.add(by_id[res["unit_id"]], res)
+            nodes[res["node_id"]] = nodes.get(res["node_id"], 0) + 1
             processed += res["images"]
             progress.log()
             submit_next()
@@ -251,6 +256,7 @@ def run_job(
             still = {u.unit_id for u in units} - committed_units(spec, units)
             failed = sorted(still)
     summary = summarise(spec, units, time.time() - t0, processed, failed)
+    summary["shards_by_node"] = {str(k): v for k, v in nodes.items()}
     body = json.dumps(summary, indent=2).encode()
     storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
     storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)

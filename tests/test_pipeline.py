@@ -1,0 +1,211 @@
+"""The transcoding pipeline on a real local Ray cluster, local files and a moto S3 server."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, verify_archive
+
+from pipeline.encoder import JobSpec
+from pipeline.manifest import COLUMNS
+from pipeline.runner import JobError, run_job
+
+REPO = Path(__file__).resolve().parents[1]
+FIXED = ["key", "status", "error", "source_uri", "width", "height", "bytes", "bpp", "psnr", "qp", "tar_uri",
+         "offset", "length", "model", "run_id"]
+
+
+def _write_tree(root: Path, n: int = 6) -> set[str]:
+    keys = set()
+    for i in range(n):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"img{i}.png").write_bytes(png_bytes(i, 64 + 8 * i, 48 + 4 * i, "L" if i == 3 else "RGB"))
+        keys.add(f"{sub.name}/img{i}")
+    for name, data in corrupt_bytes().items():
+        (root / f"{name}.png").write_bytes(data)
+        keys.add(name)
+    (root / "notes.txt").write_text("not an image extension: ignored")
+    return keys
+
+
+def test_manifest_schema_has_the_fixed_columns():
+    assert COLUMNS[: len(FIXED)] == FIXED
+
+
+def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_checkpoint):
+    keys = _write_tree(tmp_path / "in")
+    out = tmp_path / "out"
+    spec = JobSpec(input=str(tmp_path / "in"), output=str(out), target_kind="qp", target_value=2.0,
+                   model=tiny_checkpoint, shard_bytes=20_000)
+    summary = run_job(spec, actors=1)
+    fs = fsspec.filesystem("file")
+    verify_archive(fs, str(out), keys, tiny_checkpoint)
+    assert summary["images"] == len(keys) and summary["errors"] == 3 and summary["ok"] == len(keys) - 3
+    assert summary["shards"] > 1 and summary["shards_committed"] == summary["shards"]
+    assert summary["bytes_out"] > 0 and summary["mean_bpp"] > 0 and summary["mean_psnr"] > 0
+    assert set(summary["errors_by_cause"]) == {"bad image"}
+    rows = {r["key"]: r for r in read_manifest(fs, str(out))}
+    assert rows["zero"]["status"] == "error" and "empty" in rows["zero"]["error"]
+    assert rows["a/img3"]["mode"] == "L" and rows["b/img0"]["qp"] == 2.0
+    assert rows["b/img0"]["source_sha256"] and rows["b/img0"]["run_id"] == summary["run_id"]
+    assert all(r["model"] == "tiny-test.pt" for r in rows.values())
+    # a rerun finds every shard committed and rewrites nothing
+    tars = {p: p.stat().st_mtime_ns for p in (out / "bitstreams").iterdir()}
+    again = run_job(spec, actors=1)
+    assert again["images_this_run"] == 0 and again["run_id"] == summary["run_id"]
+    assert {p: p.stat().st_mtime_ns for p in (out / "bitstreams").iterdir()} == tars
+    # the same output cannot be reused for another job
+    with pytest.raises(JobError, match="another job"):
+        run_job(JobSpec(input=str(tmp_path / "in"), output=str(out), target_kind="qp", target_value=1.0,
+                        model=tiny_checkpoint), actors=1)
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_webdataset_tars_on_s3(s3_bucket, local_ray, tiny_checkpoint):
+    fs, bucket = s3_bucket
+    keys = set()
+    for shard in range(2):
+        members = {}
+        for i in range(3):
+            k = f"s{shard}/{i:04d}"
+            members[f"{k}.png"] = png_bytes(shard * 10 + i)
+            members[f"{k}.json"] = b"{}"
+            keys.add(k)
+        members[f"s{shard}/bad.jpg"] = b"\xff\xd8 truncated jpeg"
+        keys.add(f"s{shard}/bad")
+        fs.pipe(f"{bucket}/in/shard-{shard:03d}.tar", _tar(members))
+    spec = JobSpec(input=f"s3://{bucket}/in", output=f"s3://{bucket}/out", target_kind="qp", target_value=1.5,
+                   model=tiny_checkpoint)
+    from pipeline.storage import storage_options_from_env
+
+    spec = JobSpec(**{**spec.__dict__, "input_options": storage_options_from_env(spec.input, None),
+                      "output_options": storage_options_from_env(spec.output, None)})
+    summary = run_job(spec, actors=1)
+    fs.invalidate_cache()
+    verify_archive(fs, f"{bucket}/out", keys, tiny_checkpoint)
+    assert summary["shards"] == 2 and summary["errors"] == 2
+    rows = read_manifest(fs, f"{bucket}/out")
+    assert all(r["source_uri"].startswith(f"s3://{bucket}/in/shard-") for r in rows)
+    assert all(r["tar_uri"].startswith(f"s3://{bucket}/out/bitstreams/") for r in rows if r["status"] == "ok")
+    # credentials never land in the manifest or the summary
+    blob = str(rows) + str(summary)
+    assert "testing" not in blob.replace("test-", "")
+
+
+def test_parquet_shards_with_custom_columns(tmp_path, local_ray, tiny_checkpoint):
+    (tmp_path / "in").mkdir()
+    keys = set()
+    for shard in range(2):
+        ids = [f"p{shard}-{i}" for i in range(3)]
+        imgs = [png_bytes(40 + shard * 3 + i) for i in range(3)]
+        imgs[1] = b"broken" if shard == 0 else imgs[1]
+        keys |= set(ids)
+        pq.write_table(pa.table({"id": ids, "jpeg": imgs, "label": [0, 1, 2]}), tmp_path / "in" / f"{shard}.parquet")
+    spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp", target_value=3.0,
+                   model=tiny_checkpoint, key_column="id", image_column="jpeg")
+    summary = run_job(spec, actors=1)
+    verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
+    assert summary["errors"] == 1 and summary["ok"] == 5
+
+
+def test_transient_storage_errors_are_retried(tmp_path, local_ray, tiny_checkpoint):
+    keys = _write_tree(tmp_path / "in", n=4)
+    opts = {"fail_every": 3, "target_protocol": "file"}
+    spec = JobSpec(input=f"flaky://{tmp_path}/in", output=f"flaky://{tmp_path}/out", target_kind="qp",
+                   target_value=1.0, model=tiny_checkpoint, input_options=opts, output_options=opts,
+                   shard_bytes=10_000)
+    summary = run_job(spec, actors=1)
+    assert summary["shards_failed"] == [] and summary["images"] == len(keys)
+    verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
+
+
+def _reference(tmp_path, name, local_ray, checkpoint, n=8):
+    src = tmp_path / "in"
+    keys = _write_tree(src, n=n) if not src.exists() else None
+    spec = JobSpec(input=str(src), output=str(tmp_path / name), target_kind="qp", target_value=2.5,
+                   model=checkpoint, shard_bytes=6_000)
+    run_job(spec, actors=1)
+    return spec, keys
+
+
+def test_encoder_actor_killed_mid_run(tmp_path, local_ray, tiny_checkpoint):
+    import ray
+
+    ref_spec, keys = _reference(tmp_path, "ref", local_ray, tiny_checkpoint)
+    fs = fsspec.filesystem("file")
+    reference = verify_archive(fs, ref_spec.output, keys, tiny_checkpoint)
+    spec = JobSpec(**{**ref_spec.__dict__, "output": str(tmp_path / "killed")})
+    result = {}
+    t = threading.Thread(target=lambda: result.update(run_job(spec, actors=1)))
+    t.start()
+    killed = False
+    deadline = time.time() + 120
+    while t.is_alive() and time.time() < deadline and not killed:
+        man = tmp_path / "killed" / "manifest"
+        if man.exists() and any(man.iterdir()):
+            plan_run = result.get("run_id")
+            del plan_run
+            names = [a for a in _named_encoders(ray) if a]
+            for name in names:
+                ray.kill(ray.get_actor(name), no_restart=False)
+                killed = True
+        time.sleep(0.05)
+    t.join(300)
+    assert killed, "the run ended before an actor could be killed"
+    assert result["shards_failed"] == []
+    assert verify_archive(fs, spec.output, keys, tiny_checkpoint) == reference
+
+
+def _named_encoders(ray) -> list[str]:
+    from ray.util import list_named_actors
+
+    return [a for a in list_named_actors() if a.startswith("msinn-encoder-")]
+
+
+def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, local_ray, tiny_checkpoint):
+    ref_spec, keys = _reference(tmp_path, "ref", local_ray, tiny_checkpoint)
+    fs = fsspec.filesystem("file")
+    reference = verify_archive(fs, ref_spec.output, keys, tiny_checkpoint)
+    out = tmp_path / "driver"
+    cmd = [sys.executable, str(REPO / "jobs" / "transcode.py"), "--input", ref_spec.input, "--output", str(out),
+           "--qp", "2.5", "--model", tiny_checkpoint, "--shard-bytes", "6000", "--actors", "1"]
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        man = out / "manifest"
+        if man.exists() and any(man.iterdir()):
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    done_before = len(list((out / "manifest").iterdir())) if (out / "manifest").exists() else 0
+    assert done_before >= 1
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert verify_archive(fs, str(out), keys, tiny_checkpoint) == reference
