@@ -117,19 +117,22 @@ class CropSampler:
 
 
 def load_images(uri: str, limit: int | None = None, storage_options: dict | None = None) -> list[np.ndarray]:
+    """All images under a folder or fsspec URI as RGB arrays: crops are drawn from memory."""
     paths = list_images(uri, storage_options)
     if limit:
         paths = paths[:limit]
     return [read_image_rgb(p, storage_options) for p in paths]
 
 
-def center_crops(images: list[np.ndarray], size: int) -> torch.Tensor:
+def center_crops(images: list[np.ndarray], size: int) -> list[torch.Tensor]:
+    """Square centre crops (sides a multiple of 64, as coding needs): a fixed validation set."""
     out = []
     for im in images:
         h, w = im.shape[:2]
         s = min(size, h, w) // 64 * 64
         t, left = (h - s) // 2, (w - s) // 2
-        out.append(torch.from_numpy(np.ascontiguousarray(im[t : t + s, left : left + s])).permute(2, 0, 1).float().div(255))
+        crop = np.ascontiguousarray(im[t : t + s, left : left + s])
+        out.append(torch.from_numpy(crop).permute(2, 0, 1).float().div(255))
     return out
 
 
@@ -161,7 +164,16 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
 
 
 class Trainer:
-    """Owns model, optimiser and data; ``run()`` trains to ``settings.steps`` with checkpoints."""
+    """Owns model, optimiser and data; ``run()`` trains to ``settings.steps`` with checkpoints.
+
+    ``out/last.pt`` is resumed when it exists (unless ``resume=False``), else
+    ``init_from`` seeds the weights (more anchors than it has: see
+    :func:`extend_anchors`), else the model starts fresh. Subclasses (the Ray
+    Train worker) override the hooks ``train_step``, ``save``, ``_record``,
+    ``_on_log``, ``_validate`` and ``_time_up``.
+    """
+
+    is_chief = True  # the process that logs, validates and writes files
 
     def __init__(
         self,
@@ -169,6 +181,9 @@ class Trainer:
         config: MSINNConfig | None = None,
         init_from: str | None = None,
         images: list[np.ndarray] | None = None,
+        *,
+        resume: bool = True,
+        storage_options: dict | None = None,
     ):
         self.s = settings
         if settings.threads:
@@ -176,9 +191,10 @@ class Trainer:
         self.ckpt_path = Path(settings.out) / "last.pt"
         self.history_path = Path(settings.out) / "history.jsonl"
         self.step = 0
-        resume = self.ckpt_path.exists()
+        resume = resume and self.ckpt_path.exists()
+        saved_meta: dict = {}
         if resume:
-            cfg, sd, _ = read_checkpoint(self.ckpt_path)
+            cfg, sd, saved_meta = read_checkpoint(self.ckpt_path)
             config = cfg
         elif init_from:
             cfg0, sd0, _ = read_checkpoint(init_from)
@@ -187,44 +203,87 @@ class Trainer:
                 sd0 = extend_anchors(sd0, config.anchor_num)
         config = config or MSINNConfig()
         self.config = config
-        self.lambdas = lambdas_for(config.anchor_num, settings.lambdas)
+        self.lambdas = lambdas_for(config.anchor_num, settings.lambdas or saved_meta.get("lambdas"))
         torch.manual_seed(settings.seed)
         self.model = MSINN(config).to(settings.device)
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if resume:
             obj = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
-            self.model.load_state_dict(obj["state_dict"], strict=True)
-            self.opt.load_state_dict(obj["optimizer"])
-            self.step = int(obj["step"])
+            self.load_training_state(obj)
+            _warn_settings_drift(saved_meta.get("settings", {}), asdict(settings))
+            self._trim_history()
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         elif init_from:
             self.model.load_state_dict(sd0, strict=True)
+            log.info("initialised from %s (%d anchors)", init_from, config.anchor_num)
         else:
             init_gains(self.model, *settings.init_gain_range)
-        self.images = images if images is not None else load_images(settings.data)
+        self.images = images if images is not None else load_images(settings.data, storage_options=storage_options)
         self.sampler = CropSampler(self.images, settings.patch_size)
         self.val_crops: list[torch.Tensor] = []
         if settings.val_data:
-            self.val_crops = center_crops(load_images(settings.val_data, settings.val_images), settings.val_patch)
+            val = load_images(settings.val_data, settings.val_images, storage_options)
+            self.val_crops = center_crops(val, settings.val_patch)
 
-    def train_step(self) -> dict[str, float]:
+    # ------------------------------------------------------------------ state
+    def load_training_state(self, obj: dict) -> None:
+        """Weights, optimiser and step from a checkpoint dict (``last.pt`` layout)."""
+        self.model.load_state_dict(obj["state_dict"], strict=True)
+        self.opt.load_state_dict(obj["optimizer"])
+        for group in self.opt.param_groups:  # an explicit new learning rate wins over the saved one
+            if group["lr"] != self.s.lr:
+                log.info("learning rate %g (checkpoint had %g)", self.s.lr, group["lr"])
+                group["lr"] = self.s.lr
+        self.step = int(obj["step"])
+
+    def training_state(self) -> dict:
+        """What :meth:`load_training_state` needs, on the CPU (for broadcast to other workers)."""
+        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not _is_derived(k)}
+        return {"config": self.config.to_dict(), "state_dict": sd, "optimizer": self.opt.state_dict(),
+                "step": self.step, "lambdas": self.lambdas}
+
+    def _trim_history(self) -> None:
+        """Drop history rows logged after the checkpoint: those steps are trained again."""
+        if not self.history_path.exists():
+            return
+        lines = self.history_path.read_text().splitlines()
+        kept = [ln for ln in lines if _history_step(ln) is not None and _history_step(ln) <= self.step]
+        if len(kept) != len(lines):
+            tmp = self.history_path.with_name(self.history_path.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            os.replace(tmp, self.history_path)
+
+    # ------------------------------------------------------------------ one step
+    def draw_batch(self, step: int) -> tuple[torch.Tensor, list[int], int]:
+        """Crops (on the CPU), anchor per crop and noise seed of a step: a function of (seed, step) only."""
         s = self.s
-        gen = _step_generator(s.seed, self.step)
-        x = self.sampler.batch(s.batch_size, gen).to(s.device)
+        gen = _step_generator(s.seed, step)
+        x = self.sampler.batch(s.batch_size, gen)
         anchors = torch.randint(self.config.anchor_num, (s.batch_size,), generator=gen).tolist()
-        lam = torch.tensor([self.lambdas[a] for a in anchors], device=s.device)
-        torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))  # quantisation noise
+        noise_seed = int(torch.randint(2**62, (1,), generator=gen))
+        return x, anchors, noise_seed
+
+    def optimise(self, x: torch.Tensor, anchors: list[int], noise_seed: int, model: nn.Module | None = None):
+        """One optimiser step on a batch; ``model`` may wrap ``self.model`` (DDP)."""
+        s = self.s
+        lam = torch.tensor([self.lambdas[a] for a in anchors], device=x.device)
+        torch.manual_seed(noise_seed)  # quantisation noise
         self.opt.zero_grad(set_to_none=True)
-        out = self.model(x, anchors)
+        out = (model or self.model)(x, anchors)
         losses = rd_loss(out, x, lam)
         losses["loss"].backward()
         if s.clip_max_norm > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_max_norm)
         self.opt.step()
         self.step += 1
-        return {k: float(v) for k, v in losses.items()}
+        return {k: float(v.detach()) for k, v in losses.items()}
 
+    def train_step(self) -> dict[str, float]:
+        x, anchors, noise_seed = self.draw_batch(self.step)
+        return self.optimise(x.to(self.s.device), anchors, noise_seed)
+
+    # ------------------------------------------------------------------ hooks
     def save(self) -> None:
         sd_meta = {"lambdas": self.lambdas, "settings": _jsonable(asdict(self.s)), "step": self.step}
         extra = {"optimizer": self.opt.state_dict(), "step": self.step}
@@ -235,13 +294,41 @@ class Trainer:
         with open(self.history_path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def _on_log(self, row: dict) -> None:
+        log.info(
+            "step %d loss %.4f bpp %.4f psnr %.2f %.1f img/s",
+            row["step"], row["loss"], row["bpp"], row["psnr"], row["images_per_s"],
+        )
+        self._record(row)
+
+    def _validate(self) -> None:
+        anchors = sorted({0, self.config.anchor_num // 2, self.config.anchor_num - 1})
+        rows = validate(self.model, self.val_crops, anchors, self.s.device)
+        log.info("validation step %d: %s", self.step,
+                 " | ".join(f"qp{r['qp']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in rows))
+        self._record({"step": self.step, "validation": rows})
+
+    def _time_up(self, start: float, max_seconds: float | None) -> bool:
+        return max_seconds is not None and time.time() - start > max_seconds
+
+    # ------------------------------------------------------------------ loop
+    def _summary(self, window: list[dict], seconds: float) -> dict:
+        return {
+            "step": self.step,
+            "loss": float(np.mean([w["loss"] for w in window])),
+            "bpp": float(np.mean([w["bpp"] for w in window])),
+            "psnr": float(np.mean([10 * math.log10(1 / max(w["mse"], 1e-12)) for w in window])),
+            "images_per_s": len(window) * self.s.batch_size / max(seconds, 1e-9),
+        }
+
     def run(self, max_seconds: float | None = None) -> None:
+        """Train to ``settings.steps``; past ``max_seconds`` save a checkpoint and return early."""
         s = self.s
         start = time.time()
         window: list[dict] = []
         t_window = time.time()
         bar = None
-        if sys.stderr.isatty():
+        if self.is_chief and sys.stderr.isatty():
             from tqdm import tqdm
 
             bar = tqdm(total=s.steps, initial=self.step, desc="train", unit="step")
@@ -250,40 +337,46 @@ class Trainer:
             if bar:
                 bar.update(1)
             if self.step % s.log_every == 0 or self.step == s.steps:
-                dt = time.time() - t_window
-                row = {
-                    "step": self.step,
-                    "loss": float(np.mean([w["loss"] for w in window])),
-                    "bpp": float(np.mean([w["bpp"] for w in window])),
-                    "psnr": float(np.mean([10 * math.log10(1 / max(w["mse"], 1e-12)) for w in window])),
-                    "images_per_s": len(window) * s.batch_size / max(dt, 1e-9),
-                }
-                log.info(
-                    "step %d loss %.4f bpp %.4f psnr %.2f %.1f img/s",
-                    row["step"], row["loss"], row["bpp"], row["psnr"], row["images_per_s"],
-                )
-                self._record(row)
+                self._on_log(self._summary(window, time.time() - t_window))
                 window, t_window = [], time.time()
             if self.val_crops and (self.step % s.validate_every == 0 or self.step == s.steps):
-                anchors = sorted({0, self.config.anchor_num // 2, self.config.anchor_num - 1})
-                rows = validate(self.model, self.val_crops, anchors, s.device)
-                log.info("validation step %d: %s", self.step,
-                         " | ".join(f"qp{r['qp']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in rows))
-                self._record({"step": self.step, "validation": rows})
+                self._validate()
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                 self.save()
-            if max_seconds is not None and time.time() - start > max_seconds:
+            if self._time_up(start, max_seconds):
+                log.info("time limit reached at step %d; checkpoint saved", self.step)
                 self.save()
                 break
         if bar:
             bar.close()
 
 
+def _history_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a torn last line from a crash
+
+
+# Settings whose change breaks the "resumed run equals uninterrupted run" property.
+_NUMERIC_SETTINGS = ("seed", "batch_size", "patch_size", "lr", "clip_max_norm", "lambdas", "data")
+
+
+def _warn_settings_drift(saved: dict, current: dict) -> None:
+    """Say which settings differ from the checkpoint's: resuming is then not exact."""
+    now = _jsonable(current)
+    diff = {k: (saved[k], now[k]) for k in _NUMERIC_SETTINGS if k in saved and saved[k] != now.get(k)}
+    if diff:
+        log.warning("resuming with settings that differ from the checkpoint's (saved, now): %s", diff)
+
+
 def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=str))
 
 
-def export_weights(ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool = False, meta: dict | None = None) -> str:
+def export_weights(
+    ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool = False, meta: dict | None = None
+) -> str:
     """Strip optimiser state from a training checkpoint; returns the weights hash."""
     from .checkpoint import build_model, weights_hash
 
@@ -297,4 +390,6 @@ def export_weights(ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool 
     obj = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "state_dict": sd, "meta": m}
     Path(dest).parent.mkdir(parents=True, exist_ok=True)
     torch.save(obj, dest)
-    return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}) if half else model.weights_sha256
+    if half:
+        return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
+    return model.weights_sha256

@@ -75,7 +75,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
 
 
 def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+    """Log lines go to stderr, so that stdout carries only the JSON result."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
 def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> int:
@@ -93,7 +94,122 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
     return 1 if summary["shards_failed"] else 0
 
 
-COMMANDS = {"transcode": cmd_transcode}
+def _archive_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("archive", help="fsspec URI of an archive written by transcode")
+    p.add_argument("--storage-options", type=json.loads, default=None, help="JSON fsspec options for the archive")
+    return p
+
+
+def _connect(args: argparse.Namespace):
+    from .archive import connect
+
+    return connect(args.archive, storage_options_from_env(args.archive, args.storage_options))
+
+
+def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
+    from .archive import ArchiveError
+    from .stats import archive_stats, plot_distributions, stats_text
+
+    p = _archive_parser(prog, "Size and quality statistics of an archive (current view).")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--plot", help="write bpp and PSNR distributions to this PNG")
+    args = p.parse_args(argv)
+    try:
+        con = _connect(args)
+        s = archive_stats(con)
+        if args.plot:
+            plot_distributions(con, args.plot)
+    except (ArchiveError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(s, default=str) if args.json else stats_text(s))
+    return 0
+
+
+def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
+    from .archive import ArchiveError, query
+    from .stats import format_csv, format_json, format_table
+
+    p = _archive_parser(prog, "SQL over an archive: views 'manifest' (current rows) and 'all_rows'.")
+    p.add_argument("sql")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    args = p.parse_args(argv)
+    try:
+        cols, rows = query(_connect(args), args.sql)
+    except (ArchiveError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    fmt = {"table": format_table, "json": format_json, "csv": format_csv}[args.format]
+    print(fmt(cols, rows))
+    return 0
+
+
+def _selection(args: argparse.Namespace) -> list[dict]:
+    from .archive import select
+
+    return [r for r in select(_connect(args), args.where) if r["status"] == "ok"]
+
+
+def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
+    from .archive import ArchiveError
+    from .restore import run_decode_jobs
+
+    p = _archive_parser(prog, "Decode a selection of an archive back to image files.")
+    p.add_argument("dest", help="fsspec URI of the destination folder")
+    p.add_argument("--where", help="SQL predicate over the manifest, e.g. \"bpp > 0.5\"")
+    p.add_argument("--format", default="png", help="image format of the restored files (png, webp, tiff, ...)")
+    p.add_argument("--model", help="model name or checkpoint (default: the one each row names)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dest-storage-options", type=json.loads, default=None)
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        rows = _selection(args)
+    except (ArchiveError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    results = run_decode_jobs(
+        rows, storage_options_from_env(args.archive, args.storage_options), args.model, args.device, args.dest,
+        storage_options_from_env(args.dest, args.dest_storage_options), args.format,
+    )
+    failed = [r for r in results if not r["ok"]]
+    print(json.dumps({"selected": len(rows), "restored": len(results) - len(failed),
+                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed]}, indent=2))
+    return 1 if failed else 0
+
+
+def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
+    from .archive import ArchiveError
+    from .restore import run_decode_jobs, sample_rows
+
+    p = _archive_parser(prog, "Decode a selection (or a random sample) and check every hash.")
+    p.add_argument("--where", help="SQL predicate over the manifest")
+    p.add_argument("--sample", type=int, help="verify a random sample of this many rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="model name or checkpoint (default: the one each row names)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        rows = sample_rows(_selection(args), args.sample, args.seed)
+    except (ArchiveError, FileNotFoundError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    results = run_decode_jobs(rows, storage_options_from_env(args.archive, args.storage_options), args.model,
+                              args.device, None, None, "png")
+    bad = [{"key": r["key"], "error": r["error"]} for r in results if not r["ok"]]
+    print(json.dumps({"checked": len(results), "ok": len(results) - len(bad), "mismatches": bad}, indent=2))
+    return 1 if bad else 0
+
+
+COMMANDS = {
+    "transcode": cmd_transcode,
+    "stats": cmd_stats,
+    "query": cmd_query,
+    "restore": cmd_restore,
+    "verify": cmd_verify,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

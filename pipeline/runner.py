@@ -203,6 +203,8 @@ def run_job(
     failed: list[str] = []
     processed = 0
     nodes: dict[str | None, int] = {}
+    actor_start = busy = 0.0
+    n = 0
     if pending:
         n = min(pool_size(spec, actors, actor_resources), len(pending))
         opts: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": cpus_per_actor}
@@ -210,13 +212,15 @@ def run_job(
             opts["num_gpus"] = 1
         if actor_resources:
             opts["resources"] = actor_resources
-        threads = max(1, int(cpus_per_actor))
+        threads = max(1, math.ceil(cpus_per_actor))
         actor_cls = ray.remote(UnitEncoder)
         pool_actors = [
             actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{i}", **opts).remote(spec.model, spec.device, threads)
             for i in range(n)
         ]
+        t_start = time.time()
         ray.get([a.ready.remote() for a in pool_actors])
+        actor_start = time.time() - t_start
         reader = ray.remote(read_unit).options(num_cpus=read_cpus, max_retries=3, retry_exceptions=True)
         pool = ActorPool(pool_actors)
         progress = Progress(len(units), sum(u.input_bytes for u in pending), len(done))
@@ -245,6 +249,7 @@ def run_job(
             progress.add(by_id[res["unit_id"]], res)
             nodes[res["node_id"]] = nodes.get(res["node_id"], 0) + 1
             processed += res["images"]
+            busy += res["seconds"]
             progress.log()
             submit_next()
         progress.log(force=True)
@@ -257,6 +262,9 @@ def run_job(
             failed = sorted(still)
     summary = summarise(spec, units, time.time() - t0, processed, failed)
     summary["shards_by_node"] = {str(k): v for k, v in nodes.items()}
+    summary["actors"] = n
+    summary["actor_start_seconds"] = round(actor_start, 3)
+    summary["encode_seconds_total"] = round(busy, 3)
     body = json.dumps(summary, indent=2).encode()
     storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
     storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)

@@ -1,0 +1,143 @@
+"""Stats, queries, restore and verify over archives on local files and S3 (moto)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+from PIL import Image
+from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest
+
+import msinn
+from msinn.codec import decode_image
+from pipeline.cli import main
+from pipeline.encoder import JobSpec
+from pipeline.runner import run_job
+from pipeline.storage import storage_options_from_env
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory, local_ray, tiny_checkpoint) -> Path:
+    root = tmp_path_factory.mktemp("arch")
+    (root / "in" / "sub").mkdir(parents=True)
+    for i in range(5):
+        (root / "in" / "sub" / f"k{i}.png").write_bytes(png_bytes(200 + i, mode="L" if i == 2 else "RGB"))
+    (root / "in" / "bad.png").write_bytes(corrupt_bytes()["text"])
+    run_job(JobSpec(input=str(root / "in"), output=str(root / "out"), target_kind="qp", target_value=2.0,
+                    model=tiny_checkpoint, shard_bytes=8_000), actors=1)
+    return root / "out"
+
+
+def _independent_stats(rows: list[dict]) -> dict:
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "images": len(rows),
+        "ok": len(ok),
+        "errors": len(rows) - len(ok),
+        "bytes_in": sum(r["source_bytes"] or 0 for r in rows),
+        "bytes_out": sum(r["bytes"] for r in ok),
+        "mean_bpp": float(np.mean([r["bpp"] for r in ok])),
+        "mean_psnr": float(np.mean([r["psnr"] for r in ok])),
+    }
+
+
+def test_stats_match_independent_computation(archive, capsys):
+    assert main(["stats", str(archive), "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    expected = _independent_stats(read_manifest(fsspec.filesystem("file"), str(archive)))
+    for k, v in expected.items():
+        assert s[k] == pytest.approx(v), k
+    assert s["errors_by_cause"] == {"bad image": 1}
+    assert s["bpp_p5"] <= s["bpp_p50"] <= s["bpp_p95"]
+    assert s["compression_ratio"] == pytest.approx(expected["bytes_in"] / expected["bytes_out"])
+    assert [m["name"] for m in s["per_model"]] == ["tiny-test.pt"] and len(s["per_run"]) == 1
+
+
+def test_stats_table_and_plot(archive, tmp_path, capsys):
+    plot = tmp_path / "dist.png"
+    assert main(["stats", str(archive), "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "compression ratio" in out and "bad image" in out
+    assert Image.open(plot).size[0] > 100
+
+
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_query(archive, capsys, fmt):
+    rows = read_manifest(fsspec.filesystem("file"), str(archive))
+    expected = sum(1 for r in rows if r["status"] == "ok" and r["width"] == 72)
+    assert main(["query", str(archive), "SELECT count(*) AS n FROM manifest WHERE status = 'ok' AND width = 72",
+                 "--format", fmt]) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        assert json.loads(out) == [{"n": expected}]
+    else:
+        assert str(expected) in out.splitlines()[-1 if fmt == "table" else 1]
+    assert main(["query", str(archive), "SELECT count(*) FROM all_rows", "--format", "json"]) == 0
+    assert list(json.loads(capsys.readouterr().out)[0].values()) == [len(rows)]
+
+
+def test_bad_query_and_missing_archive(archive, tmp_path, capsys):
+    assert main(["query", str(archive), "SELECT nonsense FROM manifest"]) == 2
+    assert "query failed" in capsys.readouterr().err
+    assert main(["stats", str(tmp_path / "nothing")]) == 2
+
+
+def test_restore_round_trip(archive, tmp_path, tiny_checkpoint, capsys):
+    dest = tmp_path / "restored"
+    assert main(["restore", str(archive), str(dest), "--where", "key LIKE 'sub/%'", "--model", tiny_checkpoint]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["selected"] == 5 and report["restored"] == 5 and report["failed"] == []
+    model = msinn.load(tiny_checkpoint)
+    fs = fsspec.filesystem("file")
+    for r in read_manifest(fs, str(archive)):
+        if r["status"] != "ok":
+            continue
+        img = Image.open(dest / f"{r['key']}.png")
+        with open(r["tar_uri"], "rb") as f:
+            f.seek(r["offset"])
+            expected = decode_image(f.read(r["length"]), model)
+        assert img.mode == expected.mode
+        assert np.array_equal(np.asarray(img), expected.pixels)
+    assert (dest / "sub" / "k2.png").exists() and Image.open(dest / "sub" / "k2.png").mode == "L"
+    assert not (dest / "bad.png").exists()
+
+
+def test_verify_catches_an_altered_shard(archive, tmp_path, tiny_checkpoint, capsys):
+    rows = [r for r in read_manifest(fsspec.filesystem("file"), str(archive)) if r["status"] == "ok"]
+    victim = rows[1]
+    tar = Path(victim["tar_uri"])
+    backup = tar.read_bytes()
+    try:
+        data = bytearray(backup)
+        data[victim["offset"] + victim["length"] // 2] ^= 0x40
+        tar.write_bytes(bytes(data))
+        assert main(["verify", str(archive), "--model", tiny_checkpoint]) == 1
+        report = json.loads(capsys.readouterr().out)
+        assert report["checked"] == len(rows) and [m["key"] for m in report["mismatches"]] == [victim["key"]]
+        assert "checksum" in report["mismatches"][0]["error"]
+    finally:
+        tar.write_bytes(backup)
+    assert main(["verify", str(archive), "--sample", "2", "--model", tiny_checkpoint]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["checked"] == 2 and report["mismatches"] == []
+
+
+def test_stats_and_restore_on_s3(s3_bucket, local_ray, tiny_checkpoint, tmp_path, capsys):
+    fs, bucket = s3_bucket
+    for i in range(3):
+        fs.pipe(f"{bucket}/in/{i}.png", png_bytes(300 + i))
+    src, out = f"s3://{bucket}/in", f"s3://{bucket}/arch"
+    run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
+                    input_options=storage_options_from_env(src, None),
+                    output_options=storage_options_from_env(out, None)), actors=1)
+    assert main(["stats", out, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    fs.invalidate_cache()
+    assert s["images"] == 3 and s == {**s, **_independent_stats(read_manifest(fs, f"{bucket}/arch"))}
+    assert main(["restore", out, f"s3://{bucket}/restored", "--model", tiny_checkpoint]) == 0
+    capsys.readouterr()
+    fs.invalidate_cache()
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/restored")) == ["0.png", "1.png", "2.png"]

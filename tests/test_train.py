@@ -1,0 +1,194 @@
+"""Training: exact resume, anchor extension, the ``msinn train`` CLI and Ray Train data parallelism."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from msinn.config import MSINNConfig
+from msinn.train import Trainer, TrainSettings, load_images
+
+# Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+os.environ.update(RAY_ENV)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+TINY = MSINNConfig(N=8, M=8, depths=(1, 1, 1, 1), context_channels=8, anchor_num=3, post_process=False)
+TINY_FLAGS = ["--N", "8", "--M", "8", "--depths", "1", "1", "1", "1", "--context-channels", "8",
+              "--anchor-num", "3", "--no-post-process"]
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    """Four 96x96 PNG crops of the shared training images (varied content, quick to train on)."""
+    d = tmp_path_factory.mktemp("images")
+    sources = sorted((SHARED / "datasets" / "train").glob("*.png"))[:4]
+    for i, src in enumerate(sources):
+        im = np.asarray(Image.open(src).convert("RGB"))
+        top, left = (im.shape[0] - 96) // (i + 2), (im.shape[1] - 96) // (4 - i)
+        Image.fromarray(im[top : top + 96, left : left + 96]).save(d / f"{i}.png")
+    return d
+
+
+@pytest.fixture(scope="module")
+def images(image_dir) -> list[np.ndarray]:
+    return load_images(str(image_dir))
+
+
+def _settings(out: Path, **kw) -> TrainSettings:
+    base = TrainSettings(data="unused", out=str(out), steps=STEPS, batch_size=2, patch_size=64, threads=1,
+                         log_every=1, checkpoint_every=100, seed=3)
+    return replace(base, **kw)
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"tensors differ: {differ[:5]}"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, images) -> tuple[dict[str, torch.Tensor], Path]:
+    """Reference: STEPS uninterrupted steps (weights, run folder)."""
+    out = tmp_path_factory.mktemp("straight")
+    t = Trainer(_settings(out), TINY, images=images)
+    t.run()
+    return _weights(t), out
+
+
+def _history_steps(out: Path) -> list[int]:
+    rows = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
+    return [r["step"] for r in rows if "validation" not in r]
+
+
+def test_stop_and_resume_is_exact(tmp_path, images, straight):
+    first = Trainer(_settings(tmp_path, steps=STEPS // 2), TINY, images=images)
+    first.run()
+    second = Trainer(_settings(tmp_path), images=images)  # a new process would do the same
+    assert second.step == STEPS // 2
+    second.run()
+    _assert_same(_weights(second), straight[0])
+    assert _history_steps(tmp_path) == list(range(1, STEPS + 1))
+
+
+class _Crash(Trainer):
+    def train_step(self) -> dict[str, float]:
+        if self.step == 3:
+            raise RuntimeError("simulated crash")
+        return super().train_step()
+
+
+def test_crash_between_checkpoints_resumes_from_last_checkpoint(tmp_path, images, straight):
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _Crash(_settings(tmp_path, checkpoint_every=2), TINY, images=images).run()
+    resumed = Trainer(_settings(tmp_path, checkpoint_every=2), images=images)
+    assert resumed.step == 2  # step 3 was lost with the crash
+    resumed.run()
+    _assert_same(_weights(resumed), straight[0])
+    assert _history_steps(tmp_path) == list(range(1, STEPS + 1))  # no duplicate rows for the replayed step
+
+
+def test_time_limit_saves_and_resumes_exactly(tmp_path, images, straight):
+    t = Trainer(_settings(tmp_path), TINY, images=images)
+    t.run(max_seconds=0)
+    assert t.step == 1
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 1
+    resumed = Trainer(_settings(tmp_path), images=images)
+    resumed.run()
+    _assert_same(_weights(resumed), straight[0])
+
+
+def test_more_anchors_start_as_copies_of_the_top_anchor(tmp_path, images, straight):
+    old = straight[0]
+    wide = replace(TINY, anchor_num=4)
+    t = Trainer(_settings(tmp_path / "wide"), wide, init_from=str(straight[1] / "last.pt"), images=images)
+    new = t.model.state_dict()
+    for k in ("gain", "inv_gain", "scale_gain"):
+        assert new[k].shape[0] == 4
+        assert torch.equal(new[k][:3], old[k])
+        assert torch.equal(new[k][3], old[k][2])
+    assert all(torch.equal(new[k], v) for k, v in old.items() if k not in ("gain", "inv_gain", "scale_gain"))
+    assert len(t.lambdas) == 4
+    t.train_step()
+    assert not torch.equal(t.model.gain[3], t.model.gain[2])  # the new anchor trains on its own
+
+
+def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
+    import msinn
+    from msinn.train_cli import main
+
+    out, exported = tmp_path / "run", tmp_path / "model.pt"
+    common = ["--out", str(out), "--threads", "1"]
+    rc = main(["--data", str(image_dir), *common, "--steps", "3", "--batch-size", "2", "--patch-size", "64",
+               "--log-every", "1", "--checkpoint-every", "2", "--val-data", str(image_dir), "--val-images", "1",
+               "--val-patch", "64", "--validate-every", "3", "--seed", "5", *TINY_FLAGS])
+    assert rc == 0
+    rows = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "validation" in r] == [3]
+    # Resume: --out alone brings back the data, seed, batch and model of the run.
+    assert main([*common, "--steps", "4", "--export", str(exported)]) == 0
+    obj = torch.load(out / "last.pt", weights_only=True)
+    assert obj["step"] == 4 and obj["meta"]["settings"]["seed"] == 5
+    assert "optimizer" not in torch.load(exported, weights_only=True)
+    model = msinn.load(str(exported))
+    assert model.config.anchor_num == 3
+    x = torch.from_numpy(np.asarray(Image.open(image_dir / "0.png"))[:64, :64]).permute(2, 0, 1)[None] / 255
+    data, shape = model.compress_raw(x.float(), 1)
+    assert model.decompress_raw(data, shape, 1).shape == x.shape
+
+
+def test_cli_config_layers(tmp_path):
+    from msinn.train_cli import _parser, build_config
+
+    cfg = build_config(_parser().parse_args(["--out", str(tmp_path), "--preset", "small", "--anchor-num", "12"]), False)
+    assert (cfg.N, cfg.M, cfg.depths, cfg.context_channels, cfg.post_process) == (48, 64, (3, 3, 3, 3), 48, False)
+    assert cfg.anchor_num == 12
+    assert build_config(_parser().parse_args(["--out", str(tmp_path)]), False) == MSINNConfig()
+
+
+@pytest.fixture()
+def ray_2cpu():
+    """A fresh local Ray of 2 CPUs (one per worker), shut down after the test."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_train_two_workers(tmp_path, image_dir, ray_2cpu):
+    import msinn
+    from msinn.train_ray import run_ray
+
+    out = tmp_path / "run"
+    settings = replace(_settings(out, data=str(image_dir), steps=3, log_every=1), threads=0)
+    metrics = run_ray(settings, TINY, workers=2, storage_path=str(tmp_path / "ray"))
+    assert metrics["step"] == 3 and np.isfinite(metrics["loss"])
+    obj = torch.load(out / "last.pt", weights_only=True)
+    assert obj["step"] == 3 and obj["format"] == "msinn-checkpoint"
+    torch.manual_seed(settings.seed)
+    fresh = msinn.MSINN(TINY).state_dict()  # the workers' starting weights (before ActNorm's start)
+    convs = [k for k in fresh if k.endswith("conv.weight") or k.endswith("conv1.weight")]
+    changed = [k for k in convs if not torch.equal(obj["state_dict"][k], fresh[k])]
+    assert convs and len(changed) == len(convs)
+    assert msinn.load(str(out / "last.pt")).config == TINY
+    # A single process continues the Ray run.
+    t = Trainer(replace(settings, steps=4), images=load_images(str(image_dir)))
+    assert t.step == 3
+    t.run()
+    assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
