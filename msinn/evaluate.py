@@ -167,7 +167,7 @@ def ms_ssim_rgb(a: np.ndarray, b: np.ndarray) -> float | None:
     from pytorch_msssim import ms_ssim
 
     def t(x: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
+        return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
 
     with torch.inference_mode():
         return float(ms_ssim(t(a), t(b), data_range=1.0, size_average=True))
@@ -193,7 +193,7 @@ def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[
 
     device = model.gain.device
     h, w = img_uint8_hwc.shape[:2]
-    x = torch.from_numpy(np.ascontiguousarray(img_uint8_hwc)).permute(2, 0, 1).unsqueeze(0)
+    x = torch.from_numpy(np.array(img_uint8_hwc, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)  # writable copy
     x = x.to(device=device, dtype=torch.float32) / 255.0
     ph, pw = -h % 64, -w % 64
     if ph or pw:  # the transform needs multiples of 64; replicate edges so padding costs few bits

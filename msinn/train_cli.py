@@ -18,9 +18,9 @@ from pathlib import Path
 
 log = logging.getLogger("msinn.train")
 
-# Settings a resumed run takes from its checkpoint unless a flag overrides them
-# (device, threads and out describe this machine and this invocation instead).
-_MACHINE_SETTINGS = ("out", "device", "threads")
+# A resumed run takes every other setting from its checkpoint unless a flag overrides it
+# (device and threads included: CPU thread count changes the float results).
+_NOT_INHERITED = ("out",)
 _MODEL_FLAGS = ("N", "M", "depths", "context_channels", "anchor_num", "flow_permutation", "flow_coupling")
 PRESETS = {
     "released": {},
@@ -93,7 +93,7 @@ def build_settings(args: argparse.Namespace, saved: dict | None):
     from .train import TrainSettings
 
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    values = {k: v for k, v in (saved or {}).items() if k in fields and k not in _MACHINE_SETTINGS}
+    values = {k: v for k, v in (saved or {}).items() if k in fields and k not in _NOT_INHERITED}
     if "init_gain_range" in values:
         values["init_gain_range"] = tuple(values["init_gain_range"])
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}

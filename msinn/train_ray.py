@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -70,13 +72,14 @@ def run_ray(
 ) -> dict[str, Any]:
     """Train with ``workers`` Ray Train workers (one GPU each when ``settings.device`` is cuda).
 
-    Returns the last metrics rank 0 reported. Ray's own run state goes to
-    ``storage_path`` (default ``OUT/ray``); the model checkpoint is ``OUT/last.pt``.
+    Returns the metrics reported with the last checkpoint. The model
+    checkpoint is ``OUT/last.pt``; Ray's run state and a copy of the latest
+    ``last.pt`` go to ``storage_path`` (default ``OUT/ray``, may be a URI).
     """
     if workers < 1 or settings.batch_size % workers:
         raise ValueError(f"--batch-size {settings.batch_size} must be a multiple of --workers {workers}")
     init_ray(ray_address)
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = settings.device.startswith("cuda")
@@ -98,9 +101,12 @@ def run_ray(
         run_config=RunConfig(
             name=f"msinn-train-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path or str(Path(settings.out) / "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     result = trainer.fit()
+    if result.checkpoint is not None:
+        log.info("Ray Train checkpoint (a copy of last.pt): %s", result.checkpoint.path)
     return dict(result.metrics or {})
 
 
@@ -111,6 +117,7 @@ class RayWorkerTrainer(Trainer):
     def __init__(self, *args: Any, rank: int, world: int, **kwargs: Any):
         self.rank, self.world = rank, world
         self.ddp: torch.nn.Module | None = None
+        self.last_row: dict = {}
         super().__init__(*args, **kwargs)
 
     @property
@@ -126,11 +133,10 @@ class RayWorkerTrainer(Trainer):
         self.model.analyze(x.to(self.s.device))
 
     def wrap(self) -> None:
-        """DDP over the replicas (buffers are fixed after the ActNorm start, so they are not re-sent)."""
+        """DDP over the replicas (a no-op with one worker)."""
         from ray.train.torch import prepare_model
 
-        self.ddp = prepare_model(self.model, move_to_device=False,
-                                 parallel_strategy_kwargs={"broadcast_buffers": False})
+        self.ddp = prepare_model(self.model, move_to_device=False)
 
     def train_step(self) -> dict[str, float]:
         x, anchors, noise_seed = self.draw_batch(self.step)
@@ -162,8 +168,17 @@ class RayWorkerTrainer(Trainer):
         return bool(flag.item() > 0)
 
     def save(self) -> None:
-        if self.is_chief:
-            super().save()
+        """Rank 0 writes ``last.pt``; every worker reports it to Ray Train (a barrier), with the metrics."""
+        import ray.train
+
+        metrics = {**self.last_row, "step": self.step}
+        if not self.is_chief:
+            ray.train.report(metrics)
+            return
+        super().save()
+        with tempfile.TemporaryDirectory() as d:
+            shutil.copy2(self.ckpt_path, Path(d) / "last.pt")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
     def _record(self, row: dict) -> None:
         if self.is_chief:
@@ -172,6 +187,7 @@ class RayWorkerTrainer(Trainer):
     def _on_log(self, row: dict) -> None:
         import ray.train
 
+        self.last_row = row
         if self.is_chief:
             super()._on_log(row)
         ray.train.report(row)  # a barrier: every worker reports at the same steps

@@ -203,8 +203,46 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     return 1 if bad else 0
 
 
+def reencode_parser(prog: str) -> argparse.ArgumentParser:
+    p = _archive_parser(prog, "Re-encode the rows of an archive that a SQL predicate selects.")
+    p.add_argument("--where", help="SQL predicate over the current manifest, e.g. \"status = 'error'\"")
+    add_target_args(p)
+    p.add_argument("--model", help="model for the new encodes (default: bundled weights)")
+    p.add_argument("--from", dest="source_mode", default="auto", choices=["auto", "source", "bitstream"],
+                   help="re-encode from the original image, the decoded bitstream, or the first that works")
+    p.add_argument("--decode-model", help="checkpoint to decode old bitstreams with, when not a registered name")
+    p.add_argument("--rows-per-shard", type=int, default=256)
+    p.add_argument("--actors", type=int, default=None)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--gc", action="store_true", help="afterwards, delete shards no current row references")
+    p.add_argument("--retention-hours", type=float, default=168.0, help="gc keeps unreferenced shards this long")
+    return p
+
+
+def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
+    from .archive import ArchiveError
+    from .reencode import gc_shards, run_reencode
+    from .runner import JobError
+
+    args = reencode_parser(prog).parse_args(argv)
+    setup_logging()
+    kind, value = target_of(args)
+    opts = storage_options_from_env(args.archive, args.storage_options)
+    try:
+        summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
+                               args.decode_model, args.rows_per_shard, args.actors, device=args.device)
+        if args.gc:
+            summary["gc"] = gc_shards(args.archive, opts, args.retention_hours)
+    except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 1 if summary.get("shards_failed") else 0
+
+
 COMMANDS = {
     "transcode": cmd_transcode,
+    "reencode": cmd_reencode,
     "stats": cmd_stats,
     "query": cmd_query,
     "restore": cmd_restore,

@@ -158,8 +158,8 @@ class UnitEncoder:
             "unit_id": unit.unit_id,
             "created_at": now,
             "codec_version": __import__("msinn").__version__,
-            "encoded_from": "source",
-            "source_bytes": len(rec.data) if rec.data is not None else None,
+            "encoded_from": rec.encoded_from,
+            "source_bytes": rec.source_bytes,
             "source_sha256": rec.sha256,
         }
         if rec.error is not None:

@@ -190,14 +190,37 @@ def run_job(
     prefetch: int = 2,
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
-    import ray
-    from ray.util import ActorPool
-
     t0 = time.time()
     init_ray()
     spec, units = prepare_plan(spec)
+    stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, read_cpus, prefetch)
+    summary = summarise(spec, units, time.time() - t0, stats["processed"], stats["failed"])
+    summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed")})
+    body = json.dumps(summary, indent=2).encode()
+    storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
+    storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)
+    return summary
+
+
+def execute_units(
+    spec: JobSpec,
+    units: list[WorkUnit],
+    actors: int | None = None,
+    actor_resources: dict | None = None,
+    cpus_per_actor: float = 1.0,
+    read_cpus: float = 0.5,
+    prefetch: int = 2,
+    max_units: int | None = None,
+) -> dict[str, Any]:
+    """Encode every unit that has no manifest shard yet, on a pool of encoder actors."""
+    import ray
+    from ray.util import ActorPool
+
+    init_ray()
     done = committed_units(spec, units)
     pending = [u for u in units if u.unit_id not in done]
+    if max_units is not None:  # stop early, as an interrupted run would (used by tests)
+        pending = pending[:max_units]
     log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), len(done),
              len(pending))
     failed: list[str] = []
@@ -257,15 +280,12 @@ def run_job(
         for a in pool_actors:
             ray.kill(a)
         if failed:
-            # which units: those without a manifest now
-            still = {u.unit_id for u in units} - committed_units(spec, units)
-            failed = sorted(still)
-    summary = summarise(spec, units, time.time() - t0, processed, failed)
-    summary["shards_by_node"] = {str(k): v for k, v in nodes.items()}
-    summary["actors"] = n
-    summary["actor_start_seconds"] = round(actor_start, 3)
-    summary["encode_seconds_total"] = round(busy, 3)
-    body = json.dumps(summary, indent=2).encode()
-    storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
-    storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)
-    return summary
+            failed = sorted({u.unit_id for u in pending} - committed_units(spec, units))
+    return {
+        "processed": processed,
+        "failed": failed,
+        "shards_by_node": {str(k): v for k, v in nodes.items()},
+        "actors": n,
+        "actor_start_seconds": round(actor_start, 3),
+        "encode_seconds_total": round(busy, 3),
+    }

@@ -28,10 +28,21 @@ class InputRecord:
     source_uri: str
     data: bytes | None
     error: str | None = None
+    encoded_from: str = "source"  # or "bitstream" when re-encoding a decoded archive member
+    original_bytes: int | None = None  # size and hash of the original input, when data is not it
+    original_sha256: str | None = None
 
     @property
     def sha256(self) -> str | None:
+        if self.original_sha256 is not None:
+            return self.original_sha256
         return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
+
+    @property
+    def source_bytes(self) -> int | None:
+        if self.original_bytes is not None:
+            return self.original_bytes
+        return len(self.data) if self.data is not None else None
 
 
 def safe_key(key: str) -> str | None:
@@ -115,8 +126,30 @@ def read_parquet(unit: WorkUnit, options: dict | None, key_column: str, image_co
                 yield InputRecord(str(k), src, bytes(v))
 
 
+def read_source(source_uri: str, options: dict | None, key_column: str = "key", image_column: str = "image") -> bytes:
+    """The bytes of one input, from its manifest ``source_uri`` (plain, ``tar#member`` or ``parquet#row=N``)."""
+    if "#" not in source_uri:
+        return storage.read_bytes(source_uri, options)
+    uri, frag = source_uri.split("#", 1)
+    blob = storage.read_bytes(uri, options)
+    if frag.startswith("row=") and uri.endswith(".parquet"):
+        row = int(frag[4:])
+        table = pq.read_table(io.BytesIO(blob), columns=[image_column])
+        v = table.column(0)[row].as_py()
+        return v["bytes"] if isinstance(v, dict) else v
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tf:
+        f = tf.extractfile(frag)
+        if f is None:
+            raise FileNotFoundError(f"{source_uri}: not a file member")
+        return f.read()
+
+
 def read_unit(unit: WorkUnit, options: dict | None, key_column: str = "key", image_column: str = "image"):
     """All records of a unit, each either with bytes or with an error."""
+    if unit.kind == "rows":
+        from .reencode import read_rows
+
+        return read_rows(unit, options, key_column, image_column)
     if unit.kind == "files":
         records = list(read_files(unit, options))
     elif unit.kind == "tar":

@@ -145,7 +145,7 @@ def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
     assert "optimizer" not in torch.load(exported, weights_only=True)
     model = msinn.load(str(exported))
     assert model.config.anchor_num == 3
-    x = torch.from_numpy(np.asarray(Image.open(image_dir / "0.png"))[:64, :64]).permute(2, 0, 1)[None] / 255
+    x = torch.from_numpy(np.array(Image.open(image_dir / "0.png"))[:64, :64]).permute(2, 0, 1)[None] / 255
     data, shape = model.compress_raw(x.float(), 1)
     assert model.decompress_raw(data, shape, 1).shape == x.shape
 
@@ -181,6 +181,7 @@ def test_ray_train_two_workers(tmp_path, image_dir, ray_2cpu):
     assert metrics["step"] == 3 and np.isfinite(metrics["loss"])
     obj = torch.load(out / "last.pt", weights_only=True)
     assert obj["step"] == 3 and obj["format"] == "msinn-checkpoint"
+    assert len(list((tmp_path / "ray").rglob("last.pt"))) == 1  # Ray Train's copy of the latest checkpoint
     torch.manual_seed(settings.seed)
     fresh = msinn.MSINN(TINY).state_dict()  # the workers' starting weights (before ActNorm's start)
     convs = [k for k in fresh if k.endswith("conv.weight") or k.endswith("conv1.weight")]

@@ -1,0 +1,193 @@
+"""Re-encoding part of an archive: a new target, a new model, or a retry of failed rows.
+
+Rows of the current view are selected with a SQL predicate and frozen into a
+plan under ``_reencode/<run_id>/``; the results land as new manifest and
+bitstream shards (``part-<run_id>-NNNNNN``) with the new run id, and the
+current view (latest ok row per key) moves to them. A rerun of the same job
+resumes its unfinished plan. Old shards stay until ``gc`` removes those no
+current row references, after a retention period.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import storage
+from .archive import connect, select
+from .encoder import JobSpec
+from .plan import WorkUnit, read_plan
+from .runner import _new_run_id, execute_units, init_ray
+from .sources import InputRecord, read_source
+
+log = logging.getLogger("pipeline.reencode")
+SOURCE_MODES = ("auto", "source", "bitstream")
+ROW_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "source_bytes", "source_sha256")
+
+
+def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict, list[WorkUnit]]]:
+    out = []
+    for f in storage.list_files(storage.join(archive, "_reencode"), options):
+        if f.endswith("/plan.parquet"):
+            table = pq.read_table(io.BytesIO(storage.read_bytes(f, options)))
+            job = json.loads((table.schema.metadata or {}).get(b"msinn.reencode", b"{}"))
+            units = [WorkUnit(r["unit_id"], "rows", tuple(r["rows"]), r["input_bytes"], archive)
+                     for r in table.to_pylist()]
+            out.append((job["run_id"], job, units))
+    return sorted(out, key=lambda t: t[0])
+
+
+def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], options: dict | None) -> None:
+    table = pa.table({
+        "unit_id": [u.unit_id for u in units],
+        "rows": [list(u.uris) for u in units],
+        "input_bytes": [u.input_bytes for u in units],
+    }).replace_schema_metadata({"msinn.reencode": json.dumps(job, sort_keys=True)})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    storage.write_bytes(storage.join(archive, "_reencode", run_id, "plan.parquet"), buf.getvalue(), options)
+
+
+def read_rows(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:
+    """Inputs of a re-encode unit: the original image if readable, else the decoded bitstream."""
+    records = []
+    for raw in unit.uris:
+        row = json.loads(raw)
+        mode = row["from"]
+        src_err = None
+        if mode in ("auto", "source"):
+            try:
+                data = read_source(row["source_uri"], options, key_column, image_column)
+                records.append(InputRecord(row["key"], row["source_uri"], data, encoded_from="source"))
+                continue
+            except Exception as exc:  # the original may be gone: fall back when allowed
+                src_err = f"{type(exc).__name__}: {exc}"
+        if mode in ("auto", "bitstream") and row.get("tar_uri") and row["status"] == "ok":
+            try:
+                records.append(_from_bitstream(row, options))
+                continue
+            except Exception as exc:
+                records.append(InputRecord(row["key"], row["source_uri"], None,
+                                           f"bitstream unreadable: {type(exc).__name__}: {exc}"))
+                continue
+        why = f"source unreadable ({src_err})" if src_err else "no bitstream to decode"
+        records.append(InputRecord(row["key"], row["source_uri"], None, f"no input: {why}"))
+    return records
+
+
+def _from_bitstream(row: dict, options: dict | None) -> InputRecord:
+    from msinn.codec import decode_image
+
+    from .restore import _bitstream, _model
+
+    model = _model(row["model"], row.get("decode_model"), "cpu")
+    decoded = decode_image(_bitstream(row, options), model, row["key"])
+    buf = io.BytesIO()
+    decoded.to_pil().save(buf, format="PNG")
+    return InputRecord(row["key"], row["source_uri"], buf.getvalue(), encoded_from="bitstream",
+                       original_bytes=row.get("source_bytes"), original_sha256=row.get("source_sha256"))
+
+
+def run_reencode(
+    archive: str,
+    where: str | None,
+    target_kind: str,
+    target_value: float,
+    model: str | None = None,
+    source_mode: str = "auto",
+    options: dict | None = None,
+    decode_model: str | None = None,
+    rows_per_shard: int = 64,
+    actors: int | None = None,
+    cpus_per_actor: float = 1.0,
+    device: str = "cpu",
+    max_units: int | None = None,
+) -> dict[str, Any]:
+    """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched."""
+    if source_mode not in SOURCE_MODES:
+        raise ValueError(f"--from must be one of {SOURCE_MODES}")
+    t0 = time.time()
+    job = {"archive": archive, "where": where, "target_kind": target_kind, "target_value": float(target_value),
+           "model": model, "from": source_mode}
+    found = read_plan(archive, options)
+    base_job = found[1] if found else {}
+    resume = [p for p in _reencode_plans(archive, options) if {k: p[1].get(k) for k in job} == job]
+    unfinished = None
+    for run_id, pjob, units in resume:
+        spec = _spec(archive, pjob, base_job, options, run_id, device)
+        from .runner import committed_units
+
+        if committed_units(spec, units) != {u.unit_id for u in units}:
+            unfinished = (run_id, units)
+            break
+    if unfinished:
+        run_id, units = unfinished
+        log.info("resuming re-encode %s", run_id)
+    else:
+        rows = select(connect(archive, options), where)
+        if not rows:
+            return {"run_id": None, "selected": 0, "note": "nothing selected: no-op"}
+        run_id = _new_run_id()
+        units = []
+        for i in range(0, len(rows), rows_per_shard):
+            chunk = rows[i : i + rows_per_shard]
+            payload = tuple(
+                json.dumps({**{k: r.get(k) for k in ROW_FIELDS}, "from": source_mode, "decode_model": decode_model},
+                           default=str)
+                for r in chunk
+            )
+            units.append(WorkUnit(f"{run_id}-{len(units):06d}", "rows", payload,
+                                  sum(int(r.get("source_bytes") or 0) for r in chunk), archive))
+        _write_plan(archive, run_id, {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()},
+                    units, options)
+    spec = _spec(archive, job, base_job, options, run_id, device)
+    init_ray()
+    stats = execute_units(spec, units, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
+    summary = {"run_id": run_id, "selected": sum(len(u.uris) for u in units), "shards": len(units),
+               "images_this_run": stats["processed"], "shards_failed": stats["failed"],
+               "wall_seconds": round(time.time() - t0, 3)}
+    storage.write_bytes(storage.join(archive, "_runs", f"{run_id}.json"), json.dumps(summary).encode(), options)
+    return summary
+
+
+def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id: str, device: str) -> JobSpec:
+    return JobSpec(
+        input=archive, output=archive, target_kind=job["target_kind"], target_value=job["target_value"],
+        model=job.get("model"), input_options=options or {}, output_options=options or {}, input_kind="rows",
+        key_column=base_job.get("key_column", "key"), image_column=base_job.get("image_column", "image"),
+        run_id=run_id, device=device,
+    )
+
+
+def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0, dry_run: bool = False) -> dict:
+    """Delete bitstream shards that no current row references and that are older than the retention."""
+    con = connect(archive, options)
+    referenced = {r[0] for r in con.execute(
+        "SELECT DISTINCT tar_uri FROM manifest WHERE status = 'ok' AND tar_uri IS NOT NULL").fetchall()}
+    fs, _ = storage.filesystem(archive, options)
+    cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
+    deleted, kept_recent = [], []
+    for uri in storage.list_files(storage.join(archive, "bitstreams"), options):
+        if not uri.endswith(".tar") or uri in referenced:
+            continue
+        info = fs.info(uri.split("://", 1)[-1] if "://" in uri else uri)
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+        if isinstance(mtime, int | float):
+            mtime = datetime.fromtimestamp(mtime, UTC)
+        if mtime is not None and mtime.tzinfo is None:
+            mtime = mtime.replace(tzinfo=UTC)
+        if mtime is not None and mtime > cutoff:
+            kept_recent.append(uri)
+            continue
+        if not dry_run:
+            storage.delete(uri, options)
+        deleted.append(uri)
+    return {"deleted": deleted, "kept_within_retention": kept_recent, "referenced": len(referenced)}
+

@@ -1,0 +1,53 @@
+"""One scheduled re-encode run from a job spec file (TOML), for cron or a Kubernetes CronJob.
+
+Example spec::
+
+    archive = "s3://bucket/archive"
+    where = "status = 'error' OR bpp > 0.6"
+    model = "msinn-small-2026-11a"       # optional
+    from = "auto"                        # auto | source | bitstream
+    gc = true
+    retention_hours = 168
+
+    [target]
+    kind = "bpp"                         # bpp | psnr | bytes | qp
+    value = 0.5
+
+A run with nothing selected is a no-op; a run interrupted before it finished
+is resumed by the next one.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from .reencode import gc_shards, run_reencode
+from .storage import storage_options_from_env
+
+REQUIRED = ("archive", "target")
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    spec = tomllib.loads(Path(path).read_text())
+    missing = [k for k in REQUIRED if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: missing {missing}")
+    t = spec["target"]
+    if not isinstance(t, dict) or t.get("kind") not in ("bpp", "psnr", "bytes", "qp") or "value" not in t:
+        raise ValueError(f"{path}: [target] needs kind (bpp, psnr, bytes or qp) and value")
+    return spec
+
+
+def run_scheduled(path: str | Path) -> dict[str, Any]:
+    spec = load_spec(path)
+    opts = storage_options_from_env(spec["archive"], spec.get("storage_options"))
+    summary = run_reencode(
+        spec["archive"], spec.get("where"), spec["target"]["kind"], float(spec["target"]["value"]),
+        spec.get("model"), spec.get("from", "auto"), opts, spec.get("decode_model"),
+        int(spec.get("rows_per_shard", 256)), spec.get("actors"), device=spec.get("device", "cpu"),
+    )
+    if spec.get("gc"):
+        summary["gc"] = gc_shards(spec["archive"], opts, float(spec.get("retention_hours", 168)))
+    return summary

@@ -1,0 +1,184 @@
+"""``msinn eval``: BD-rate arithmetic, real-coding evaluation end to end, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import msinn
+from msinn import evaluate
+
+KODIM23 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kodak" / "kodim23.png"
+
+RATES = [0.12, 0.21, 0.33, 0.52, 0.80, 1.25]
+PSNRS = [28.1, 30.2, 32.0, 34.1, 36.3, 38.2]
+
+
+# ---------------------------------------------------------------------------------------------- BD-rate
+def test_bd_rate_identical_curves_is_zero():
+    assert evaluate.bd_rate(RATES, PSNRS, RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_scaled_rates():
+    cheaper = [0.8 * r for r in RATES]
+    assert evaluate.bd_rate(RATES, PSNRS, cheaper, PSNRS) == pytest.approx(-20.0, abs=0.5)
+    # Swapping anchor and test inverts the ratio: 1/0.8 - 1 = +25 %.
+    assert evaluate.bd_rate(cheaper, PSNRS, RATES, PSNRS) == pytest.approx(25.0, abs=0.5)
+
+
+def test_bd_rate_partial_overlap_and_order_independence():
+    # Log-linear curves (PCHIP reproduces them exactly); the test curve is sampled at other,
+    # unsorted PSNRs covering only part of the anchor's range and needs half the rate.
+    anchor_rate = [0.01 * math.exp(0.15 * p) for p in PSNRS]
+    test_psnr = [37.0, 31.0, 33.5, 39.0]
+    test_rate = [0.5 * 0.01 * math.exp(0.15 * p) for p in test_psnr]
+    assert evaluate.bd_rate(anchor_rate, PSNRS, test_rate, test_psnr) == pytest.approx(-50.0, abs=1e-6)
+
+
+def test_bd_rate_without_overlap_is_none():
+    value, reason = evaluate.bd_rate_with_reason(RATES, PSNRS, RATES, [p + 20 for p in PSNRS])
+    assert value is None
+    assert "overlap" in reason
+    assert evaluate.bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS]) is None
+    assert evaluate.bd_rate(RATES, PSNRS, [0.5], [30.0]) is None  # one point is no curve
+
+
+def test_numpy_pchip_matches_scipy():
+    interpolate = pytest.importorskip("scipy.interpolate")
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        x = np.unique(rng.uniform(20, 45, int(rng.integers(2, 9))))
+        if len(x) < 2:
+            continue
+        y = rng.normal(size=len(x)).cumsum()
+        lo, hi = sorted(rng.uniform(x[0], x[-1], 2))
+        expected = interpolate.PchipInterpolator(x, y).integrate(lo, hi)
+        assert evaluate._pchip_integral(x, y, lo, hi) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def test_metrics():
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (176, 168, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
+    mse = np.mean((a.astype(float) - b) ** 2)
+    assert evaluate.psnr_rgb(a, b) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert evaluate.psnr_rgb(a, a) == math.inf
+    s = evaluate.ms_ssim_rgb(a, b)
+    assert s is not None and 0.5 < s < 1.0
+    assert evaluate.ms_ssim_rgb(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert evaluate.ms_ssim_rgb(a[:160], b[:160]) is None  # too small for five scales
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _crop(path: Path, box: tuple[int, int, int, int]) -> None:
+    Image.open(KODIM23).convert("RGB").crop(box).save(path)
+
+
+@pytest.fixture()
+def kodak_crops(tmp_path: Path) -> Path:
+    if not KODIM23.is_file():
+        pytest.skip(f"{KODIM23} not available")
+    d = tmp_path / "imgs"
+    d.mkdir()
+    _crop(d / "a.png", (300, 200, 396, 280))  # 96x80: padded to 128x128 for coding
+    _crop(d / "b.png", (100, 100, 228, 228))  # 128x128
+    return d
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path, tiny_model) -> str:
+    p = tmp_path / "tiny-eval.pt"
+    msinn.save_checkpoint(p, tiny_model)
+    return str(p)
+
+
+def test_code_image_pads_and_crops(tiny_model):
+    img = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    nbytes, rec, enc_s, dec_s = evaluate.code_image(tiny_model, img, 3)
+    assert rec.shape == img.shape and rec.dtype == np.uint8
+    assert nbytes > 0 and enc_s >= 0 and dec_s >= 0
+
+
+def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, capsys):
+    out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
+    argv = [str(kodak_crops), "--model", checkpoint, "--qps", "0,3", "--codecs", "jpeg,webp"]
+    rc = evaluate.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
+    assert rc == 0
+    doc = json.loads(out_json.read_text())
+    assert set(doc) == {"model", "points", "per_image", "codecs", "bd_rate"}
+    assert doc["model"] == "tiny-eval.pt"
+    assert [p["qp"] for p in doc["points"]] == [0, 3]
+    for p in doc["points"]:
+        assert set(p) == {"qp", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}
+        assert math.isfinite(p["psnr"]) and p["bpp"] > 0
+        assert p["ms_ssim"] is None  # both crops are below MS-SSIM's minimum size
+    assert doc["points"][1]["bpp"] > doc["points"][0]["bpp"]
+    assert len(doc["per_image"]) == 2
+    sizes = {Path(im["image"]).name: (im["width"], im["height"]) for im in doc["per_image"]}
+    assert sizes == {"a.png": (96, 80), "b.png": (128, 128)}
+    for im in doc["per_image"]:
+        bpps = [p["bpp"] for p in im["points"]]
+        assert bpps[1] > bpps[0]
+        # bpp is over the original (not the padded) pixel count.
+        assert bpps[0] == pytest.approx(im["points"][0]["bytes"] * 8 / (im["width"] * im["height"]))
+    mean_bpp = np.mean([im["points"][0]["bpp"] for im in doc["per_image"]])
+    assert doc["points"][0]["bpp"] == pytest.approx(mean_bpp)
+    assert set(doc["codecs"]) == {"jpeg", "webp"}
+    for name, pts in doc["codecs"].items():
+        assert [p["quality"] for p in pts] == list(evaluate.CODEC_QUALITIES[name])
+        assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim"} and math.isfinite(p["psnr"]) for p in pts)
+        assert pts[-1]["bpp"] > pts[0]["bpp"]
+    assert set(doc["bd_rate"]) == {"jpeg", "webp"}
+    assert all(v is None or math.isfinite(v) for v in doc["bd_rate"].values())
+    assert out_png.is_file() and out_png.stat().st_size > 1000
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    stdout = capsys.readouterr().out
+    assert "BD-rate" in stdout and "jpeg" in stdout and "webp" in stdout
+
+
+def test_eval_skips_corrupt_image(kodak_crops: Path, checkpoint: str, tmp_path: Path, capsys):
+    (kodak_crops / "0_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+    out_json = tmp_path / "out.json"
+    rc = evaluate.main([str(kodak_crops), "--model", checkpoint, "--qps", "1", "--json", str(out_json)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "0_corrupt.png" in err and "skipped" in err
+    doc = json.loads(out_json.read_text())
+    assert sorted(Path(im["image"]).name for im in doc["per_image"]) == ["a.png", "b.png"]
+    assert doc["codecs"] == {} and doc["bd_rate"] == {}
+
+
+def test_limit_counts_readable_images_and_coder_is_swappable(
+    kodak_crops: Path, checkpoint: str, tmp_path: Path, monkeypatch
+):
+    (kodak_crops / "0_corrupt.png").write_bytes(b"garbage")
+    original = evaluate.code_image
+    header = 100
+
+    def with_header(model, img, qp):
+        nbytes, rec, enc_s, dec_s = original(model, img, qp)
+        return nbytes + header, rec, enc_s, dec_s
+
+    plain, swapped = tmp_path / "plain.json", tmp_path / "swapped.json"
+    argv = [str(kodak_crops), "--model", checkpoint, "--qps", "2", "--limit", "1"]
+    assert evaluate.main([*argv, "--json", str(plain)]) == 0
+    monkeypatch.setattr(evaluate, "code_image", with_header)
+    assert evaluate.main([*argv, "--json", str(swapped)]) == 0
+    a, b = json.loads(plain.read_text()), json.loads(swapped.read_text())
+    assert [Path(im["image"]).name for im in a["per_image"]] == ["a.png"]  # corrupt file did not use up the limit
+    assert b["per_image"][0]["points"][0]["bytes"] == a["per_image"][0]["points"][0]["bytes"] + header
+    assert b["points"][0]["bpp"] == pytest.approx(a["points"][0]["bpp"] + header * 8 / (96 * 80))
+
+
+def test_eval_usage_errors(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main([str(tmp_path), "--codecs", "jpeg,bmpx"])
+    assert exc.value.code == 2
+    assert "bmpx" in capsys.readouterr().err
+    assert evaluate.main([str(tmp_path / "missing"), "--model", str(tmp_path / "none.pt")]) == 1
