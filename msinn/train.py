@@ -264,7 +264,9 @@ class Trainer:
         noise_seed = int(torch.randint(2**62, (1,), generator=gen))
         return x, anchors, noise_seed
 
-    def optimise(self, x: torch.Tensor, anchors: list[int], noise_seed: int, model: nn.Module | None = None):
+    def optimise(
+        self, x: torch.Tensor, anchors: list[int], noise_seed: int, model: nn.Module | None = None
+    ) -> dict[str, float]:
         """One optimiser step on a batch; ``model`` may wrap ``self.model`` (DDP)."""
         s = self.s
         lam = torch.tensor([self.lambdas[a] for a in anchors], device=x.device)
@@ -280,6 +282,7 @@ class Trainer:
         return {k: float(v.detach()) for k, v in losses.items()}
 
     def train_step(self) -> dict[str, float]:
+        """One step of the run's deterministic schedule (the numerics exact resume relies on)."""
         x, anchors, noise_seed = self.draw_batch(self.step)
         return self.optimise(x.to(self.s.device), anchors, noise_seed)
 
@@ -344,8 +347,9 @@ class Trainer:
             if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                 self.save()
             if self._time_up(start, max_seconds):
-                log.info("time limit reached at step %d; checkpoint saved", self.step)
                 self.save()
+                if self.is_chief:
+                    log.info("time limit reached at step %d; checkpoint saved", self.step)
                 break
         if bar:
             bar.close()

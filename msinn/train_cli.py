@@ -15,6 +15,11 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import MSINNConfig
+    from .train import TrainSettings
 
 log = logging.getLogger("msinn.train")
 
@@ -88,8 +93,8 @@ def _absolute(uri: str | None) -> str | None:
     return uri if uri is None or "://" in uri else os.path.abspath(uri)
 
 
-def build_settings(args: argparse.Namespace, saved: dict | None):
-    """Defaults < checkpoint's settings < flags."""
+def build_settings(args: argparse.Namespace, saved: dict | None) -> TrainSettings:
+    """Defaults < checkpoint's settings < flags: a bare ``--out`` resumes the run as it was started."""
     from .train import TrainSettings
 
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
@@ -106,7 +111,7 @@ def build_settings(args: argparse.Namespace, saved: dict | None):
     return TrainSettings(**values)
 
 
-def build_config(args: argparse.Namespace, resuming: bool):
+def build_config(args: argparse.Namespace, resuming: bool) -> MSINNConfig | None:
     """Preset (or the --init-from model, or the released defaults) with the model flags on top."""
     from .config import MSINNConfig
 
@@ -126,7 +131,7 @@ def build_config(args: argparse.Namespace, resuming: bool):
     return dataclasses.replace(base, **flags)
 
 
-def _train(args: argparse.Namespace, settings, config) -> None:
+def _train(args: argparse.Namespace, settings: TrainSettings, config: MSINNConfig | None) -> None:
     max_seconds = args.max_minutes * 60 if args.max_minutes is not None else None
     if args.workers > 1 or args.ray:
         from .train_ray import run_ray
