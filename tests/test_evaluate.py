@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import msinn
-from msinn import evaluate
+from msinn import evaluate, imageio
 
 KODIM23 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kodak" / "kodim23.png"
 
@@ -92,6 +92,18 @@ def kodak_crops(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
+def small_dir(tmp_path: Path) -> Path:
+    """Two 64x64-or-smaller crops: one 64x64 latent grid each, the cheapest the model codes."""
+    if not KODIM23.is_file():
+        pytest.skip(f"{KODIM23} not available")
+    d = tmp_path / "small"
+    d.mkdir()
+    _crop(d / "a.png", (300, 200, 364, 248))  # 64x48
+    _crop(d / "b.png", (100, 100, 164, 164))  # 64x64
+    return d
+
+
+@pytest.fixture()
 def checkpoint(tmp_path: Path, tiny_model) -> str:
     p = tmp_path / "tiny-eval.pt"
     msinn.save_checkpoint(p, tiny_model)
@@ -99,7 +111,7 @@ def checkpoint(tmp_path: Path, tiny_model) -> str:
 
 
 def test_code_image_pads_and_crops(tiny_model):
-    img = np.random.default_rng(2).integers(0, 256, (70, 90, 3), dtype=np.uint8)
+    img = np.random.default_rng(2).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     nbytes, rec, enc_s, dec_s = evaluate.code_image(tiny_model, img, 3)
     assert rec.shape == img.shape and rec.dtype == np.uint8
     assert nbytes > 0 and enc_s >= 0 and dec_s >= 0
@@ -142,22 +154,22 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     assert "BD-rate" in stdout and "jpeg" in stdout and "webp" in stdout
 
 
-def test_eval_skips_corrupt_image(kodak_crops: Path, checkpoint: str, tmp_path: Path, capsys):
-    (kodak_crops / "0_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
+def test_eval_skips_corrupt_image(small_dir: Path, checkpoint: str, tmp_path: Path, capsys):
+    (small_dir / "0_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
     out_json = tmp_path / "out.json"
-    rc = evaluate.main([str(kodak_crops), "--model", checkpoint, "--qps", "1", "--json", str(out_json)])
+    rc = evaluate.main([str(small_dir), "--model", checkpoint, "--qps", "1", "--json", str(out_json)])
     assert rc == 0
-    err = capsys.readouterr().err
-    assert "0_corrupt.png" in err and "skipped" in err
+    captured = capsys.readouterr()
+    assert "0_corrupt.png" in captured.err and "skipped" in captured.err
+    assert "0_corrupt.png" in captured.out  # the summary lists it too
     doc = json.loads(out_json.read_text())
     assert sorted(Path(im["image"]).name for im in doc["per_image"]) == ["a.png", "b.png"]
     assert doc["codecs"] == {} and doc["bd_rate"] == {}
 
 
-def test_limit_counts_readable_images_and_coder_is_swappable(
-    kodak_crops: Path, checkpoint: str, tmp_path: Path, monkeypatch
-):
-    (kodak_crops / "0_corrupt.png").write_bytes(b"garbage")
+def test_limit_counts_readable_images_and_coder_is_swappable(small_dir: Path, tiny_model, monkeypatch):
+    (small_dir / "0_corrupt.png").write_bytes(b"garbage")
+    uris = imageio.list_images(str(small_dir))
     original = evaluate.code_image
     header = 100
 
@@ -165,15 +177,16 @@ def test_limit_counts_readable_images_and_coder_is_swappable(
         nbytes, rec, enc_s, dec_s = original(model, img, qp)
         return nbytes + header, rec, enc_s, dec_s
 
-    plain, swapped = tmp_path / "plain.json", tmp_path / "swapped.json"
-    argv = [str(kodak_crops), "--model", checkpoint, "--qps", "2", "--limit", "1"]
-    assert evaluate.main([*argv, "--json", str(plain)]) == 0
+    def quiet(msg: str) -> None:
+        pass
+
+    a = evaluate.evaluate(tiny_model, uris, [2], limit=1, progress=quiet)
     monkeypatch.setattr(evaluate, "code_image", with_header)
-    assert evaluate.main([*argv, "--json", str(swapped)]) == 0
-    a, b = json.loads(plain.read_text()), json.loads(swapped.read_text())
+    b = evaluate.evaluate(tiny_model, uris, [2], limit=1, progress=quiet)
     assert [Path(im["image"]).name for im in a["per_image"]] == ["a.png"]  # corrupt file did not use up the limit
+    assert [Path(s["image"]).name for s in a["skipped"]] == ["0_corrupt.png"]
     assert b["per_image"][0]["points"][0]["bytes"] == a["per_image"][0]["points"][0]["bytes"] + header
-    assert b["points"][0]["bpp"] == pytest.approx(a["points"][0]["bpp"] + header * 8 / (96 * 80))
+    assert b["points"][0]["bpp"] == pytest.approx(a["points"][0]["bpp"] + header * 8 / (64 * 48))
 
 
 def test_eval_usage_errors(tmp_path: Path, capsys):
