@@ -80,6 +80,9 @@ def main() -> None:
     print(f"{'pipeline, 1 actor':22s}{pipe_rate:10.3f}{pipe_s:10.1f}")
     print(f"pipeline / loop: {pipe_rate / loop_rate:.1%} end to end; {steady / loop_steady:.1%} after start-up "
           f"(actor start {startup:.1f}s, model load in loop {t_load:.1f}s)")
+    busy = summary.get("encode_seconds_total", 0.0)
+    print(f"pipeline time: {pipe_s:.1f}s = actor start {startup:.1f}s + shard work {busy:.1f}s "
+          f"+ plan, reads, summary and scheduling {pipe_s - startup - busy:.1f}s")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -162,18 +162,27 @@ class _ImageSession:
         return out
 
     def crop(self) -> tuple[list[torch.Tensor], np.ndarray]:
-        """Latents of a central crop of about PROBE_FRACTION of the image (all of a small one)."""
+        """Latents of probe crops covering about PROBE_FRACTION of the image, and their pixels.
+
+        Four crops, one in each quadrant, coded as one batch: spread out, they
+        represent the image's content better than one central crop of the
+        same area. A small image is probed whole.
+        """
         if self._crop_latents is None:
             h, w = self.img.height, self.img.width
-            ch = max(64, int(round(h * math.sqrt(PROBE_FRACTION) / 64)) * 64)
-            cw = max(64, int(round(w * math.sqrt(PROBE_FRACTION) / 64)) * 64)
-            if ch * cw * 4 >= h * w:  # small image: estimate on all of it
-                ch, cw = h, w
-            ch, cw = min(ch, h), min(cw, w)
-            y0, x0 = (h - ch) // 2, (w - cw) // 2
-            self._crop_rgb = self.img.rgb[y0 : y0 + ch, x0 : x0 + cw]
+            side = math.sqrt(h * w * PROBE_FRACTION / 4)  # each crop's side, before keeping the aspect
+            ch = min(h, max(64, int(round(side * math.sqrt(h / w) / 64)) * 64))
+            cw = min(w, max(64, int(round(side * math.sqrt(w / h) / 64)) * 64))
+            if 4 * ch * cw * 2 >= h * w or ch > h // 2 or cw > w // 2:
+                crops = [self.img.rgb]
+            else:
+                centres = [(h // 4, w // 4), (h // 4, 3 * w // 4), (3 * h // 4, w // 4), (3 * h // 4, 3 * w // 4)]
+                crops = [self.img.rgb[cy - ch // 2 : cy - ch // 2 + ch, cx - cw // 2 : cx - cw // 2 + cw]
+                         for cy, cx in centres]
+            self._crop_rgb = np.stack(crops) if len(crops) > 1 else crops[0][None]
             with torch.inference_mode():
-                self._crop_latents = self.model.analyze(_pad64(self._crop_rgb, self.device))
+                x = torch.cat([_pad64(c, self.device) for c in crops])
+                self._crop_latents = self.model.analyze(x)
         return self._crop_latents, self._crop_rgb
 
 
@@ -222,8 +231,8 @@ def encode_image(
         encs = session.encode(qp)
         measures = 1
     else:
-        crop_latents, crop_rgb = session.crop()
-        crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1]
+        crop_latents, crop_rgb = session.crop()  # crop_rgb: N x h x w x 3
+        crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
         if target.is_cap:
             cap = target.value if target.kind == "bytes" else target.value * pixels / 8
 
@@ -240,8 +249,9 @@ def encode_image(
 
             def estimate(q: float) -> float:
                 _, x_hat = model.estimate_bits(crop_latents, q, reconstruct=True)
-                h, w = crop_rgb.shape[:2]
-                return min(psnr_uint8(to_uint8(x_hat)[:h, :w], crop_rgb), 100.0)
+                h, w = crop_rgb.shape[1:3]
+                rec = np.stack([to_uint8(x_hat[i : i + 1])[:h, :w] for i in range(x_hat.shape[0])])
+                return min(psnr_uint8(rec, crop_rgb), 100.0)
 
             def measure(q: int | float) -> tuple[float, Any]:
                 encs = session.encode(q)

@@ -112,7 +112,9 @@ def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
     from .stats import archive_stats, plot_distributions, stats_text
 
     p = _archive_parser(prog, "Size and quality statistics of an archive (current view).")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print JSON")
+    fmt.add_argument("--csv", action="store_true", help="print CSV (statistic,value; groups flattened)")
     p.add_argument("--plot", help="write bpp and PSNR distributions to this PNG")
     args = p.parse_args(argv)
     try:
@@ -123,7 +125,14 @@ def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(s, default=str) if args.json else stats_text(s))
+    if args.json:
+        print(json.dumps(s, default=str))
+    elif args.csv:
+        from .stats import flatten, format_csv
+
+        print(format_csv(["statistic", "value"], flatten(s)), end="")
+    else:
+        print(stats_text(s))
     return 0
 
 

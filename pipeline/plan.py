@@ -11,9 +11,6 @@ import io
 import json
 from dataclasses import dataclass
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
@@ -83,6 +80,9 @@ def build_plan(
 
 
 def write_plan(output: str, units: list[WorkUnit], job: dict, options: dict | None) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     table = pa.table(
         {
             "unit_id": [u.unit_id for u in units],
@@ -98,6 +98,8 @@ def write_plan(output: str, units: list[WorkUnit], job: dict, options: dict | No
 
 
 def read_plan(output: str, options: dict | None) -> tuple[list[WorkUnit], dict] | None:
+    import pyarrow.parquet as pq
+
     uri = storage.join(output, PLAN_FILE)
     if not storage.exists(uri, options):
         return None

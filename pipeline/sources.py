@@ -14,8 +14,6 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyarrow.parquet as pq
-
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
@@ -102,6 +100,8 @@ def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
 
 
 def read_parquet(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> Iterator[InputRecord]:
+    import pyarrow.parquet as pq
+
     uri = unit.uris[0]
     blob = storage.read_bytes(uri, options)
     pf = pq.ParquetFile(io.BytesIO(blob))
@@ -133,6 +133,8 @@ def read_source(source_uri: str, options: dict | None, key_column: str = "key", 
     uri, frag = source_uri.split("#", 1)
     blob = storage.read_bytes(uri, options)
     if frag.startswith("row=") and uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
         row = int(frag[4:])
         table = pq.read_table(io.BytesIO(blob), columns=[image_column])
         v = table.column(0)[row].as_py()

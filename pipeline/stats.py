@@ -56,6 +56,20 @@ def archive_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     return s
 
 
+def flatten(s: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(statistic, value) pairs; grouped statistics become ``per_model.NAME.FIELD``."""
+    out: list[tuple[str, Any]] = []
+    for k, v in s.items():
+        if isinstance(v, dict):
+            out += [(f"{k}.{kk}", vv) for kk, vv in v.items()]
+        elif isinstance(v, list):
+            for r in v:
+                out += [(f"{k}.{r['name']}.{kk}", vv) for kk, vv in r.items() if kk != "name"]
+        else:
+            out.append((k, v))
+    return out
+
+
 def format_table(columns: list[str], rows: list[tuple | list]) -> str:
     cells = [[_fmt(v) for v in r] for r in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]

@@ -56,6 +56,15 @@ def test_stats_match_independent_computation(archive, capsys):
     assert [m["name"] for m in s["per_model"]] == ["tiny-test.pt"] and len(s["per_run"]) == 1
 
 
+def test_stats_csv(archive, capsys):
+    assert main(["stats", str(archive), "--csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "statistic,value"
+    values = dict(line.split(",", 1) for line in lines[1:])
+    assert int(values["images"]) == 6 and int(values["errors_by_cause.bad image"]) == 1
+    assert any(k.startswith("per_model.tiny-test.pt.") for k in values)
+
+
 def test_stats_table_and_plot(archive, tmp_path, capsys):
     plot = tmp_path / "dist.png"
     assert main(["stats", str(archive), "--plot", str(plot)]) == 0

@@ -137,3 +137,29 @@ def test_scheduled_spec(tmp_path, local_ray, tiny_checkpoint):
     with pytest.raises(ValueError, match="target"):
         run_scheduled(bad)
     assert json.dumps(s)  # the summary is JSON-serialisable for the job log
+
+
+def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys):
+    from pipeline.cli import main
+    from pipeline.storage import storage_options_from_env
+
+    fs, bucket = s3_bucket
+    for i in range(3):
+        fs.pipe(f"{bucket}/in/{i}.png", png_bytes(500 + i))
+    src, out = f"s3://{bucket}/in", f"s3://{bucket}/arch"
+    opts = storage_options_from_env(out, None)
+    run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
+                    input_options=opts, output_options=opts), actors=1)
+    assert main(["reencode", out, "--where", "qp < 2", "--qp", "2", "--model", tiny_checkpoint, "--gc",
+                 "--retention-hours", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["selected"] == 3 and summary["gc"]["deleted"]
+    fs.invalidate_cache()
+    current = _current_s3(out, opts)
+    assert {r["qp"] for r in current.values()} == {2.0} and len(current) == 3
+    assert main(["verify", out, "--model", tiny_checkpoint]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] == 3
+
+
+def _current_s3(archive: str, opts: dict) -> dict[str, dict]:
+    return {r["key"]: r for r in select(connect(archive, opts), None)}
