@@ -62,7 +62,9 @@ def redact(options: dict | None) -> dict:
 
 
 def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The file system for a URI. Listing caches are dropped: Ray workers write behind its back."""
     fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+    fs.invalidate_cache()
     return fs, path
 
 
