@@ -36,6 +36,9 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--input-kind", default="auto", choices=["auto", "files", "tar", "parquet"])
     p.add_argument("--key-column", default="key", help="Parquet inputs: column holding the key")
     p.add_argument("--image-column", default="image", help="Parquet inputs: column holding the image bytes")
+    p.add_argument("--target-column", default=None,
+                   help="Parquet inputs: column of per-image target values (same kind as the job's target; "
+                        "null rows use the job's value)")
     p.add_argument("--storage-options", type=json.loads, default=None,
                    help="JSON fsspec options for input and output (default: the storage's own configuration)")
     p.add_argument("--output-storage-options", type=json.loads, default=None)
@@ -66,6 +69,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         input_kind=args.input_kind,
         key_column=args.key_column,
         image_column=args.image_column,
+        target_column=args.target_column,
         shard_bytes=args.shard_bytes,
         max_pixels=args.max_pixels,
         tile_pixels=args.tile_pixels,

@@ -45,6 +45,7 @@ class JobSpec:
     input_kind: str = "auto"
     key_column: str = "key"
     image_column: str = "image"
+    target_column: str | None = None  # Parquet inputs: per-image target values of target_kind
     shard_bytes: int = 256 << 20
     max_pixels: int = 256 << 20
     tile_pixels: int = 1 << 21
@@ -54,7 +55,11 @@ class JobSpec:
 
     @property
     def target(self) -> Target:
-        v = self.target_value
+        return self.target_for(None)
+
+    def target_for(self, value: float | None) -> Target:
+        """The job's target, or the same kind with an image's own value."""
+        v = self.target_value if value is None else value
         return Target(self.target_kind, int(v) if self.target_kind == "qp" and float(v).is_integer() else v)
 
     def job_dict(self) -> dict:
@@ -67,6 +72,7 @@ class JobSpec:
             "input_kind": self.input_kind,
             "key_column": self.key_column,
             "image_column": self.image_column,
+            "target_column": self.target_column,
             "run_id": self.run_id,
         }
 
@@ -153,7 +159,7 @@ class UnitEncoder:
             "model_hash": self.model_hash,
             "run_id": spec.run_id,
             "target_kind": spec.target_kind,
-            "target_value": float(spec.target_value),
+            "target_value": float(spec.target_value if rec.target_value is None else rec.target_value),
             "device": self.device_name,
             "unit_id": unit.unit_id,
             "created_at": now,
@@ -169,17 +175,19 @@ class UnitEncoder:
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-            res = encode_image(self.model, img, spec.target, opts)
+            target = spec.target_for(rec.target_value)
+            res = encode_image(self.model, img, target, opts)
         except ImageInputError as exc:
             row.update(status="error", error=f"bad image: {exc}")
             return row, None
         except (ValueError, RuntimeError, MemoryError) as exc:
             row.update(status="error", error=f"encode failed: {type(exc).__name__}: {exc}")
             return row, None
+        tv = target.value
         target_met = (
-            res.bpp <= spec.target_value if spec.target_kind == "bpp"
-            else res.bytes <= spec.target_value if spec.target_kind == "bytes"
-            else res.psnr >= spec.target_value if spec.target_kind == "psnr"
+            res.bpp <= tv if target.kind == "bpp"
+            else res.bytes <= tv if target.kind == "bytes"
+            else res.psnr >= tv if target.kind == "psnr"
             else True
         )
         row.update(

@@ -253,7 +253,9 @@ def execute_units(
         def submit_next() -> None:
             if queue:
                 unit = queue.pop(0)
-                records = reader.remote(unit, spec.input_options, spec.key_column, spec.image_column)
+                records = reader.remote(
+                    unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column
+                )
                 pool.submit(lambda a, v: a.process.remote(v[0], v[1], spec), (unit, records))
 
         for _ in range(n * prefetch):

@@ -29,6 +29,7 @@ class InputRecord:
     encoded_from: str = "source"  # or "bitstream" when re-encoding a decoded archive member
     original_bytes: int | None = None  # size and hash of the original input, when data is not it
     original_sha256: str | None = None
+    target_value: float | None = None  # per-image target from an input column, overriding the job's
 
     @property
     def sha256(self) -> str | None:
@@ -99,21 +100,25 @@ def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
         yield InputRecord(key, src, data)
 
 
-def read_parquet(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> Iterator[InputRecord]:
+def read_parquet(
+    unit: WorkUnit, options: dict | None, key_column: str, image_column: str, target_column: str | None = None
+) -> Iterator[InputRecord]:
     import pyarrow.parquet as pq
 
     uri = unit.uris[0]
     blob = storage.read_bytes(uri, options)
     pf = pq.ParquetFile(io.BytesIO(blob))
     names = pf.schema_arrow.names
-    for col in (key_column, image_column):
+    columns = [key_column, image_column] + ([target_column] if target_column else [])
+    for col in columns:
         if col not in names:
             raise ValueError(f"{uri}: no column {col!r} (columns: {names})")
     row = 0
-    for batch in pf.iter_batches(columns=[key_column, image_column], batch_size=256):
+    for batch in pf.iter_batches(columns=columns, batch_size=256):
         keys = batch.column(0).to_pylist()
         images = batch.column(1).to_pylist()
-        for k, v in zip(keys, images):
+        targets = batch.column(2).to_pylist() if target_column else [None] * len(keys)
+        for k, v, tv in zip(keys, images, targets):
             src = f"{uri}#row={row}"
             row += 1
             if isinstance(v, dict):  # e.g. the {bytes, path} struct of HF datasets
@@ -123,7 +128,7 @@ def read_parquet(unit: WorkUnit, options: dict | None, key_column: str, image_co
             elif v is None:
                 yield InputRecord(str(k), src, None, "missing image bytes")
             else:
-                yield InputRecord(str(k), src, bytes(v))
+                yield InputRecord(str(k), src, bytes(v), target_value=None if tv is None else float(tv))
 
 
 def read_source(source_uri: str, options: dict | None, key_column: str = "key", image_column: str = "image") -> bytes:
@@ -146,18 +151,24 @@ def read_source(source_uri: str, options: dict | None, key_column: str = "key", 
         return f.read()
 
 
-def read_unit(unit: WorkUnit, options: dict | None, key_column: str = "key", image_column: str = "image"):
+def read_unit(
+    unit: WorkUnit,
+    options: dict | None,
+    key_column: str = "key",
+    image_column: str = "image",
+    target_column: str | None = None,
+):
     """All records of a unit, each either with bytes or with an error."""
     if unit.kind == "rows":
         from .reencode import read_rows
 
-        return read_rows(unit, options, key_column, image_column)
+        return read_rows(unit, options, key_column, image_column, target_column)
     if unit.kind == "files":
         records = list(read_files(unit, options))
     elif unit.kind == "tar":
         records = list(read_tar(unit, options))
     else:
-        records = list(read_parquet(unit, options, key_column, image_column))
+        records = list(read_parquet(unit, options, key_column, image_column, target_column))
     seen: dict[str, str] = {}
     for r in records:
         if safe_key(r.key) is None:

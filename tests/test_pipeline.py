@@ -114,7 +114,7 @@ def test_webdataset_tars_on_s3(s3_bucket, local_ray, tiny_checkpoint):
     assert "testing" not in blob.replace("test-", "")
 
 
-def test_parquet_shards_with_custom_columns(tmp_path, local_ray, tiny_checkpoint):
+def test_parquet_shards_with_custom_columns_and_per_image_targets(tmp_path, local_ray, tiny_checkpoint):
     (tmp_path / "in").mkdir()
     keys = set()
     for shard in range(2):
@@ -122,12 +122,17 @@ def test_parquet_shards_with_custom_columns(tmp_path, local_ray, tiny_checkpoint
         imgs = [png_bytes(40 + shard * 3 + i) for i in range(3)]
         imgs[1] = b"broken" if shard == 0 else imgs[1]
         keys |= set(ids)
-        pq.write_table(pa.table({"id": ids, "jpeg": imgs, "label": [0, 1, 2]}), tmp_path / "in" / f"{shard}.parquet")
+        table = pa.table({"id": ids, "jpeg": imgs, "label": [0, 1, 2], "q": [1.0, None, 2.5]})
+        pq.write_table(table, tmp_path / "in" / f"{shard}.parquet")
     spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp", target_value=3.0,
-                   model=tiny_checkpoint, key_column="id", image_column="jpeg")
+                   model=tiny_checkpoint, key_column="id", image_column="jpeg", target_column="q")
     summary = run_job(spec, actors=1)
     verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
     assert summary["errors"] == 1 and summary["ok"] == 5
+    rows = {r["key"]: r for r in read_manifest(fsspec.filesystem("file"), str(tmp_path / "out"))}
+    assert rows["p1-0"]["qp"] == 1.0 and rows["p1-1"]["qp"] == 3.0 and rows["p1-2"]["qp"] == 2.5
+    assert rows["p1-2"]["target_value"] == 2.5 and rows["p1-1"]["target_value"] == 3.0
+    assert rows["p0-0"]["source_uri"].endswith("0.parquet#row=0")
 
 
 def test_transient_storage_errors_are_retried(tmp_path, local_ray, tiny_checkpoint):
