@@ -139,6 +139,7 @@ class UnitEncoder:
     def __init__(self, model: str | None, device: str = "cpu", threads: int = 0):
         import msinn
 
+        self.threads = threads
         if threads:
             torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
@@ -213,6 +214,9 @@ class UnitEncoder:
 
     def process(self, unit: WorkUnit, records: list[InputRecord], spec: JobSpec) -> dict:
         """Encode every record, then commit the unit: tar first, manifest shard last."""
+        if self.threads:
+            # OpenMP thread counts are per calling thread; Ray may run methods on another thread than __init__
+            torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
         rows, members = [], []
         for rec in records:
