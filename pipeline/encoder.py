@@ -133,6 +133,22 @@ def _node_id() -> str | None:
         return None
 
 
+def _raise_priority() -> None:
+    """Undo Ray's worker niceness (15) for the encoder, where the permissions allow.
+
+    At nice 15 any ordinary process (Ray's own services, the read tasks'
+    neighbours) preempts the encoder's threads, and one stalled OpenMP thread
+    stalls them all.
+    """
+    import os
+
+    try:
+        if os.getpriority(os.PRIO_PROCESS, 0) > 0:
+            os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except (PermissionError, OSError, AttributeError):
+        pass
+
+
 class UnitEncoder:
     """Holds the model; encodes units. Wrapped as a Ray actor by the runner."""
 
@@ -140,6 +156,7 @@ class UnitEncoder:
         import msinn
 
         self.threads = threads
+        _raise_priority()
         if threads:
             torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
