@@ -23,7 +23,6 @@ from .container import (
     symbols_digest,
     unpack,
 )
-from .entropy import StreamDecoder
 from .errors import BitstreamError
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -333,10 +332,9 @@ def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedIma
     except ValueError as exc:
         raise BitstreamError(f"{source}: {exc} for model {header.model_name}") from None
     rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
-    tables = model.tables()
+    model.tables()  # a model without entropy tables is a caller error, not a damaged file
     for i, t in enumerate(header.tiles):
         stream = payload[t.offset : t.offset + t.length]
-        n_symbols = 3 * (t.latent_shape[0] * 16) * (t.latent_shape[1] * 16)
 
         def check(level: int, symbols: np.ndarray, t: TileRecord = t, i: int = i) -> None:
             if symbols_digest(symbols) != t.level_digests[level]:
@@ -346,8 +344,7 @@ def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedIma
                 )
 
         try:
-            decoder = StreamDecoder(tables, stream, max_symbols=n_symbols)
-            x_hat = model.decode_latents(stream, t.latent_shape, header.qp, level_check=check, decoder=decoder)
+            x_hat = model.decode_latents(stream, t.latent_shape, header.qp, level_check=check)
         except BitstreamError:
             raise
         except (ValueError, RuntimeError) as exc:

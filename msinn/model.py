@@ -25,7 +25,7 @@ from compressai.ops import LowerBound
 from torch import nn
 
 from .config import LATENT_CHANNELS, MSINNConfig
-from .entropy import RansTables, StreamDecoder
+from .entropy import RansTables
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
 from .postprocess import PostProcessNet
 
@@ -385,7 +385,6 @@ class MSINN(nn.Module):
         latent_shape: Sequence[int],
         qp: int | float,
         level_check: LevelCheck | None = None,
-        decoder: StreamDecoder | None = None,
     ) -> torch.Tensor:
         """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
         h0, w0 = int(latent_shape[0]), int(latent_shape[1])
@@ -393,8 +392,7 @@ class MSINN(nn.Module):
             raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
         gains = self._gains(qp)
         tables = self.tables()
-        if decoder is None:
-            decoder = tables.decoder(data, max_symbols=3 * h0 * w0 * 256)
+        decoder = tables.decoder(data, max_symbols=3 * h0 * w0 * 256)  # 3 latents per padded pixel
         device = self.gain.device
         dtype = self.gain.dtype
         zero = torch.zeros((), dtype=dtype, device=device)
