@@ -61,12 +61,8 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     if "://" in str(name_or_path):  # a checkpoint in object storage
         import fsspec
 
-        from .checkpoint import build_model, read_checkpoint
-
         with fsspec.open(str(name_or_path), "rb") as f:
-            cfg, sd, meta = read_checkpoint(f.read())
-        model = build_model(cfg, sd, device)
-        model.checkpoint_meta = meta
+            model = load_file(f.read(), device)
         model.model_name = str(name_or_path).rstrip("/").rsplit("/", 1)[-1]
         return model
     if not os.path.exists(name_or_path):

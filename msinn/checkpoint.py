@@ -151,8 +151,8 @@ def build_model(
     return model.to(device)
 
 
-def load_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> MSINN:
-    """Ready-to-code model from a checkpoint file of either kind."""
+def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN:
+    """Ready-to-code model from a checkpoint file (or its bytes) of either kind."""
     cfg, sd, meta = read_checkpoint(path)
     model = build_model(cfg, sd, device)
     model.checkpoint_meta = meta
