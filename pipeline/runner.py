@@ -148,11 +148,12 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
 
     from .manifest import from_parquet
 
-    tables = []
-    for u in units:
-        uri = manifest_uri(spec, u)
-        if storage.exists(uri, spec.output_options):
-            tables.append(from_parquet(storage.read_bytes(uri, spec.output_options)))
+    committed = committed_units(spec, units)  # one listing instead of a stat per shard
+    tables = [
+        from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options))
+        for u in units
+        if u.unit_id in committed
+    ]
     t = pa.concat_tables(tables) if tables else None
     rows = t.to_pylist() if t is not None else []
     ok = [r for r in rows if r["status"] == "ok"]
