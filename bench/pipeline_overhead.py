@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -61,9 +60,6 @@ def main() -> None:
     from pipeline.encoder import JobSpec
     from pipeline.runner import init_ray, run_job
 
-    for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(k, v)
     init_ray(num_cpus=2)
     spec = JobSpec(input=str(work / "in"), output=str(work / "out"), target_kind="bpp", target_value=args.target_bpp,
                    model=args.model, shard_bytes=1 << 20)

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -27,9 +26,6 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--cpus-per-actor", type=float, default=1.5)
     args = ap.parse_args()
-    for k, v in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-                 "RAY_USAGE_STATS_ENABLED": "0"}.items():
-        os.environ.setdefault(k, v)
     from pipeline.encoder import JobSpec
     from pipeline.runner import init_ray, run_job
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from pipeline_helpers import free_port
+
+from pipeline.runner import RAY_ENV_DEFAULTS as RAY_ENV
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -70,15 +73,6 @@ def tiny_model():
 
 
 # ---------------------------------------------------------------- pipeline fixtures
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +84,7 @@ def s3_server():
     import time
     import urllib.request
 
-    port = _free_port()
+    port = free_port()
     exe = shutil.which("moto_server") or str(Path(__file__).resolve().parents[1] / ".venv" / "bin" / "moto_server")
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], **quiet)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 
 import numpy as np
@@ -11,6 +12,12 @@ from PIL import Image
 
 import msinn
 from msinn.codec import decode_image
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png_bytes(seed: int, w: int = 72, h: int = 56, mode: str = "RGB") -> bytes:

@@ -20,7 +20,7 @@ from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, verify_arc
 
 from pipeline.encoder import JobSpec
 from pipeline.manifest import COLUMNS
-from pipeline.runner import JobError, run_job
+from pipeline.runner import RAY_ENV_DEFAULTS, JobError, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = ["key", "status", "error", "source_uri", "width", "height", "bytes", "bpp", "psnr", "qp", "tar_uri",
@@ -196,8 +196,7 @@ def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, local_ray, tiny
     out = tmp_path / "driver"
     cmd = [sys.executable, str(REPO / "jobs" / "transcode.py"), "--input", ref_spec.input, "--output", str(out),
            "--qp", "2.5", "--model", tiny_checkpoint, "--shard-bytes", "6000", "--actors", "1"]
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, **RAY_ENV_DEFAULTS}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -12,13 +12,13 @@ from pathlib import Path
 import fsspec
 import pytest
 import yaml
-from pipeline_helpers import png_bytes, verify_archive
+from pipeline_helpers import free_port, png_bytes, verify_archive
 
 from pipeline.encoder import JobSpec
+from pipeline.runner import RAY_ENV_DEFAULTS as RAY_ENV
 from pipeline.runner import run_job
 
 REPO = Path(__file__).resolve().parents[1]
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _inputs(root: Path, n: int) -> set[str]:
@@ -53,14 +53,6 @@ def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
         cluster.shutdown()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     import ray
 
@@ -70,7 +62,7 @@ def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     ray_exe = shutil.which("ray", path=str(bin_dir)) or "ray"
     env = {**os.environ, **RAY_ENV, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
-    port, dash = _free_port(), _free_port()
+    port, dash = free_port(), free_port()
     start = [ray_exe, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
              "--disable-usage-stats"]

@@ -14,10 +14,10 @@ from PIL import Image
 
 from msinn.config import MSINNConfig
 from msinn.train import Trainer, TrainSettings, load_images
+from pipeline.runner import RAY_ENV_DEFAULTS
 
 # Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
-RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-os.environ.update(RAY_ENV)
+os.environ.update(RAY_ENV_DEFAULTS)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
