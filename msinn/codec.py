@@ -152,7 +152,8 @@ class _ImageSession:
         self._crop_rgb: np.ndarray | None = None
 
     def encode(self, qp: int | float) -> list:
-        return [self.model.encode_latents(lat, qp, keep_state=True) for lat in self.latents]
+        """Symbols of every tile at ``qp``; the rANS streams are made only for the encode that is kept."""
+        return [self.model.encode_latents(lat, qp, keep_state=True, code=False) for lat in self.latents]
 
     def reconstruct(self, encs: list) -> np.ndarray:
         out = np.empty_like(self.img.rgb)
@@ -192,20 +193,105 @@ def _header_overhead(model: MSINN, img: PreparedImage, n_tiles: int, alpha_len: 
     return 64 + len(name) + len(img.source_mode) + n_tiles * 60 + alpha
 
 
-def encode_image(
+@dataclass
+class PlannedEncode:
+    """An encode whose rate is chosen and whose reconstruction is known.
+
+    Everything that needs the network is done; what is left (rANS coding of
+    the kept symbols, hashes, the container) is CPU work that :meth:`finish`
+    does, possibly on another thread while the network serves the next image.
+    """
+
+    model: MSINN
+    img: PreparedImage
+    target: Target
+    options: EncodeOptions
+    tiles: list[tuple[int, int, int, int]]
+    encs: list
+    recon: np.ndarray
+    qp: int | float
+    in_range: bool
+    note: str
+    probes: int
+    estimates: int
+    alpha_bytes: bytes
+    overhead: int
+    predicted_payload: int | None  # stream bytes the search relied on (caps only)
+    seconds: float
+
+    def finish(self) -> EncodeResult:
+        """Code the kept symbols and pack the ``.msinn`` file."""
+        t0 = time.perf_counter()
+        streams = [enc.data for enc in self.encs]
+        result = self._pack(streams, time.perf_counter() - t0)
+        if self.predicted_payload is not None and sum(map(len, streams)) != self.predicted_payload:
+            pixels = self.img.width * self.img.height
+            cap = self.target.value if self.target.kind == "bytes" else self.target.value * pixels / 8
+            if result.bytes > cap:  # a size the search relied on was wrong: search again, coding every probe
+                return _plan(self.model, self.img, self.target, self.options, exact_sizes=True).finish()
+        return result
+
+    def _pack(self, streams: list[bytes], finish_seconds: float) -> EncodeResult:
+        t0 = time.perf_counter()
+        img, model = self.img, self.model
+        name_, hash_ = model_identity(model)
+        tiles, offset = [], 0
+        for (x0, y0, w, h), enc, stream in zip(self.tiles, self.encs, streams):
+            digests = [symbols_digest(v) for v in enc.level_symbols]
+            tiles.append(TileRecord(x0, y0, w, h, list(enc.latent_shape), offset, len(stream), digests))
+            offset += len(stream)
+        final_pixels = restore_image(self.recon, img.alpha, img.mode)
+        header = Header(
+            model_name=name_,
+            model_hash=hash_,
+            qp=self.qp,
+            width=img.width,
+            height=img.height,
+            mode=img.mode,
+            source_mode=img.source_mode,
+            bit_depth=img.bit_depth,
+            padding="replicate",
+            tile_width=self.tiles[0][2] if len(self.tiles) > 1 else img.width,
+            tile_height=self.tiles[0][3] if len(self.tiles) > 1 else img.height,
+            tiles=tiles,
+            alpha_offset=offset if self.alpha_bytes else None,
+            alpha_length=len(self.alpha_bytes) if self.alpha_bytes else None,
+            payload_length=0,
+            payload_crc32=0,
+            image_digest=image_digest(final_pixels),
+            codec_version=__version__,
+        )
+        data = pack(header, b"".join(streams) + self.alpha_bytes)
+        pixels = img.width * img.height
+        return EncodeResult(
+            data=data,
+            header=header,
+            qp=self.qp,
+            bytes=len(data),
+            bpp=len(data) * 8 / pixels,
+            psnr=psnr_uint8(self.recon, img.rgb),
+            target=self.target,
+            in_range=self.in_range,
+            note=self.note,
+            probes=self.probes,
+            estimates=self.estimates,
+            seconds=self.seconds + finish_seconds + time.perf_counter() - t0,
+            reconstruction=final_pixels,
+        )
+
+
+def plan_encode(
     model: MSINN,
     source: bytes | str | os.PathLike | PreparedImage,
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
-) -> EncodeResult:
-    """Encode one image to a complete ``.msinn`` file meeting ``target``."""
-    t0 = time.perf_counter()
+) -> PlannedEncode:
+    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet."""
     options = options or EncodeOptions()
     target = target or Target("qp", (model.anchor_num - 1) / 2)
     if isinstance(source, PreparedImage):
         img = source
-        name = source_name or "input"
     else:
         if isinstance(source, bytes):
             data, name = source, source_name or "input"
@@ -215,20 +301,41 @@ def encode_image(
         img = open_image(data, name, options.max_pixels)
     if target.kind == "qp":
         model.check_qp(target.value)
+    return _plan(model, img, target, options)
+
+
+def encode_image(
+    model: MSINN,
+    source: bytes | str | os.PathLike | PreparedImage,
+    target: Target | None = None,
+    options: EncodeOptions | None = None,
+    source_name: str | None = None,
+) -> EncodeResult:
+    """Encode one image to a complete ``.msinn`` file meeting ``target``."""
+    return plan_encode(model, source, target, options, source_name).finish()
+
+
+def _plan(
+    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False
+) -> PlannedEncode:
+    t0 = time.perf_counter()
     session = _ImageSession(model, img, options)
     alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
     overhead = _header_overhead(model, img, len(session.tiles), len(alpha_bytes))
     pixels = img.width * img.height
 
     def payload_bytes(encs: list) -> int:
-        return sum(len(e.data) for e in encs)
+        # exact from the CDF tables; exact_sizes codes every probe (the fallback)
+        return sum(len(e.data) if exact_sizes else e.code_length() for e in encs)
 
     estimates = measures = 0
     in_range, note = True, ""
+    predicted = None
     if target.kind == "qp":
         qp = int(target.value) if float(target.value).is_integer() else float(target.value)
         encs = session.encode(qp)
         measures = 1
+        recon = session.reconstruct(encs)
     else:
         crop_latents, crop_rgb = session.crop()  # crop_rgb: N x h x w x 3
         crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
@@ -262,55 +369,29 @@ def encode_image(
         res = search.run()
         qp, in_range, note = res.qp, res.in_range, res.note
         estimates, measures = res.estimates, res.measures
-        encs = res.payload if target.is_cap else res.payload[0]
-    recon = session.reconstruct(encs) if target.kind != "psnr" else res.payload[1]
-    name_, hash_ = model_identity(model)
-    tiles, offset, streams = [], 0, []
-    for (x0, y0, w, h), enc in zip(session.tiles, encs):
-        digests = [symbols_digest(v) for v in enc.level_symbols]
-        tiles.append(
-            TileRecord(
-                x0, y0, w, h, list(enc.latent_shape), offset, len(enc.data), digests
-            )
-        )
-        streams.append(enc.data)
-        offset += len(enc.data)
-    final_pixels = restore_image(recon, img.alpha, img.mode)
-    header = Header(
-        model_name=name_,
-        model_hash=hash_,
-        qp=qp,
-        width=img.width,
-        height=img.height,
-        mode=img.mode,
-        source_mode=img.source_mode,
-        bit_depth=img.bit_depth,
-        padding="replicate",
-        tile_width=session.tiles[0][2] if len(session.tiles) > 1 else img.width,
-        tile_height=session.tiles[0][3] if len(session.tiles) > 1 else img.height,
-        tiles=tiles,
-        alpha_offset=offset if alpha_bytes else None,
-        alpha_length=len(alpha_bytes) if alpha_bytes else None,
-        payload_length=0,
-        payload_crc32=0,
-        image_digest=image_digest(final_pixels),
-        codec_version=__version__,
-    )
-    data = pack(header, b"".join(streams) + alpha_bytes)
-    return EncodeResult(
-        data=data,
-        header=header,
-        qp=qp,
-        bytes=len(data),
-        bpp=len(data) * 8 / pixels,
-        psnr=psnr_uint8(recon, img.rgb),
+        if target.is_cap:
+            encs = res.payload
+            predicted = payload_bytes(encs)
+            recon = session.reconstruct(encs)
+        else:
+            encs, recon = res.payload
+    return PlannedEncode(
+        model=model,
+        img=img,
         target=target,
+        options=options,
+        tiles=session.tiles,
+        encs=encs,
+        recon=recon,
+        qp=qp,
         in_range=in_range,
         note=note,
         probes=measures,
         estimates=estimates,
+        alpha_bytes=alpha_bytes,
+        overhead=overhead,
+        predicted_payload=None if exact_sizes else predicted,
         seconds=time.perf_counter() - t0,
-        reconstruction=final_pixels,
     )
 
 

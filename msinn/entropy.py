@@ -44,6 +44,42 @@ class RansTables:
             self.offsets,
         )
 
+    def code_length(self, symbols: np.ndarray, indexes: np.ndarray) -> int:
+        """Bytes that :meth:`encode` will produce, from the quantised CDFs, without coding.
+
+        The rANS coder spends -log2(freq / 2^16) bits per symbol, 4 bits per
+        escape (bypass) symbol, and flushes a 32-bit state; its stream is whole
+        32-bit words. This sum ignores only renormalisation slack, a few bytes
+        at most, which is why callers that must not exceed a size confirm the
+        final size with the real coder.
+        """
+        cdf, lengths, offsets = self._arrays()
+        idx = indexes.astype(np.int64, copy=False)
+        max_value = lengths[idx] - 2
+        value = symbols.astype(np.int64, copy=False) - offsets[idx]
+        below, above = value < 0, value >= max_value
+        escaped = below | above
+        value = np.where(escaped, max_value, value)
+        freq = cdf[idx, value + 1] - cdf[idx, value]
+        bits = 16.0 * len(idx) - float(np.log2(freq).sum())
+        if escaped.any():
+            v = value_raw = (symbols.astype(np.int64) - offsets[idx])[escaped]
+            m = max_value[escaped]
+            raw = np.where(v < 0, -2 * v - 1, 2 * (value_raw - m))
+            n_bypass = (np.floor(np.log2(np.maximum(raw, 1))).astype(np.int64) // 4 + 1) * (raw > 0)
+            bits += 4.0 * float((n_bypass // 15 + 1 + n_bypass).sum())
+        return 4 * (int(np.ceil(bits / 32)) + 1)
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if not hasattr(self, "_np"):
+            width = max(self.cdf_lengths)
+            cdf = np.zeros((len(self.cdfs), width), dtype=np.int64)
+            for i, row in enumerate(self.cdfs):
+                cdf[i, : len(row)] = row
+            lengths = np.asarray(self.cdf_lengths, dtype=np.int64)
+            object.__setattr__(self, "_np", (cdf, lengths, np.asarray(self.offsets, dtype=np.int64)))
+        return self._np
+
     def decoder(self, data: bytes, max_symbols: int = 0) -> StreamDecoder:
         return StreamDecoder(self, data, max_symbols)
 

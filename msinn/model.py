@@ -115,16 +115,35 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class EncodedLatents:
-    """What an encode produced: the rANS stream plus the coded symbols per level.
+    """What an encode produced: the coded symbols, their CDF indexes, and the rANS stream.
 
-    ``finish()`` completes the decoder-side reconstruction from state kept at
-    the last level, so rate control pays for it only for the encode it keeps.
+    The stream is made on first use of ``data``: rate control sizes candidate
+    encodes with :meth:`code_length` and pays for entropy coding only for the
+    one it keeps, which can then be coded on another thread while the network
+    moves on to the next image. ``finish()`` completes the decoder-side
+    reconstruction from state kept at the last level.
     """
 
-    data: bytes
     latent_shape: tuple[int, int]
     level_symbols: list[np.ndarray]
+    symbols: np.ndarray
+    indexes: np.ndarray
+    tables: RansTables
     _finish: Callable[[], torch.Tensor] | None = None
+    _data: bytes | None = None
+
+    @property
+    def data(self) -> bytes:
+        """The rANS stream (coded once, then cached)."""
+        if self._data is None:
+            self._data = self.tables.encode(self.symbols, self.indexes)
+        return self._data
+
+    def code_length(self) -> int:
+        """Length of ``data`` in bytes, exact from the CDF tables, without coding."""
+        if self._data is not None:
+            return len(self._data)
+        return self.tables.code_length(self.symbols, self.indexes)
 
     def finish(self) -> torch.Tensor:
         """The (unclamped) image the decoder will reconstruct from ``data``."""
@@ -328,8 +347,14 @@ class MSINN(nn.Module):
 
     # ------------------------------------------------------------------ coding
     @torch.inference_mode()
-    def encode_latents(self, latents: list[torch.Tensor], qp: int | float, keep_state: bool = False) -> EncodedLatents:
-        """Entropy-code latents from :meth:`analyze` at one rate parameter."""
+    def encode_latents(
+        self, latents: list[torch.Tensor], qp: int | float, keep_state: bool = False, code: bool = True
+    ) -> EncodedLatents:
+        """Entropy-code latents from :meth:`analyze` at one rate parameter.
+
+        ``code=False`` stops after the context models: the symbols are ready,
+        the rANS stream is made when ``data`` is first read.
+        """
         if latents[0].shape[0] != 1:
             raise ValueError("coding works on one image at a time (batch size 1)")
         gains = self._gains(qp)
@@ -365,7 +390,6 @@ class MSINN(nn.Module):
                 break  # the finest level's reconstruction is not needed to encode
             y_hat = self._lrp(level, y_hat, support, ig)
             support = self._grow_support(level, y_hat, support)
-        data = tables.encode(np.concatenate(symbols), np.concatenate(indexes))
         shape = latents[0].shape[-2:]
         finish = None
         if keep_state:
@@ -376,7 +400,11 @@ class MSINN(nn.Module):
                     y = self._lrp(last, y_hat, last_support, last_ig)
                     return self._finish(self._grow_support(last, y, last_support))
 
-        return EncodedLatents(data, (int(shape[0]), int(shape[1])), level_symbols, finish)
+        hw = (int(shape[0]), int(shape[1]))
+        enc = EncodedLatents(hw, level_symbols, np.concatenate(symbols), np.concatenate(indexes), tables, finish)
+        if code:
+            enc.data  # noqa: B018 -- code now, on the caller's thread
+        return enc
 
     @torch.inference_mode()
     def decode_latents(

@@ -191,6 +191,7 @@ class Trainer:
         self.ckpt_path = Path(settings.out) / "last.pt"
         self.history_path = Path(settings.out) / "history.jsonl"
         self.step = 0
+        self.skipped_steps = 0
         resume = resume and self.ckpt_path.exists()
         saved_meta: dict = {}
         if resume:
@@ -275,9 +276,14 @@ class Trainer:
         out = (model or self.model)(x, anchors)
         losses = rd_loss(out, x, lam)
         losses["loss"].backward()
-        if s.clip_max_norm > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_max_norm)
-        self.opt.step()
+        # The norm is taken after DDP's all-reduce, so every worker takes the same decision.
+        max_norm = s.clip_max_norm if s.clip_max_norm > 0 else float("inf")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if torch.isfinite(grad_norm):
+            self.opt.step()
+        else:  # one bad batch must not poison the weights and every later checkpoint
+            self.skipped_steps += 1
+            log.warning("step %d: non-finite gradient norm, update skipped (%d so far)", self.step, self.skipped_steps)
         self.step += 1
         return {k: float(v.detach()) for k, v in losses.items()}
 

@@ -13,13 +13,15 @@ import logging
 import tarfile
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import torch
 
-from msinn.codec import EncodeOptions, encode_image, model_identity
+from msinn.codec import EncodeOptions, model_identity, plan_encode
 from msinn.errors import ImageInputError
 from msinn.images import open_image
 from msinn.ratecontrol import Target
@@ -149,6 +151,9 @@ def _raise_priority() -> None:
         pass
 
 
+PIPELINE_DEPTH = 2  # planned records allowed to wait for the entropy coder
+
+
 class UnitEncoder:
     """Holds the model; encodes units. Wrapped as a Ray actor by the runner."""
 
@@ -165,10 +170,19 @@ class UnitEncoder:
         self.device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         self.model_name, self.model_hash = model_identity(self.model)
 
+    def _coder_thread_init(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
     def ready(self) -> str:
         return self.device_name
 
     def encode_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[dict, bytes | None]:
+        """Encode one record start to finish on the calling thread."""
+        return self.finish_record(*self.plan_record(rec, spec, unit))
+
+    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[dict, Any]:
+        """The network half of a record: its manifest row so far and its planned encode (None on error)."""
         now = datetime.now(UTC)
         row = {
             "key": rec.key,
@@ -189,18 +203,31 @@ class UnitEncoder:
         if rec.error is not None:
             row.update(status="error", error=rec.error)
             return row, None
-        t0 = time.perf_counter()
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-            target = spec.target_for(rec.target_value)
-            res = encode_image(self.model, img, target, opts)
+            planned = plan_encode(self.model, img, spec.target_for(rec.target_value), opts)
         except ImageInputError as exc:
             row.update(status="error", error=f"bad image: {exc}")
             return row, None
         except (ValueError, RuntimeError, MemoryError) as exc:
             row.update(status="error", error=f"encode failed: {type(exc).__name__}: {exc}")
             return row, None
+        return row, (planned, spec.ms_ssim)
+
+    @staticmethod
+    def finish_record(row: dict, planned: Any) -> tuple[dict, bytes | None]:
+        """The CPU half: entropy coding, the container, and the row's measurements."""
+        if planned is None:
+            return row, None
+        planned, want_ms_ssim = planned
+        img = planned.img
+        try:
+            res = planned.finish()
+        except (ValueError, RuntimeError, MemoryError) as exc:
+            row.update(status="error", error=f"encode failed: {type(exc).__name__}: {exc}")
+            return row, None
+        target = planned.target
         tv = target.value
         target_met = (
             res.bpp <= tv if target.kind == "bpp"
@@ -224,23 +251,37 @@ class UnitEncoder:
             target_met=bool(target_met),
             in_range=res.in_range,
             probes=res.probes,
-            ms_ssim=_ms_ssim(_rgb_view(res.reconstruction, img.mode), img.rgb) if spec.ms_ssim else None,
-            encode_seconds=time.perf_counter() - t0,
+            ms_ssim=_ms_ssim(_rgb_view(res.reconstruction, img.mode), img.rgb) if want_ms_ssim else None,
+            encode_seconds=res.seconds,
         )
         return row, res.data
 
     def process(self, unit: WorkUnit, records: list[InputRecord], spec: JobSpec) -> dict:
-        """Encode every record, then commit the unit: tar first, manifest shard last."""
+        """Encode every record, then commit the unit: tar first, manifest shard last.
+
+        The network half of record i+1 runs while a second thread entropy-codes
+        and packs record i (rANS and hashing are CPU work; on a GPU they would
+        otherwise leave it idle). At most ``PIPELINE_DEPTH`` planned records
+        wait for the coder, which bounds the memory held.
+        """
         if self.threads:
             # OpenMP thread counts are per calling thread; Ray may run methods on another thread than __init__
             torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
+        results: list[Future] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as coder:
+            for rec in records:
+                waiting = [f for f in results if not f.done()]
+                if len(waiting) >= PIPELINE_DEPTH:
+                    wait(waiting[:1])
+                row, planned = self.plan_record(rec, spec, unit)
+                results.append(coder.submit(self.finish_record, row, planned))
+            finished = [f.result() for f in results]
         rows, members = [], []
-        for rec in records:
-            row, data = self.encode_record(rec, spec, unit)
+        for row, data in finished:
             rows.append(row)
             if data is not None:
-                members.append((f"{rec.key}.msinn", data))
+                members.append((f"{row['key']}.msinn", data))
         turi = tar_uri(spec, unit)
         if members:
             blob, offsets = build_tar(members)

@@ -45,6 +45,38 @@ def test_manifest_schema_has_the_fixed_columns():
     assert COLUMNS[: len(FIXED)] == FIXED
 
 
+def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tiny_checkpoint, monkeypatch):
+    """The actor's two-stage loop (network on one thread, rANS and packing on another) changes nothing."""
+    from pipeline.encoder import UnitEncoder, build_tar
+    from pipeline.plan import WorkUnit
+    from pipeline.sources import InputRecord
+
+    enc = UnitEncoder(tiny_checkpoint)
+    records = [InputRecord(f"k{i}", f"mem://k{i}.png", png_bytes(i, 64 + 16 * i, 64)) for i in range(5)]
+    records.insert(2, InputRecord("bad", "mem://bad.png", corrupt_bytes()["truncated"]))
+    spec = JobSpec(input="mem://", output=str(tmp_path / "out"), target_kind="bpp", target_value=1.5)
+    unit = WorkUnit("00000", "files", tuple(r.source_uri for r in records), 0, "mem://")
+    coder_threads = set()
+    finish = UnitEncoder.finish_record
+
+    def spy(row, planned):
+        coder_threads.add(threading.current_thread().name)
+        return finish(row, planned)
+
+    monkeypatch.setattr(UnitEncoder, "finish_record", staticmethod(spy))
+    summary = enc.process(unit, records, spec)
+    assert summary["ok"] == 5 and summary["errors"] == 1
+    assert coder_threads and all(name.startswith("entropy-coder") for name in coder_threads)
+    rows = pq.read_table(tmp_path / "out" / "manifest" / "part-00000.parquet").to_pylist()
+    assert [r["key"] for r in rows] == [r.key for r in records]
+    one_at_a_time = [enc.encode_record(r, spec, unit) for r in records]
+    blob, _ = build_tar([(f"{row['key']}.msinn", data) for row, data in one_at_a_time if data is not None])
+    assert (tmp_path / "out" / "bitstreams" / "part-00000.tar").read_bytes() == blob
+    for got, (want, _) in zip(rows, one_at_a_time):
+        assert (got["status"], got["bytes"], got["qp"], got["error"]) == (
+            want["status"], want.get("bytes"), want.get("qp"), want["error"])
+
+
 def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_checkpoint):
     keys = _write_tree(tmp_path / "in")
     out = tmp_path / "out"

@@ -95,3 +95,52 @@ def test_search_on_a_synthetic_curve():
     assert res.in_range and target + math.log(0.98) <= true(res.qp) <= target
     assert len(calls) <= 3
     assert snap_qp(res.qp, 7) == res.qp
+
+
+def test_code_length_is_the_rans_stream_length(tiny_model, image_bytes):
+    """The size the search relies on equals what the coder writes, escapes (bypass codes) included."""
+    from msinn.codec import _pad64
+    from msinn.images import open_image
+
+    img = open_image(image_bytes, "noise.png")
+    latents = tiny_model.analyze(_pad64(img.rgb, tiny_model.gain.device))
+    for qp in (0, 0.5, 1.75, 3):
+        enc = tiny_model.encode_latents(latents, qp, code=False)
+        predicted = enc.code_length()
+        assert predicted == len(enc.data)
+    tables = tiny_model.tables()
+    rng = np.random.default_rng(3)
+    n = 5000
+    indexes = rng.integers(0, len(tables.cdf_lengths), n).astype(np.int32)
+    symbols = rng.normal(0, 40, n).round().astype(np.int32)  # many far outside the tables: bypass-coded
+    offsets = np.asarray(tables.offsets)[indexes]
+    lengths = np.asarray(tables.cdf_lengths)[indexes]
+    escaped = (symbols - offsets < 0) | (symbols - offsets >= lengths - 2)
+    assert escaped.sum() > n // 10
+    assert tables.code_length(symbols, indexes) == len(tables.encode(symbols, indexes))
+
+
+def test_only_the_kept_encode_is_entropy_coded(tiny_model, image_bytes, anchor_points, monkeypatch):
+    from msinn.entropy import RansTables
+
+    calls = []
+    real_encode = RansTables.encode
+    monkeypatch.setattr(RansTables, "encode", lambda self, s, i: calls.append(len(s)) or real_encode(self, s, i))
+    target = math.sqrt(anchor_points[1].bpp * anchor_points[2].bpp)
+    res = encode_image(tiny_model, image_bytes, Target("bpp", target))
+    assert res.probes >= 2 and len(calls) == 1
+    assert 0.98 * target <= res.bpp <= target
+
+
+def test_a_wrong_size_prediction_never_breaks_the_cap(tiny_model, image_bytes, anchor_points, monkeypatch):
+    """If the predicted size were ever off, the final check searches again with real sizes."""
+    from msinn.entropy import RansTables
+
+    real_length, real_encode, calls = RansTables.code_length, RansTables.encode, []
+    monkeypatch.setattr(RansTables, "code_length", lambda self, s, i: int(real_length(self, s, i) * 0.8))
+    monkeypatch.setattr(RansTables, "encode", lambda self, s, i: calls.append(len(s)) or real_encode(self, s, i))
+    target = math.sqrt(anchor_points[1].bpp * anchor_points[2].bpp)
+    res = encode_image(tiny_model, image_bytes, Target("bpp", target))
+    assert len(calls) > 1  # the first pick overshot, and every later probe was really coded
+    assert res.in_range, res.note
+    assert 0.98 * target <= res.bpp <= target
