@@ -51,7 +51,7 @@ def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tin
     from pipeline.plan import WorkUnit
     from pipeline.sources import InputRecord
 
-    enc = UnitEncoder(tiny_checkpoint)
+    enc = UnitEncoder(tiny_checkpoint, overlap=True)  # the default on a GPU
     records = [InputRecord(f"k{i}", f"mem://k{i}.png", png_bytes(i, 64 + 16 * i, 64)) for i in range(5)]
     records.insert(2, InputRecord("bad", "mem://bad.png", corrupt_bytes()["truncated"]))
     spec = JobSpec(input="mem://", output=str(tmp_path / "out"), target_kind="bpp", target_value=1.5)
