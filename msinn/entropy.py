@@ -57,15 +57,13 @@ class RansTables:
         idx = indexes.astype(np.int64, copy=False)
         max_value = lengths[idx] - 2
         value = symbols.astype(np.int64, copy=False) - offsets[idx]
-        below, above = value < 0, value >= max_value
-        escaped = below | above
-        value = np.where(escaped, max_value, value)
-        freq = cdf[idx, value + 1] - cdf[idx, value]
+        escaped = (value < 0) | (value >= max_value)
+        coded = np.where(escaped, max_value, value)  # an escape codes the last symbol, then bypass bits
+        freq = cdf[idx, coded + 1] - cdf[idx, coded]
         bits = 16.0 * len(idx) - float(np.log2(freq).sum())
         if escaped.any():
-            v = value_raw = (symbols.astype(np.int64) - offsets[idx])[escaped]
-            m = max_value[escaped]
-            raw = np.where(v < 0, -2 * v - 1, 2 * (value_raw - m))
+            v, m = value[escaped], max_value[escaped]
+            raw = np.where(v < 0, -2 * v - 1, 2 * (v - m))
             n_bypass = (np.floor(np.log2(np.maximum(raw, 1))).astype(np.int64) // 4 + 1) * (raw > 0)
             bits += 4.0 * float((n_bypass // 15 + 1 + n_bypass).sum())
         return 4 * (int(np.ceil(bits / 32)) + 1)
