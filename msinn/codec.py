@@ -215,24 +215,23 @@ class PlannedEncode:
     probes: int
     estimates: int
     alpha_bytes: bytes
-    overhead: int
-    predicted_payload: int | None  # stream bytes the search relied on (caps only)
     seconds: float
 
     def finish(self) -> EncodeResult:
         """Code the kept symbols and pack the ``.msinn`` file."""
         t0 = time.perf_counter()
+        # the sizes a cap's search relied on (cached there, so free here)
+        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else None
         streams = [enc.data for enc in self.encs]
-        result = self._pack(streams, time.perf_counter() - t0)
-        if self.predicted_payload is not None and sum(map(len, streams)) != self.predicted_payload:
-            pixels = self.img.width * self.img.height
-            cap = self.target.value if self.target.kind == "bytes" else self.target.value * pixels / 8
-            if result.bytes > cap:  # a size the search relied on was wrong: search again, coding every probe
+        result = self._pack(streams, t0)
+        if predicted is not None and sum(map(len, streams)) != predicted:
+            if result.bytes > self.target.cap_bytes(self.img.width * self.img.height):
+                # a size the search relied on was wrong: search again, coding every probe
                 return _plan(self.model, self.img, self.target, self.options, exact_sizes=True).finish()
         return result
 
-    def _pack(self, streams: list[bytes], finish_seconds: float) -> EncodeResult:
-        t0 = time.perf_counter()
+    def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
+        """The ``.msinn`` file from the coded streams; ``t0`` is when finishing began."""
         img, model = self.img, self.model
         name_, hash_ = model_identity(model)
         tiles, offset = [], 0
@@ -275,7 +274,7 @@ class PlannedEncode:
             note=self.note,
             probes=self.probes,
             estimates=self.estimates,
-            seconds=self.seconds + finish_seconds + time.perf_counter() - t0,
+            seconds=self.seconds + time.perf_counter() - t0,
             reconstruction=final_pixels,
         )
 
@@ -330,7 +329,6 @@ def _plan(
 
     estimates = measures = 0
     in_range, note = True, ""
-    predicted = None
     if target.kind == "qp":
         qp = int(target.value) if float(target.value).is_integer() else float(target.value)
         encs = session.encode(qp)
@@ -340,7 +338,7 @@ def _plan(
         crop_latents, crop_rgb = session.crop()  # crop_rgb: N x h x w x 3
         crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
         if target.is_cap:
-            cap = target.value if target.kind == "bytes" else target.value * pixels / 8
+            cap = target.cap_bytes(pixels)
 
             def estimate(q: float) -> float:
                 bits, _ = model.estimate_bits(crop_latents, q)
@@ -371,7 +369,6 @@ def _plan(
         estimates, measures = res.estimates, res.measures
         if target.is_cap:
             encs = res.payload
-            predicted = payload_bytes(encs)
             recon = session.reconstruct(encs)
         else:
             encs, recon = res.payload
@@ -389,8 +386,6 @@ def _plan(
         probes=measures,
         estimates=estimates,
         alpha_bytes=alpha_bytes,
-        overhead=overhead,
-        predicted_payload=None if exact_sizes else predicted,
         seconds=time.perf_counter() - t0,
     )
 

@@ -131,6 +131,7 @@ class EncodedLatents:
     tables: RansTables
     _finish: Callable[[], torch.Tensor] | None = None
     _data: bytes | None = None
+    _length: int | None = None
 
     @property
     def data(self) -> bytes:
@@ -140,10 +141,12 @@ class EncodedLatents:
         return self._data
 
     def code_length(self) -> int:
-        """Length of ``data`` in bytes, exact from the CDF tables, without coding."""
+        """Length of ``data`` in bytes, exact from the CDF tables, without coding (computed once)."""
         if self._data is not None:
             return len(self._data)
-        return self.tables.code_length(self.symbols, self.indexes)
+        if self._length is None:
+            self._length = self.tables.code_length(self.symbols, self.indexes)
+        return self._length
 
     def finish(self) -> torch.Tensor:
         """The (unclamped) image the decoder will reconstruct from ``data``."""

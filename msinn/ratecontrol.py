@@ -45,6 +45,10 @@ class Target:
     def is_cap(self) -> bool:
         return self.kind in ("bpp", "bytes")
 
+    def cap_bytes(self, pixels: int) -> float:
+        """The file-size limit of a cap target for an image of ``pixels`` pixels."""
+        return self.value if self.kind == "bytes" else self.value * pixels / 8
+
 
 def snap_qp(q: float, top: int) -> int | float:
     q = min(max(q, 0.0), float(top))
