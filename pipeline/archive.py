@@ -40,7 +40,6 @@ def connect(archive: str, options: dict | None = None) -> duckdb.DuckDBPyConnect
     if not files:
         raise ArchiveError(f"{archive}: no manifest shards found (not an archive, or nothing committed yet)")
     if protocol not in ("file", "local"):
-        fs.invalidate_cache()  # other processes (Ray workers) wrote shards since this instance listed
         con.register_filesystem(fs)
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     con.execute(f"CREATE OR REPLACE VIEW all_rows AS SELECT * FROM read_parquet([{listing}], union_by_name=true)")

@@ -16,12 +16,11 @@ from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import torch
 
-from msinn.codec import EncodeOptions, model_identity, plan_encode
+from msinn.codec import EncodeOptions, PlannedEncode, model_identity, plan_encode
 from msinn.errors import ImageInputError
 from msinn.images import open_image
 from msinn.ratecontrol import Target
@@ -182,9 +181,9 @@ class UnitEncoder:
 
     def encode_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[dict, bytes | None]:
         """Encode one record start to finish on the calling thread."""
-        return self.finish_record(*self.plan_record(rec, spec, unit))
+        return self.finish_record(*self.plan_record(rec, spec, unit), spec.ms_ssim)
 
-    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[dict, Any]:
+    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[dict, PlannedEncode | None]:
         """The network half of a record: its manifest row so far and its planned encode (None on error)."""
         now = datetime.now(UTC)
         row = {
@@ -216,14 +215,13 @@ class UnitEncoder:
         except (ValueError, RuntimeError, MemoryError) as exc:
             row.update(status="error", error=f"encode failed: {type(exc).__name__}: {exc}")
             return row, None
-        return row, (planned, spec.ms_ssim)
+        return row, planned
 
     @staticmethod
-    def finish_record(row: dict, planned: Any) -> tuple[dict, bytes | None]:
+    def finish_record(row: dict, planned: PlannedEncode | None, want_ms_ssim: bool) -> tuple[dict, bytes | None]:
         """The CPU half: entropy coding, the container, and the row's measurements."""
         if planned is None:
             return row, None
-        planned, want_ms_ssim = planned
         img = planned.img
         try:
             res = planned.finish()
@@ -276,14 +274,13 @@ class UnitEncoder:
             results: list[Future] = []
             with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as pool:
                 for rec in records:
-                    waiting = [f for f in results if not f.done()]
-                    if len(waiting) >= PIPELINE_DEPTH:
-                        wait(waiting[:1])
+                    if len(results) >= PIPELINE_DEPTH:  # one coder thread finishes in order
+                        wait([results[-PIPELINE_DEPTH]])
                     row, planned = self.plan_record(rec, spec, unit)
-                    results.append(pool.submit(self.finish_record, row, planned))
+                    results.append(pool.submit(self.finish_record, row, planned, spec.ms_ssim))
                 finished = [f.result() for f in results]
         else:
-            finished = [self.finish_record(*self.plan_record(rec, spec, unit)) for rec in records]
+            finished = [self.encode_record(rec, spec, unit) for rec in records]
         rows, members = [], []
         for row, data in finished:
             rows.append(row)

@@ -55,9 +55,7 @@ def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], opt
     storage.write_bytes(storage.join(archive, "_reencode", run_id, "plan.parquet"), buf.getvalue(), options)
 
 
-def read_rows(
-    unit: WorkUnit, options: dict | None, key_column: str, image_column: str, target_column: str | None = None
-) -> list[InputRecord]:
+def read_rows(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:
     """Inputs of a re-encode unit: the original image if readable, else the decoded bitstream."""
     records = []
     for raw in unit.uris:

@@ -162,7 +162,7 @@ def read_unit(
     if unit.kind == "rows":
         from .reencode import read_rows
 
-        return read_rows(unit, options, key_column, image_column, target_column)
+        return read_rows(unit, options, key_column, image_column)  # re-encodes carry no per-image targets
     if unit.kind == "files":
         records = list(read_files(unit, options))
     elif unit.kind == "tar":

@@ -76,31 +76,27 @@ def test_metrics():
 
 
 # ---------------------------------------------------------------------------------------------- end to end
-def _crop(path: Path, box: tuple[int, int, int, int]) -> None:
-    Image.open(KODIM23).convert("RGB").crop(box).save(path)
+def _crops(d: Path, boxes: dict[str, tuple[int, int, int, int]]) -> Path:
+    """A folder of crops of kodim23 (skips when the dataset is absent)."""
+    if not KODIM23.is_file():
+        pytest.skip(f"{KODIM23} not available")
+    d.mkdir()
+    img = Image.open(KODIM23).convert("RGB")
+    for name, box in boxes.items():
+        img.crop(box).save(d / name)
+    return d
 
 
 @pytest.fixture()
 def kodak_crops(tmp_path: Path) -> Path:
-    if not KODIM23.is_file():
-        pytest.skip(f"{KODIM23} not available")
-    d = tmp_path / "imgs"
-    d.mkdir()
-    _crop(d / "a.png", (300, 200, 396, 280))  # 96x80: padded to 128x128 for coding
-    _crop(d / "b.png", (100, 100, 228, 228))  # 128x128
-    return d
+    # a.png 96x80: padded to 128x128 for coding; b.png 128x128
+    return _crops(tmp_path / "imgs", {"a.png": (300, 200, 396, 280), "b.png": (100, 100, 228, 228)})
 
 
 @pytest.fixture()
 def small_dir(tmp_path: Path) -> Path:
     """Two 64x64-or-smaller crops: one 64x64 latent grid each, the cheapest the model codes."""
-    if not KODIM23.is_file():
-        pytest.skip(f"{KODIM23} not available")
-    d = tmp_path / "small"
-    d.mkdir()
-    _crop(d / "a.png", (300, 200, 364, 248))  # 64x48
-    _crop(d / "b.png", (100, 100, 164, 164))  # 64x64
-    return d
+    return _crops(tmp_path / "small", {"a.png": (300, 200, 364, 248), "b.png": (100, 100, 164, 164)})
 
 
 @pytest.fixture()

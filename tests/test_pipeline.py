@@ -59,9 +59,9 @@ def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tin
     coder_threads = set()
     finish = UnitEncoder.finish_record
 
-    def spy(row, planned):
+    def spy(row, planned, want_ms_ssim):
         coder_threads.add(threading.current_thread().name)
-        return finish(row, planned)
+        return finish(row, planned, want_ms_ssim)
 
     monkeypatch.setattr(UnitEncoder, "finish_record", staticmethod(spy))
     summary = enc.process(unit, records, spec)
