@@ -45,7 +45,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     published checkpoints unchanged. With no argument, the bundled default.
     """
     from .checkpoint import CheckpointError, load_file
-    from .registry import default_model_name, lookup
+    from .registry import default_model_name, lookup, lookup_hash
 
     if name_or_path is None:
         name_or_path = default_model_name()
@@ -53,6 +53,12 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
             raise CheckpointError("no bundled weights are registered in this installation")
     entry = lookup(str(name_or_path))
     if entry is not None:
+        if not entry.bundled:
+            raise CheckpointError(
+                f"model {entry.name} is registered but its weights are no longer bundled with this "
+                f"installation; {entry.retrieve or 'get its checkpoint file'}, then pass --model PATH "
+                f"(the weights are checked against the registered hash)"
+            )
         model = load_file(entry.path, device)
         if model.weights_sha256 != entry.sha256:
             raise CheckpointError(f"bundled weights {entry.name} do not match their registered hash")
@@ -63,10 +69,12 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
 
         with fsspec.open(str(name_or_path), "rb") as f:
             model = load_file(f.read(), device)
-        model.model_name = str(name_or_path).rstrip("/").rsplit("/", 1)[-1]
+        known = lookup_hash(model.weights_sha256)
+        model.model_name = known.name if known is not None else str(name_or_path).rstrip("/").rsplit("/", 1)[-1]
         return model
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: neither a registered model name nor an existing file")
     model = load_file(name_or_path, device)
-    model.model_name = os.path.basename(str(name_or_path))
+    known = lookup_hash(model.weights_sha256)
+    model.model_name = known.name if known is not None else os.path.basename(str(name_or_path))
     return model

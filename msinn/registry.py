@@ -2,7 +2,9 @@
 
 A name, once published, always means the same weights: bitstreams record the
 name and a hash prefix of the weights, so an old file never decodes with a
-different model. Add new entries at the end; never edit or reuse one.
+different model. Add new entries at the end; never edit or reuse one, except
+to move an old snapshot's file out of the package to keep it small: the entry
+then stays, with ``retrieve`` saying where its weights can still be had.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ class RegisteredModel:
     file: str
     sha256: str  # weights_hash() of the model's tensors
     description: str = ""
+    retrieve: str = ""  # for weights no longer in the package: how to get them
 
     @property
     def path(self) -> Path:
         return WEIGHTS_DIR / self.file
+
+    @property
+    def bundled(self) -> bool:
+        return self.path.is_file()
 
 
 def registered_models() -> list[RegisteredModel]:
@@ -43,5 +50,13 @@ def default_model_name() -> str | None:
 def lookup(name: str) -> RegisteredModel | None:
     for m in registered_models():
         if m.name == name:
+            return m
+    return None
+
+
+def lookup_hash(sha256: str) -> RegisteredModel | None:
+    """The registered model with these exact weights, so a downloaded copy keeps its name."""
+    for m in registered_models():
+        if m.sha256 == sha256:
             return m
     return None

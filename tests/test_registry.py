@@ -1,0 +1,74 @@
+"""The model registry: bundled weights match their names; retired files fail clearly and decode again."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import msinn
+from msinn import registry
+from msinn.checkpoint import CheckpointError, read_checkpoint, weights_hash
+from msinn.cli import main
+
+
+def test_every_bundled_file_matches_its_registered_hash():
+    models = registry.registered_models()
+    assert models, "the package must register at least one model"
+    names = [m.name for m in models]
+    assert len(names) == len(set(names)), "registry names must be unique"
+    default = registry.lookup(registry.default_model_name())
+    assert default is not None and default.bundled, "the default model must ship with the package"
+    for m in models:
+        if not m.bundled:
+            assert m.retrieve, f"{m.name} is not bundled and does not say where to get it"
+            continue
+        _, sd, _ = read_checkpoint(m.path)
+        sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+        assert weights_hash(sd) == m.sha256, m.name
+
+
+def test_bundled_weights_stay_within_the_size_cap():
+    total = sum(p.stat().st_size for p in registry.WEIGHTS_DIR.glob("*.pt"))
+    assert total <= 10 * 1000 * 1000
+
+
+@pytest.fixture()
+def retired_registry(tmp_path, monkeypatch, tiny_checkpoint):
+    """A registry whose only entry names the tiny model's weights, which are not in the package."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    sha = msinn.load(tiny_checkpoint).weights_sha256
+    entry = {
+        "name": "tiny-retired",
+        "file": "tiny-retired.pt",
+        "sha256": sha,
+        "description": "test entry",
+        "retrieve": "copy it from the release page",
+    }
+    (weights / "registry.json").write_text(json.dumps({"models": [entry]}))
+    monkeypatch.setattr(registry, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(registry, "REGISTRY_FILE", weights / "registry.json")
+    return entry
+
+
+def test_retired_weights_give_a_clear_error(retired_registry):
+    with pytest.raises(CheckpointError, match="tiny-retired.*no longer bundled.*release page"):
+        msinn.load("tiny-retired")
+
+
+def test_a_downloaded_copy_keeps_its_registered_name(retired_registry, tiny_checkpoint, tmp_path, capsys):
+    assert msinn.load(tiny_checkpoint).model_name == "tiny-retired"
+    img = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "in.png")
+    stream = tmp_path / "x.msinn"
+    assert main(["encode", str(tmp_path / "in.png"), str(stream), "--qp", "2", "--model", tiny_checkpoint]) == 0
+    capsys.readouterr()
+    # the file names the registered model; without its weights the decoder says how to get them
+    assert main(["decode", str(stream), str(tmp_path / "o.png")]) == 1
+    assert "release page" in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()
+    assert main(["decode", str(stream), str(tmp_path / "o.png"), "--model", tiny_checkpoint]) == 0
+    assert Image.open(tmp_path / "o.png").size == (56, 40)
