@@ -81,15 +81,24 @@ def init_gains(model: MSINN, lo: float, hi: float) -> None:
     model.scale_gain.copy_(g.expand_as(model.scale_gain))
 
 
-def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int) -> dict[str, torch.Tensor]:
-    """Fine-tuning to more anchors: new gain rows start as copies of the top anchor."""
+def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0) -> dict[str, torch.Tensor]:
+    """Fine-tuning to more anchors, in ascending-lambda order.
+
+    New rows above the top anchor start as copies of it (the paper's way of
+    going from 8 to 12 anchors). ``below`` new rows under the lowest anchor
+    continue the gains' geometric progression downwards, so a lower rate
+    starts close to where it will settle instead of as a copy.
+    """
     out = dict(sd)
     for k in ("gain", "inv_gain", "scale_gain"):
         v = sd[k]
-        if v.shape[0] > anchor_num:
-            raise ValueError(f"checkpoint has {v.shape[0]} anchors, more than {anchor_num}")
-        extra = v[-1:].expand(anchor_num - v.shape[0], *v.shape[1:])
-        out[k] = torch.cat((v, extra), dim=0).contiguous()
+        above = anchor_num - v.shape[0] - below
+        if above < 0 or below < 0:
+            raise ValueError(f"checkpoint has {v.shape[0]} anchors; cannot make {anchor_num} with {below} below")
+        step = v[0:1] / v[1:2] if v.shape[0] > 1 else torch.ones_like(v[0:1])
+        lower = [v[0:1] * step**i for i in range(below, 0, -1)]
+        extra = v[-1:].expand(above, *v.shape[1:])
+        out[k] = torch.cat((*lower, v, extra), dim=0).contiguous()
     return out
 
 
@@ -194,17 +203,21 @@ class Trainer:
         self.skipped_steps = 0
         resume = resume and self.ckpt_path.exists()
         saved_meta: dict = {}
+        cfg0: MSINNConfig | None = None
         if resume:
             cfg, sd, saved_meta = read_checkpoint(self.ckpt_path)
             config = cfg
         elif init_from:
-            cfg0, sd0, _ = read_checkpoint(init_from)
+            cfg0, sd0, meta0 = read_checkpoint(init_from)
             config = config or cfg0
-            if config.anchor_num != cfg0.anchor_num:
-                sd0 = extend_anchors(sd0, config.anchor_num)
         config = config or MSINNConfig()
         self.config = config
         self.lambdas = lambdas_for(config.anchor_num, settings.lambdas or saved_meta.get("lambdas"))
+        if cfg0 is not None and config.anchor_num != cfg0.anchor_num:
+            # New lambdas under the checkpoint's lowest become anchors below it, the rest go above.
+            old_low = min(lambdas_for(cfg0.anchor_num, meta0.get("lambdas")))
+            below = sum(lam < old_low for lam in self.lambdas)
+            sd0 = extend_anchors(sd0, config.anchor_num, below)
         torch.manual_seed(settings.seed)
         self.model = MSINN(config).to(settings.device)
         self.model.train()
@@ -217,7 +230,7 @@ class Trainer:
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
         elif init_from:
             self.model.load_state_dict(sd0, strict=True)
-            log.info("initialised from %s (%d anchors)", init_from, config.anchor_num)
+            log.info("initialised from %s (%d anchors, lambdas %s)", init_from, config.anchor_num, self.lambdas)
         else:
             init_gains(self.model, *settings.init_gain_range)
         self.images = images if images is not None else load_images(settings.data, storage_options=storage_options)

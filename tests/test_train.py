@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from msinn.config import MSINNConfig
-from msinn.train import Trainer, TrainSettings, load_images
+from msinn.train import PAPER_LAMBDAS, Trainer, TrainSettings, load_images
 from pipeline.runner import RAY_ENV_DEFAULTS
 
 # Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
@@ -124,6 +124,23 @@ def test_more_anchors_start_as_copies_of_the_top_anchor(tmp_path, images, straig
     assert len(t.lambdas) == 4
     t.train_step()
     assert not torch.equal(t.model.gain[3], t.model.gain[2])  # the new anchor trains on its own
+
+
+def test_lower_lambdas_become_anchors_below_with_extrapolated_gains(tmp_path, images, straight):
+    old = straight[0]
+    wide = replace(TINY, anchor_num=5)
+    old_lambdas = list(PAPER_LAMBDAS[:3])
+    settings = replace(_settings(tmp_path / "low"), lambdas=[old_lambdas[0] / 4, old_lambdas[0] / 2, *old_lambdas])
+    t = Trainer(settings, wide, init_from=str(straight[1] / "last.pt"), images=images)
+    new = t.model.state_dict()
+    for k in ("gain", "inv_gain", "scale_gain"):
+        assert torch.equal(new[k][2:], old[k])  # the trained anchors keep their place, shifted up
+        ratio = old[k][0] / old[k][1]
+        torch.testing.assert_close(new[k][1], old[k][0] * ratio)
+        torch.testing.assert_close(new[k][0], old[k][0] * ratio**2)
+    assert t.lambdas[:2] == settings.lambdas[:2]
+    # gains shrink (and inverse gains grow) going down: the new anchors code at lower rates
+    assert bool((t.model.gain[0] < t.model.gain[2]).all()) and bool((t.model.inv_gain[0] > t.model.inv_gain[2]).all())
 
 
 def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
