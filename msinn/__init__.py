@@ -45,7 +45,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     published checkpoints unchanged. With no argument, the bundled default.
     """
     from .checkpoint import CheckpointError, load_file
-    from .registry import default_model_name, lookup, lookup_hash
+    from .registry import default_model_name, lookup
 
     if name_or_path is None:
         name_or_path = default_model_name()
@@ -69,12 +69,16 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
 
         with fsspec.open(str(name_or_path), "rb") as f:
             model = load_file(f.read(), device)
-        known = lookup_hash(model.weights_sha256)
-        model.model_name = known.name if known is not None else str(name_or_path).rstrip("/").rsplit("/", 1)[-1]
-        return model
+        return _named(model, str(name_or_path).rstrip("/").rsplit("/", 1)[-1])
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: neither a registered model name nor an existing file")
-    model = load_file(name_or_path, device)
+    return _named(load_file(name_or_path, device), os.path.basename(str(name_or_path)))
+
+
+def _named(model: MSINN, file_name: str) -> MSINN:
+    """Name a model loaded from a file: its registered name when the weights are registered ones."""
+    from .registry import lookup_hash
+
     known = lookup_hash(model.weights_sha256)
-    model.model_name = known.name if known is not None else os.path.basename(str(name_or_path))
+    model.model_name = known.name if known is not None else file_name
     return model
