@@ -197,6 +197,8 @@ class Trainer:
         self.s = settings
         if settings.threads:
             torch.set_num_threads(settings.threads)
+        if str(settings.device).startswith("cuda"):
+            torch.backends.cudnn.benchmark = True  # crops have one fixed size: let cuDNN pick its fastest kernels
         self.ckpt_path = Path(settings.out) / "last.pt"
         self.history_path = Path(settings.out) / "history.jsonl"
         self.step = 0
@@ -204,6 +206,7 @@ class Trainer:
         resume = resume and self.ckpt_path.exists()
         saved_meta: dict = {}
         cfg0: MSINNConfig | None = None
+        meta0: dict = {}
         if resume:
             cfg, sd, saved_meta = read_checkpoint(self.ckpt_path)
             config = cfg
@@ -212,7 +215,9 @@ class Trainer:
             config = config or cfg0
         config = config or MSINNConfig()
         self.config = config
-        self.lambdas = lambdas_for(config.anchor_num, settings.lambdas or saved_meta.get("lambdas"))
+        # Lambdas: given, else the resumed run's, else those of an --init-from model with as many anchors.
+        init_lambdas = meta0.get("lambdas") if cfg0 is not None and cfg0.anchor_num == config.anchor_num else None
+        self.lambdas = lambdas_for(config.anchor_num, settings.lambdas or saved_meta.get("lambdas") or init_lambdas)
         if cfg0 is not None and config.anchor_num != cfg0.anchor_num:
             # New lambdas under the checkpoint's lowest become anchors below it, the rest go above.
             old_low = min(lambdas_for(cfg0.anchor_num, meta0.get("lambdas")))

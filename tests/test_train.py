@@ -143,6 +143,19 @@ def test_lower_lambdas_become_anchors_below_with_extrapolated_gains(tmp_path, im
     assert bool((t.model.gain[0] < t.model.gain[2]).all()) and bool((t.model.inv_gain[0] > t.model.inv_gain[2]).all())
 
 
+def test_init_from_keeps_the_checkpoints_own_lambdas(tmp_path, images):
+    """A fine-tune of a model trained on non-paper lambdas (e.g. on another machine) keeps them."""
+    custom = [0.0005, 0.001, 0.002]
+    src = Trainer(_settings(tmp_path / "custom", steps=1, lambdas=custom), TINY, images=images)
+    src.run()
+    t = Trainer(_settings(tmp_path / "tune"), None, init_from=str(tmp_path / "custom" / "last.pt"), images=images)
+    assert t.lambdas == custom
+    given = [0.001, 0.002, 0.004]
+    t2 = Trainer(_settings(tmp_path / "tune2", lambdas=given), None,
+                 init_from=str(tmp_path / "custom" / "last.pt"), images=images)
+    assert t2.lambdas == given  # an explicit list still wins
+
+
 def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
     import msinn
     from msinn.train_cli import main
