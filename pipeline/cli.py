@@ -172,7 +172,8 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     p.add_argument("dest", help="fsspec URI of the destination folder")
     p.add_argument("--where", help="SQL predicate over the manifest, e.g. \"bpp > 0.5\"")
     p.add_argument("--format", default="png", help="image format of the restored files (png, webp, tiff, ...)")
-    p.add_argument("--model", help="model name or checkpoint (default: the one each row names)")
+    p.add_argument("--model", action="append", help="model name or checkpoint; repeatable: each row decodes with "
+                   "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dest-storage-options", type=json.loads, default=None)
     args = p.parse_args(argv)
@@ -200,7 +201,8 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     p.add_argument("--where", help="SQL predicate over the manifest")
     p.add_argument("--sample", type=int, help="verify a random sample of this many rows")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="model name or checkpoint (default: the one each row names)")
+    p.add_argument("--model", action="append", help="model name or checkpoint; repeatable: each row decodes with "
+                   "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)
     setup_logging()
@@ -223,7 +225,8 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--model", help="model for the new encodes (default: bundled weights)")
     p.add_argument("--from", dest="source_mode", default="auto", choices=["auto", "source", "bitstream"],
                    help="re-encode from the original image, the decoded bitstream, or the first that works")
-    p.add_argument("--decode-model", help="checkpoint to decode old bitstreams with, when not a registered name")
+    p.add_argument("--decode-model", action="append",
+                   help="checkpoint to decode old bitstreams with, when not bundled (repeatable)")
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.add_argument("--actors", type=int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

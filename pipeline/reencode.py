@@ -29,7 +29,8 @@ from .sources import InputRecord, read_source
 
 log = logging.getLogger("pipeline.reencode")
 SOURCE_MODES = ("auto", "source", "bitstream")
-ROW_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "source_bytes", "source_sha256")
+ROW_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "model_hash", "source_bytes",
+              "source_sha256")
 
 
 def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict, list[WorkUnit]]]:
@@ -87,7 +88,7 @@ def _from_bitstream(row: dict, options: dict | None) -> InputRecord:
 
     from .restore import _bitstream, _model
 
-    model = _model(row["model"], row.get("decode_model"), "cpu")
+    model = _model(row, row.get("decode_model"), "cpu")
     decoded = decode_image(_bitstream(row, options), model, row["key"])
     buf = io.BytesIO()
     decoded.to_pil().save(buf, format="PNG")
@@ -103,7 +104,7 @@ def run_reencode(
     model: str | None = None,
     source_mode: str = "auto",
     options: dict | None = None,
-    decode_model: str | None = None,
+    decode_model: str | list[str] | None = None,
     rows_per_shard: int = 64,
     actors: int | None = None,
     cpus_per_actor: float = 1.0,

@@ -19,14 +19,49 @@ from .sources import safe_key
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
-def _model(name: str, override: str | None, device: str):
-    """The model for a row, loaded once per worker process."""
+def _load(spec: str, device: str):
+    """A model by registry name or checkpoint path/URI, loaded once per worker process."""
     import msinn
 
-    key = (override or name, device)
+    key = (spec, device)
     if key not in _MODELS:
-        _MODELS[key] = msinn.load(override or name, device=device)
+        _MODELS[key] = msinn.load(spec, device=device)
     return _MODELS[key]
+
+
+def as_model_list(models: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """``--model`` given once (a string), several times (a list) or not at all."""
+    if not models:
+        return []
+    return [models] if isinstance(models, str) else list(models)
+
+
+def _model(row: dict, models: str | list[str] | None, device: str):
+    """The model a row decodes with: a given one holding the row's weights, else the one the row names.
+
+    Matching by weights hash lets one command restore an archive written by several
+    models (say a retired model's downloaded file next to the bundled ones): each
+    row takes the checkpoint it was encoded with, whatever order they are given in.
+    """
+    from msinn.codec import model_identity
+
+    given = as_model_list(models)
+    want = row.get("model_hash") or ""
+    for spec in given:
+        m = _load(spec, device)
+        name, h = model_identity(m)
+        n = min(len(h), len(want))
+        if (n and h[:n] == want[:n]) or (not want and name == row.get("model")):
+            return m
+    if len(given) == 1 and not want:  # no hash to match on: the one given model is the user's word
+        return _load(given[0], device)
+    try:
+        return _load(row["model"], device)
+    except Exception as exc:
+        if not given:
+            raise
+        raise ValueError(f"written with {row['model']} (weights {want}), which none of the given models "
+                         f"({', '.join(given)}) holds; loading {row['model']}: {exc}") from exc
 
 
 def _bitstream(row: dict, options: dict | None) -> bytes:
@@ -37,7 +72,7 @@ def _bitstream(row: dict, options: dict | None) -> bytes:
 def decode_rows(
     rows: list[dict],
     archive_options: dict | None,
-    model_override: str | None,
+    models: str | list[str] | None,
     device: str = "cpu",
     dest: str | None = None,
     dest_options: dict | None = None,
@@ -54,7 +89,7 @@ def decode_rows(
         try:
             if safe_key(row["key"]) is None:
                 raise ValueError(f"unsafe key {row['key']!r}")
-            model = _model(row["model"], model_override, device)
+            model = _model(row, models, device)
             decoded = decode_image(_bitstream(row, archive_options), model, row["key"])
             if row.get("width") is not None and decoded.pixels.shape[:2] != (row["height"], row["width"]):
                 raise BitstreamError("decoded size differs from the manifest")
@@ -75,7 +110,7 @@ def decode_rows(
 def run_decode_jobs(
     rows: list[dict],
     archive_options: dict | None,
-    model_override: str | None,
+    models: str | list[str] | None,
     device: str,
     dest: str | None,
     dest_options: dict | None,
@@ -90,7 +125,7 @@ def run_decode_jobs(
     opts: dict[str, Any] = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
     task = ray.remote(decode_rows).options(max_retries=3, **opts)
     refs = [
-        task.remote(rows[i : i + chunk], archive_options, model_override, device, dest, dest_options, image_format)
+        task.remote(rows[i : i + chunk], archive_options, models, device, dest, dest_options, image_format)
         for i in range(0, len(rows), chunk)
     ]
     return [r for part in ray.get(refs) for r in part]

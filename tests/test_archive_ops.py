@@ -150,3 +150,37 @@ def test_stats_and_restore_on_s3(s3_bucket, local_ray, tiny_checkpoint, tmp_path
     capsys.readouterr()
     fs.invalidate_cache()
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/restored")) == ["0.png", "1.png", "2.png"]
+
+
+def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(
+    archive, tmp_path, tiny_checkpoint, capsys
+):
+    """An archive written by two models (one not bundled any more) restores in one command."""
+    import torch
+
+    from pipeline.restore import decode_rows
+
+    other_model = msinn.load(tiny_checkpoint)
+    with torch.no_grad():
+        next(other_model.parameters()).add_(0.01)  # other weights, same shape
+    other = tmp_path / "tiny-other.pt"
+    msinn.save_checkpoint(other, other_model)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.png").write_bytes(png_bytes(300))
+    run_job(JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp", target_value=1.0,
+                    model=str(other)), actors=1)
+    fs = fsspec.filesystem("file")
+    rows = [r for r in read_manifest(fs, str(archive)) if r["status"] == "ok"][:2]
+    rows += read_manifest(fs, str(tmp_path / "out"))
+    assert len({r["model_hash"] for r in rows}) == 2
+
+    for given in ([str(other), tiny_checkpoint], [tiny_checkpoint, str(other)]):
+        results = decode_rows(rows, None, given, dest=str(tmp_path / "dest"))
+        assert [r["ok"] for r in results] == [True, True, True], results
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "dest" / "x.png")),
+                          decode_image(Path(rows[2]["tar_uri"]).read_bytes()[rows[2]["offset"]:][: rows[2]["length"]],
+                                       msinn.load(str(other))).pixels)
+    # Only the first model given: its rows restore, the other row says which weights it needs.
+    results = decode_rows(rows, None, [tiny_checkpoint])
+    assert [r["ok"] for r in results] == [True, True, False]
+    assert "none of the given models" in results[2]["error"] and rows[2]["model_hash"] in results[2]["error"]
