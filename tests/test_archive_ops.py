@@ -152,9 +152,7 @@ def test_stats_and_restore_on_s3(s3_bucket, local_ray, tiny_checkpoint, tmp_path
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/restored")) == ["0.png", "1.png", "2.png"]
 
 
-def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(
-    archive, tmp_path, tiny_checkpoint, capsys
-):
+def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(archive, tmp_path, tiny_checkpoint):
     """An archive written by two models (one not bundled any more) restores in one command."""
     import torch
 
