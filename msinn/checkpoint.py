@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -23,8 +23,12 @@ from .config import MSINNConfig
 from .determinism import make_deterministic
 from .model import MSINN, _is_derived
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .portable.model import PortableMSINN
+
 FORMAT = "msinn-checkpoint"
 FORMAT_VERSION = 1
+PORTABLE_FORMAT = "msinn-portable"
 WRAPPER_KEYS = ("state_dict", "network", "model_state_dict")
 
 
@@ -76,8 +80,7 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> MSINNConfig:
     )
 
 
-def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
-    """(config, state dict, metadata) from a checkpoint file or its bytes."""
+def _load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         f = io.BytesIO(source) if isinstance(source, bytes) else source
@@ -88,6 +91,18 @@ def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dic
         raise CheckpointError(f"{name}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{name}: checkpoint holds a {type(obj).__name__}, not a dict")
+    return name, obj
+
+
+def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
+    """(config, state dict, metadata) from a float checkpoint file or its bytes."""
+    name, obj = _load_object(source)
+    return _parse_float(name, obj)
+
+
+def _parse_float(name: str, obj: Mapping) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
+    if obj.get("format") == PORTABLE_FORMAT:
+        raise CheckpointError(f"{name}: a portable-profile model, not a float checkpoint")
     if obj.get("format") == FORMAT:
         if int(obj.get("version", 0)) > FORMAT_VERSION:
             raise CheckpointError(f"{name}: checkpoint format version {obj['version']} is newer than this reader")
@@ -151,12 +166,50 @@ def build_model(
     return model.to(device)
 
 
-def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN:
-    """Ready-to-code model from a checkpoint file (or its bytes) of either kind."""
-    cfg, sd, meta = read_checkpoint(path)
+def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN | PortableMSINN:
+    """Ready-to-code model from a checkpoint file (or its bytes): float (either kind) or portable."""
+    name, obj = _load_object(path)
+    if obj.get("format") == PORTABLE_FORMAT:
+        return load_portable(name, obj, device)
+    cfg, sd, meta = _parse_float(name, obj)
     model = build_model(cfg, sd, device)
     model.checkpoint_meta = meta
     return model
+
+
+def load_portable(name: str, obj: Mapping, device: str | torch.device = "cpu") -> PortableMSINN:
+    """A portable-profile model from its file's contents; every bound is proved before use."""
+    from .portable.exact import BoundError
+    from .portable.model import FORMAT_VERSION as PORTABLE_VERSION
+    from .portable.model import PortableMSINN
+
+    if obj.get("version") != PORTABLE_VERSION or obj.get("profile") != "portable-1":
+        raise CheckpointError(f"{name}: portable model version {obj.get('version')!r} / profile "
+                              f"{obj.get('profile')!r} is not one this decoder knows")
+    try:
+        cfg = MSINNConfig.from_dict(dict(obj["config"]))
+        tensors = dict(obj["tensors"])
+        float_tensors = dict(obj["float_tensors"])
+        if not all(isinstance(t, torch.Tensor) for t in (*tensors.values(), *float_tensors.values())):
+            raise CheckpointError(f"{name}: non-tensor entries in a portable model")
+        model = PortableMSINN(cfg, obj["spec"], tensors, float_tensors, dict(obj.get("meta", {})))
+    except CheckpointError:
+        raise
+    except BoundError as exc:
+        raise CheckpointError(f"{name}: portable model fails its exactness proof ({exc})") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(f"{name}: malformed portable model ({type(exc).__name__}: {exc})") from exc
+    model.checkpoint_meta = model.meta
+    return model.to(device)
+
+
+def save_portable(path: str | os.PathLike, model: PortableMSINN) -> None:
+    """Write a portable model, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state(), tmp)
+    os.replace(tmp, path)
 
 
 def save_checkpoint(

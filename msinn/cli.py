@@ -1,4 +1,4 @@
-"""The ``msinn`` command: encode, decode, info, train, eval."""
+"""The ``msinn`` command: encode, decode, info, convert, train, eval."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import sys
 
 def _usage() -> str:
     return (
-        "usage: msinn {encode,decode,info,train,eval} ...\n"
+        "usage: msinn {encode,decode,info,convert,train,eval} ...\n"
         "  encode IN OUT [--bpp B | --psnr P | --bytes N | --qp Q] [--model NAME_OR_PATH] [--device cpu|cuda]\n"
         "  decode IN OUT\n"
         "  info IN\n"
+        "  convert MODEL OUT --calibration DIR   (float model -> portable profile)\n"
         "  train --data DIR_OR_URI --out DIR [...]\n"
         "  eval DIR [--model NAME_OR_PATH] [--json OUT] [--plot OUT.png] [--codecs jpeg,webp,avif]\n"
         "run 'msinn COMMAND --help' for the options of one command"
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
         from . import codec_cli
 
         return codec_cli.main(cmd, rest)
+    if cmd == "convert":
+        from . import convert_cli
+
+        return convert_cli.main(rest)
     if cmd == "train":
         from . import train_cli
 

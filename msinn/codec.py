@@ -23,6 +23,7 @@ from .container import (
     symbols_digest,
     unpack,
 )
+from .determinism import numerics_record, parse_numerics
 from .errors import BitstreamError
 from .images import (
     DEFAULT_MAX_PIXELS,
@@ -127,7 +128,7 @@ def _pad64(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """1x3xHxW float image -> HxWx3 uint8, as the decoder rounds it."""
+    """1x3xHxW float image -> HxWx3 uint8, as the float decoder rounds it."""
     return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
@@ -142,7 +143,7 @@ class _ImageSession:
     def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions):
         self.model = model
         self.img = img
-        self.device = model.gain.device
+        self.device = model.device
         self.tiles = tile_grid(img.width, img.height, options)
         self.latents = []
         with torch.inference_mode():
@@ -153,12 +154,13 @@ class _ImageSession:
 
     def encode(self, qp: int | float) -> list:
         """Symbols of every tile at ``qp``; the rANS streams are made only for the encode that is kept."""
+        qp = self.model.snap_qp(qp)
         return [self.model.encode_latents(lat, qp, keep_state=True, code=False) for lat in self.latents]
 
     def reconstruct(self, encs: list) -> np.ndarray:
         out = np.empty_like(self.img.rgb)
         for (x0, y0, w, h), enc in zip(self.tiles, encs):
-            out[y0 : y0 + h, x0 : x0 + w] = to_uint8(enc.finish())[:h, :w]
+            out[y0 : y0 + h, x0 : x0 + w] = self.model.to_uint8(enc.finish())[:h, :w]
         return out
 
     def crop(self) -> tuple[list[torch.Tensor], np.ndarray]:
@@ -259,6 +261,8 @@ class PlannedEncode:
             payload_crc32=0,
             image_digest=image_digest(final_pixels),
             codec_version=__version__,
+            profile=model.profile,
+            numerics="" if model.profile != "float32" else numerics_record(model.device),
         )
         data = pack(header, b"".join(streams) + self.alpha_bytes)
         pixels = img.width * img.height
@@ -330,7 +334,7 @@ def _plan(
     estimates = measures = 0
     in_range, note = True, ""
     if target.kind == "qp":
-        qp = int(target.value) if float(target.value).is_integer() else float(target.value)
+        qp = model.snap_qp(int(target.value) if float(target.value).is_integer() else float(target.value))
         encs = session.encode(qp)
         measures = 1
         recon = session.reconstruct(encs)
@@ -365,7 +369,7 @@ def _plan(
             lo, hi, aim = window_for(target)
         search = RateSearch(model.anchor_num, estimate, measure, lo, hi, aim, cap=target.is_cap)
         res = search.run()
-        qp, in_range, note = res.qp, res.in_range, res.note
+        qp, in_range, note = model.snap_qp(res.qp), res.in_range, res.note
         estimates, measures = res.estimates, res.measures
         if target.is_cap:
             encs = res.payload
@@ -399,22 +403,78 @@ def check_model(header: Header, model: MSINN, source: str = "input") -> None:
         )
 
 
+class NumericsMismatch(BitstreamError):
+    """A float32 file whose numerics this machine cannot reproduce (its data is intact)."""
+
+
+class _Drift(BitstreamError):
+    """Decoded symbols or pixels differ from the encoder's although the payload's CRC holds."""
+
+
+def check_profile(header: Header, model: MSINN, source: str = "input") -> None:
+    if header.profile != model.profile:
+        raise BitstreamError(
+            f"{source}: a {header.profile} file, but the loaded model {getattr(model, 'model_name', None)} codes "
+            f"{model.profile}; decode with --model {header.model_name}"
+        )
+
+
 def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedImage:
-    """Decode a ``.msinn`` file, checking every hash it carries; raises BitstreamError on any mismatch."""
+    """Decode a ``.msinn`` file, checking every hash it carries; raises BitstreamError on any mismatch.
+
+    Portable files decode the same everywhere. A float32 file decodes only
+    under the numerics that wrote it: on CPU the thread count it records is
+    tried first, then a few common ones; when none reproduces it,
+    :class:`NumericsMismatch` says what wrote the file and how to recover.
+    """
     header, payload = unpack(data, source)
+    check_profile(header, model, source)
     check_model(header, model, source)
     try:
         model.check_qp(header.qp)
     except ValueError as exc:
         raise BitstreamError(f"{source}: {exc} for model {header.model_name}") from None
-    rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
     model.tables()  # a model without entropy tables is a caller error, not a damaged file
+    if header.profile != "float32":
+        return _decode(header, payload, model, source)
+    return _decode_float(header, payload, model, source)
+
+
+def _decode_float(header: Header, payload: bytes, model: MSINN, source: str) -> DecodedImage:
+    recorded = parse_numerics(header.numerics)
+    current = torch.get_num_threads()
+    if model.device.type != "cpu":
+        tries = [current]
+    else:
+        tries = [int(recorded["threads"])] if recorded.get("threads", "").isdigit() else []
+        tries += [current, 1, 2, 4, os.cpu_count() or 1]
+        tries = list(dict.fromkeys(n for n in tries if 0 < n <= 256))
+    try:
+        for n in tries:
+            torch.set_num_threads(n)
+            try:
+                return _decode(header, payload, model, source)
+            except _Drift:
+                continue
+    finally:
+        torch.set_num_threads(current)
+    wrote = header.numerics or "unrecorded float32 numerics (a format version 1 file)"
+    here = numerics_record(model.device)
+    raise NumericsMismatch(
+        f"{source}: written by {wrote}; this machine ({here}, threads tried: {tries}) computes its float32 entropy "
+        "parameters differently, so it cannot be decoded here; decode it where it was written, or re-encode it "
+        "from its source with the portable profile (msinn-pipeline reencode --from source)"
+    )
+
+
+def _decode(header: Header, payload: bytes, model: MSINN, source: str) -> DecodedImage:
+    rgb = np.empty((header.height, header.width, 3), dtype=np.uint8)
     for i, t in enumerate(header.tiles):
         stream = payload[t.offset : t.offset + t.length]
 
         def check(level: int, symbols: np.ndarray, t: TileRecord = t, i: int = i) -> None:
             if symbols_digest(symbols) != t.level_digests[level]:
-                raise BitstreamError(
+                raise _Drift(
                     f"{source}: tile {i} latent level {level}: decoded symbols do not match the encoder's "
                     "(corrupt stream, or this decoder's entropy parameters differ from the encoder's)"
                 )
@@ -425,7 +485,7 @@ def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedIma
             raise
         except (ValueError, RuntimeError) as exc:
             raise BitstreamError(f"{source}: tile {i} could not be decoded ({exc})") from exc
-        rgb[t.y : t.y + t.height, t.x : t.x + t.width] = to_uint8(x_hat)[: t.height, : t.width]
+        rgb[t.y : t.y + t.height, t.x : t.x + t.width] = model.to_uint8(x_hat)[: t.height, : t.width]
     alpha = None
     if header.alpha_offset is not None:
         try:
@@ -436,5 +496,5 @@ def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedIma
             raise BitstreamError(f"{source}: {exc}") from None
     pixels = restore_image(rgb, alpha, header.mode)
     if image_digest(pixels) != header.image_digest:
-        raise BitstreamError(f"{source}: decoded image does not match the encoder's reconstruction hash")
+        raise _Drift(f"{source}: decoded image does not match the encoder's reconstruction hash")
     return DecodedImage(pixels, header.mode, header)

@@ -9,8 +9,10 @@ Layout, specified in ``docs/bitstream.md``::
     header_crc   4 bytes   CRC32 of the header bytes, big-endian
     payload      payload_length bytes (tile streams, then the alpha plane)
 
-The header names the model (registry name and weights hash prefix), the exact
-rate parameter, the image geometry and colour layout, every tile's stream
+The header names the coding profile (``portable-1``: exact integer decoding,
+the same on every machine; ``float32``: the reference numerics), the model
+(registry name and weights hash prefix), the exact rate parameter, the image
+geometry and colour layout, every tile's stream
 with a hash of its decoded symbols per latent level, the payload's length
 and CRC32, and a hash of the final 8-bit image.
 """
@@ -28,7 +30,8 @@ import numpy as np
 from .errors import BitstreamError
 
 MAGIC = b"\x89MSN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the coding profile (and, for float files, how they were computed)
+PROFILES = ("float32", "portable-1")  # version 1 files are float32
 MAX_HEADER_BYTES = 16 << 20
 MODEL_HASH_PREFIX = 16  # hex characters of the weights' SHA-256 kept in the header
 LEVEL_DIGEST_BYTES = 4
@@ -84,6 +87,11 @@ class Header:
     payload_crc32: int
     image_digest: str
     codec_version: str = ""
+    # "portable-1": decoding is exact integer arithmetic, the same on every machine;
+    # "float32": the reference numerics, reproducible only where they were computed
+    profile: str = "float32"
+    # float32 files: where they were computed ("device=cpu;arch=x86_64;threads=2;torch=2.14.1")
+    numerics: str = ""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,6 +106,8 @@ class Header:
         ints = (self.width, self.height, self.tile_width, self.tile_height, self.payload_length)
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
             raise bad("non-integer geometry")
+        if self.profile not in PROFILES:
+            raise bad(f"coding profile {self.profile!r} is unknown to this decoder (newer than it?)")
         if not (0 < self.width <= 1 << 20 and 0 < self.height <= 1 << 20):
             raise bad(f"image size {self.width}x{self.height}")
         if self.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -139,7 +149,7 @@ def pack(header: Header, payload: bytes) -> bytes:
     header.payload_crc32 = zlib.crc32(payload)
     header.validate()
     body = encode_header(header)
-    prefix = MAGIC + bytes((FORMAT_VERSION,)) + _uvarint(len(body))
+    prefix = MAGIC + bytes((FORMAT_VERSION,)) + _uvarint(len(body))  # always the current version
     return b"".join((prefix, body, struct.pack(">I", zlib.crc32(body)), payload))
 
 
@@ -171,7 +181,7 @@ def read_header(data: bytes, source: str = "input") -> tuple[Header, int]:
     if zlib.crc32(body) != crc:
         raise BitstreamError(f"{source}: header checksum mismatch (corrupt file)")
     try:
-        header = decode_header(body)
+        header = decode_header(body, version)
     except BitstreamError as exc:
         raise BitstreamError(f"{source}: {exc}") from None
     return header, end
@@ -200,6 +210,7 @@ T_MODEL_NAME, T_MODEL_HASH, T_QP_F64, T_QP_INT = 1, 2, 3, 4
 T_WIDTH, T_HEIGHT, T_MODE, T_SOURCE_MODE, T_BIT_DEPTH, T_PADDING = 5, 6, 7, 8, 9, 10
 T_TILE_W, T_TILE_H, T_TILE, T_ALPHA_OFF, T_ALPHA_LEN = 11, 12, 13, 14, 15
 T_PAYLOAD_LEN, T_PAYLOAD_CRC, T_IMAGE_DIGEST, T_CODEC_VERSION = 16, 17, 18, 19
+T_PROFILE, T_NUMERICS = 20, 21
 # inside a tile record
 U_X, U_Y, U_W, U_H, U_LAT_H, U_LAT_W, U_OFFSET, U_LENGTH, U_DIGESTS = 1, 2, 3, 4, 5, 6, 7, 8, 9
 
@@ -314,7 +325,10 @@ def encode_header(h: Header) -> bytes:
         _field(T_PAYLOAD_CRC, struct.pack(">I", h.payload_crc32)),
         _field(T_IMAGE_DIGEST, bytes.fromhex(h.image_digest)),
         _field(T_CODEC_VERSION, h.codec_version.encode()),
+        _field(T_PROFILE, h.profile.encode()),
     ]
+    if h.numerics:
+        parts.append(_field(T_NUMERICS, h.numerics.encode()))
     return b"".join(parts)
 
 
@@ -325,7 +339,7 @@ def _enum(f: dict[int, list[bytes]], tag: int, name: str, values: tuple[str, ...
     return values[v[0]]
 
 
-def decode_header(body: bytes) -> Header:
+def decode_header(body: bytes, version: int = FORMAT_VERSION) -> Header:
     f = _fields(body)
     for tag in f:
         if tag >= 128:
@@ -380,6 +394,9 @@ def decode_header(body: bytes) -> Header:
         payload_crc32=struct.unpack(">I", crc)[0],
         image_digest=_one(f, T_IMAGE_DIGEST, "image hash").hex(),
         codec_version=_str(f, T_CODEC_VERSION, "codec version") if T_CODEC_VERSION in f else "",
+        # version 1 predates profiles: every such file is float32
+        profile=_str(f, T_PROFILE, "coding profile") if version >= 2 else "float32",
+        numerics=_str(f, T_NUMERICS, "numerics") if T_NUMERICS in f else "",
     )
     h.validate()
     return h

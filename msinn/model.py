@@ -203,6 +203,21 @@ class MSINN(nn.Module):
             )
         self._tables: RansTables | None = None
 
+    profile = "float32"
+
+    @property
+    def device(self) -> torch.device:
+        return self.gain.device
+
+    def to_uint8(self, x: torch.Tensor) -> np.ndarray:
+        """A decoded 1x3xHxW image -> HxWx3 uint8 (clamped to [0, 1], times 255, rounded)."""
+        return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+    def snap_qp(self, qp: int | float) -> int | float:
+        """The rate parameter as coded (the float profile codes any qp exactly)."""
+        self.check_qp(qp)
+        return qp
+
     # ------------------------------------------------------------------ transform
     def stage(self, s: int) -> nn.ModuleList:
         return getattr(self, f"g_a{s}")
