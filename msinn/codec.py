@@ -449,13 +449,14 @@ def _decode_float(header: Header, payload: bytes, model: MSINN, source: str) -> 
         tries = [int(recorded["threads"])] if recorded.get("threads", "").isdigit() else []
         tries += [current, 1, 2, 4, os.cpu_count() or 1]
         tries = list(dict.fromkeys(n for n in tries if 0 < n <= 256))
+    first: _Drift | None = None
     try:
         for n in tries:
             torch.set_num_threads(n)
             try:
                 return _decode(header, payload, model, source)
-            except _Drift:
-                continue
+            except _Drift as exc:
+                first = first or exc
     finally:
         torch.set_num_threads(current)
     wrote = header.numerics or "unrecorded float32 numerics (a format version 1 file)"
@@ -463,7 +464,7 @@ def _decode_float(header: Header, payload: bytes, model: MSINN, source: str) -> 
     raise NumericsMismatch(
         f"{source}: written by {wrote}; this machine ({here}, threads tried: {tries}) computes its float32 entropy "
         "parameters differently, so it cannot be decoded here; decode it where it was written, or re-encode it "
-        "from its source with the portable profile (msinn-pipeline reencode --from source)"
+        f"from its source with the portable profile (msinn-pipeline reencode --from source). First mismatch: {first}"
     )
 
 

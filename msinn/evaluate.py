@@ -191,7 +191,7 @@ def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[
     import torch
     import torch.nn.functional as F
 
-    device = model.gain.device
+    device = model.device
     h, w = img_uint8_hwc.shape[:2]
     x = torch.from_numpy(np.array(img_uint8_hwc, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)  # writable copy
     x = x.to(device=device, dtype=torch.float32) / 255.0
@@ -200,13 +200,15 @@ def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
     _sync(device)
     t0 = time.perf_counter()
-    data, latent_shape = model.compress_raw(x, qp)
-    t1 = time.perf_counter()
-    x_hat = model.decompress_raw(data, latent_shape, qp)
+    qp = model.snap_qp(qp)
+    with torch.inference_mode():  # either profile: the stream, then a decode of it
+        enc = model.encode_latents(model.analyze(x), qp)
+        t1 = time.perf_counter()
+        x_hat = model.decode_latents(enc.data, enc.latent_shape, qp)
     _sync(device)
     t2 = time.perf_counter()
-    rec = (x_hat[0, :, :h, :w] * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return len(data), rec, t1 - t0, t2 - t1
+    rec = model.to_uint8(x_hat)[:h, :w]
+    return len(enc.data), rec, t1 - t0, t2 - t1
 
 
 def codec_available(name: str) -> str | None:
@@ -356,6 +358,28 @@ def evaluate(
     }
 
 
+def compare(other_name: str, other: dict, result: dict) -> dict:
+    """BD-rate and time ratios of ``result``'s model against another model coded on the same images."""
+    pts, ref = result["points"], other["points"]
+    value, reason = bd_rate_with_reason(
+        [p["bpp"] for p in ref], [p["psnr"] for p in ref], [p["bpp"] for p in pts], [p["psnr"] for p in pts]
+    )
+
+    def ratio(key: str) -> float | None:
+        a = sum(p[key] or 0.0 for p in pts)
+        b = sum(p[key] or 0.0 for p in ref)
+        return a / b if b else None
+
+    return {
+        "model": other_name,
+        "points": ref,
+        "bd_rate": value,
+        "bd_rate_reason": reason,
+        "encode_time_ratio": ratio("encode_s"),
+        "decode_time_ratio": ratio("decode_s"),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- output
 def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
@@ -386,6 +410,23 @@ def format_table(model_name: str, result: dict) -> str:
         for c, v in result["bd_rate"].items():
             why = result.get("bd_rate_reasons", {}).get(c)
             lines.append(f"  {c:<6} {v:+8.2f} %" if v is not None else f"  {c:<6} None ({why})")
+    cmp = result.get("compare")
+    if cmp:
+        lines.append("")
+        lines.append(f"against {cmp['model']} on the same images")
+        lines.append(f"{'qp':>6} {'bpp':>8} {'PSNR dB':>8} {'enc s':>7} {'dec s':>7}")
+        for p in cmp["points"]:
+            lines.append(
+                f"{p['qp']:>6} {_fmt(p['bpp'], '.4f'):>8} {_fmt(p['psnr'], '.2f'):>8} "
+                f"{_fmt(p['encode_s'], '.3f'):>7} {_fmt(p['decode_s'], '.3f'):>7}"
+            )
+        v = cmp["bd_rate"]
+        lines.append(
+            f"BD-rate of the model vs {cmp['model']}: "
+            + (f"{v:+.2f} %" if v is not None else f"None ({cmp['bd_rate_reason']})")
+            + f"; encode time x{_fmt(cmp['encode_time_ratio'], '.2f')}"
+            + f", decode time x{_fmt(cmp['decode_time_ratio'], '.2f')}"
+        )
     if result.get("skipped"):
         lines.append("")
         lines.append(f"skipped {len(result['skipped'])} unreadable file(s):")
@@ -413,6 +454,7 @@ def to_json(model_name: str, result: dict) -> dict:
             "per_image": result["per_image"],
             "codecs": result["codecs"],
             "bd_rate": result["bd_rate"],
+            **({"compare": result["compare"]} if "compare" in result else {}),
         }
     )
 
@@ -477,6 +519,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--qps", help="comma-separated rate parameters (default: every anchor)")
     p.add_argument("--limit", type=int, help="evaluate at most N (readable) images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--compare",
+        metavar="MODEL",
+        help="also code the images with MODEL and report the BD-rate and speed of --model against it "
+        "(e.g. a portable model against the float model it was converted from)",
+    )
     p.add_argument(
         "--paper-rd",
         default=str(DEFAULT_PAPER_RD),
@@ -548,6 +596,15 @@ def main(argv: list[str]) -> int:
     if not result["per_image"]:
         _log(f"msinn eval: error: none of the {len(uris)} file(s) could be read")
         return 1
+    if args.compare:
+        try:
+            other = msinn.load(args.compare, args.device)
+        except (msinn.CheckpointError, FileNotFoundError) as exc:
+            _log(f"msinn eval: error: cannot load model to compare: {exc}")
+            return 1
+        other_name = getattr(other, "model_name", None) or str(args.compare)
+        _log(f"msinn eval: comparing with {other_name}")
+        result["compare"] = compare(other_name, evaluate(other, uris, qps, (), limit=args.limit), result)
     print(format_table(name, result))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(to_json(name, result), indent=1) + "\n")

@@ -42,7 +42,15 @@ def connect(archive: str, options: dict | None = None) -> duckdb.DuckDBPyConnect
     if protocol not in ("file", "local"):
         con.register_filesystem(fs)
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
-    con.execute(f"CREATE OR REPLACE VIEW all_rows AS SELECT * FROM read_parquet([{listing}], union_by_name=true)")
+    base = f"read_parquet([{listing}], union_by_name=true)"
+    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()}
+    # rows written before coding profiles existed are float32 files
+    extra = [] if "numerics" in cols else ["CAST(NULL AS VARCHAR) AS numerics"]
+    if "profile" in cols:
+        select = f"SELECT * REPLACE (COALESCE(profile, 'float32') AS profile){''.join(', ' + e for e in extra)}"
+    else:
+        select = "SELECT *, 'float32' AS profile" + "".join(", " + e for e in extra)
+    con.execute(f"CREATE OR REPLACE VIEW all_rows AS {select} FROM {base}")
     con.execute(CURRENT_VIEW_SQL)
     return con
 

@@ -252,6 +252,8 @@ class UnitEncoder:
             target_met=bool(target_met),
             in_range=res.in_range,
             probes=res.probes,
+            profile=res.header.profile,
+            numerics=res.header.numerics or None,
             ms_ssim=_ms_ssim(_rgb_view(res.reconstruction, img.mode), img.rgb) if want_ms_ssim else None,
             encode_seconds=res.seconds,
         )

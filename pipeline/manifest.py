@@ -48,6 +48,9 @@ SCHEMA = pa.schema(
         ("unit_id", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("encoded_from", pa.string()),  # "source" or "bitstream"
+        # "portable-1" (decodes the same everywhere) or "float32"; rows written before profiles read as float32
+        ("profile", pa.string()),
+        ("numerics", pa.string()),  # float32 rows: where they were computed (device, threads, torch)
     ]
 )
 

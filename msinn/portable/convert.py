@@ -53,7 +53,7 @@ EXP_INPUT_BITS = 16  # the coupling multiplier's table input
 TANH_INPUT_BITS = 16
 PRECISE = "precise"
 # which parts run as two float32 passes (precision) rather than one (speed)
-SPLIT = {"cc": False, "sc": False, "ep": True, "lrp": True, "coupling": True}
+SPLIT = {"cc": False, "sc": False, "ep_levels": (0, 1, 2, 3, 4), "lrp_levels": (0, 1, 2, 3), "coupling": True}
 # float tensors the encoder's analysis needs as they are (the rest is dequantised from integers)
 FLOAT_KEPT = ("gain", "inv_gain", "scale_gain", "initial_scale")
 
@@ -320,7 +320,7 @@ class _Builder:
         p0, p1 = self.plan(f"ep{i}.conv0", c0), self.plan(f"ep{i}.conv1", c1)
         ps, pm = self.plan(f"ep{i}.scale", c2, slice(0, half)), self.plan(f"ep{i}.mean", c2, slice(half, None))
         whole = self.plan(f"ep{i}.last", c2)  # scales and means read one tensor: one format
-        split = int(SPLIT["ep"])
+        split = int(i in SPLIT["ep_levels"])
         for p in (p0, p1, whole):
             p.split = split
             allocate(p)
@@ -439,7 +439,7 @@ def convert(model: MSINN, images: Sequence[torch.Tensor], meta: dict | None = No
         b.chain(f"sc{i}", [seq[j] for j in range(0, len(seq), 2)], ep_in, split=SPLIT["sc"])
         if model.config.lrp:
             seq = model.lrp_transforms[i]
-            b.chain(f"lrp{i}", [seq[j] for j in range(0, len(seq), 2)], "tanh", split=SPLIT["lrp"])
+            b.chain(f"lrp{i}", [seq[j] for j in range(0, len(seq), 2)], "tanh", split=i in SPLIT["lrp_levels"])
     for s in range(4):
         for u, unit in enumerate(model.stage(s)):
             b.coupling(s, u, unit)
