@@ -126,14 +126,36 @@ def s3_bucket(s3_server, request):
     return fs, name
 
 
+def save_portable_copy(model, path: Path) -> str:
+    """Convert a float test model to the portable profile (calibrated on two crops) and save it."""
+    import numpy as np
+
+    from msinn.checkpoint import save_portable
+    from msinn.portable.convert import convert
+
+    rng = np.random.default_rng(0)
+    crops = [torch.from_numpy(rng.random((1, 3, 64, 128), dtype=np.float32)) for _ in range(2)]
+    save_portable(path, convert(model, crops))
+    return str(path)
+
+
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, tiny_model) -> str:
-    """The tiny model as a checkpoint file that Ray workers load by path."""
+def tiny_float_checkpoint(tmp_path_factory, tiny_model) -> str:
+    """The tiny float model as a checkpoint file (float32 profile: decodes only under its own numerics)."""
     import msinn
 
-    p = tmp_path_factory.mktemp("model") / "tiny-test.pt"
+    p = tmp_path_factory.mktemp("model") / "tiny-float.pt"
     msinn.save_checkpoint(p, tiny_model)
     return str(p)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_model) -> str:
+    """The tiny model in the portable profile, as a file Ray workers load by path.
+
+    Portable: archives written in one process decode in any other, whatever its threads.
+    """
+    return save_portable_copy(tiny_model, tmp_path_factory.mktemp("model") / "tiny-test.pt")
 
 
 @pytest.fixture(scope="module")

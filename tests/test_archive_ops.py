@@ -152,17 +152,21 @@ def test_stats_and_restore_on_s3(s3_bucket, local_ray, tiny_checkpoint, tmp_path
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(f"{bucket}/restored")) == ["0.png", "1.png", "2.png"]
 
 
-def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(archive, tmp_path, tiny_checkpoint):
+def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(
+    archive, tmp_path, tiny_checkpoint, tiny_model
+):
     """An archive written by two models (one not bundled any more) restores in one command."""
+    import copy
+
     import torch
+    from conftest import save_portable_copy
 
     from pipeline.restore import _bitstream, decode_rows
 
-    other_model = msinn.load(tiny_checkpoint)
+    other_model = copy.deepcopy(tiny_model)
     with torch.no_grad():
         next(other_model.parameters()).add_(0.01)  # other weights, same shape
-    other = tmp_path / "tiny-other.pt"
-    msinn.save_checkpoint(other, other_model)
+    other = save_portable_copy(other_model, tmp_path / "tiny-other.pt")
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.png").write_bytes(png_bytes(300))
     run_job(JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp", target_value=1.0,

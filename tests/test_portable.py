@@ -289,7 +289,7 @@ def test_conversion_of_the_released_configuration_is_exact_and_saves(recipe_mode
         assert np.array_equal(again.to_uint8(again.decode_latents(enc.data, enc.latent_shape, 2.5)), out)
 
 
-def test_convert_cli_then_encode_and_decode(tiny_checkpoint, tmp_path, capsys):
+def test_convert_cli_then_encode_and_decode(tiny_float_checkpoint, tmp_path, capsys):
     from PIL import Image
 
     from msinn.cli import main
@@ -299,7 +299,7 @@ def test_convert_cli_then_encode_and_decode(tiny_checkpoint, tmp_path, capsys):
     for i, c in enumerate(_crops(2)):
         Image.fromarray((c[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(cal / f"{i}.png")
     out = tmp_path / "tiny-portable.pt"
-    assert main(["convert", tiny_checkpoint, str(out), "--calibration", str(cal), "--crop", "64"]) == 0
+    assert main(["convert", tiny_float_checkpoint, str(out), "--calibration", str(cal), "--crop", "64"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["sha256"] == msinn.load(str(out)).weights_sha256
     src = tmp_path / "in.png"

@@ -8,6 +8,7 @@ from pathlib import Path
 import fsspec
 import pytest
 import torch
+from conftest import save_portable_copy
 from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest
 
 import msinn
@@ -47,9 +48,8 @@ def other_checkpoint(tmp_path_factory) -> str:
         m(torch.rand(2, 3, 64, 64), [0, 3])
     init_gains(m, 1.5, 10.0)
     m.update()
-    p = tmp_path_factory.mktemp("other") / "other-model.pt"
-    msinn.save_checkpoint(p, m)
-    return str(p)
+    m.eval()
+    return save_portable_copy(m, tmp_path_factory.mktemp("other") / "other-model.pt")
 
 
 def test_reencode_with_a_new_target_then_gc(tmp_path, local_ray, tiny_checkpoint):
