@@ -163,3 +163,42 @@ def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys
 
 def _current_s3(archive: str, opts: dict) -> dict[str, dict]:
     return {r["key"]: r for r in select(connect(archive, opts), None)}
+
+
+def test_float_archive_migrates_to_the_portable_profile_from_its_bitstreams(
+    tmp_path, local_ray, tiny_float_checkpoint, tiny_checkpoint
+):
+    """Today's float32 files: decoded with the numerics they record, re-encoded as portable-1."""
+    archive, keys = _archive(tmp_path, tiny_float_checkpoint, n=3)
+    before = {k: r for k, r in _current(archive).items() if r["status"] == "ok"}
+    assert {r["profile"] for r in before.values()} == {"float32"}
+    assert all("threads=" in r["numerics"] for r in before.values())
+    for f in (tmp_path / "in").iterdir():  # only the bitstreams remain
+        f.unlink()
+    s = run_reencode(archive, "profile = 'float32' AND status = 'ok'", "qp", 1.0, model=tiny_checkpoint,
+                     source_mode="auto", decode_model=tiny_float_checkpoint)
+    assert s["selected"] == len(before) and s["shards_failed"] == []
+    after = _current(archive)
+    assert all(after[k]["profile"] == "portable-1" and after[k]["encoded_from"] == "bitstream" for k in before)
+    assert all(after[k]["numerics"] is None for k in before)
+    assert run_reencode(archive, "profile = 'float32' AND status = 'ok'", "qp", 1.0,
+                        model=tiny_checkpoint)["selected"] == 0
+
+
+def test_manifests_from_before_profiles_read_as_float32(tmp_path):
+    """Shards written before the profile column existed: their rows are float32 files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import SCHEMA
+
+    old = pa.schema([f for f in SCHEMA if f.name not in ("profile", "numerics")])
+    (tmp_path / "arch" / "manifest").mkdir(parents=True)
+    row = {"key": "a", "status": "ok", "run_id": "r1", "model": "m", "bytes": 10}
+    pq.write_table(pa.Table.from_pylist([row], schema=old), tmp_path / "arch" / "manifest" / "part-000000.parquet")
+    rows = select(connect(str(tmp_path / "arch")), "profile = 'float32'")
+    assert [r["key"] for r in rows] == ["a"] and rows[0]["numerics"] is None
+    new = {**row, "key": "b", "profile": "portable-1"}
+    pq.write_table(pa.Table.from_pylist([new], schema=SCHEMA), tmp_path / "arch" / "manifest" / "part-000001.parquet")
+    con = connect(str(tmp_path / "arch"))
+    assert {r["key"]: r["profile"] for r in select(con, None)} == {"a": "float32", "b": "portable-1"}
