@@ -4,7 +4,7 @@ Example spec::
 
     archive = "s3://bucket/archive"
     where = "status = 'error' OR bpp > 0.6"
-    model = "msinn-small-2026-11d"       # optional
+    model = "msinn-small-2026-11d-p1"    # optional
     from = "auto"                        # auto | source | bitstream
     gc = true
     retention_hours = 168
