@@ -433,12 +433,8 @@ class MSINN(nn.Module):
         level_check: LevelCheck | None = None,
     ) -> torch.Tensor:
         """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
-        h0, w0 = int(latent_shape[0]), int(latent_shape[1])
-        if h0 < 1 or w0 < 1:
-            raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
+        h0, w0, decoder = open_stream(self.tables(), data, latent_shape)
         gains = self._gains(qp)
-        tables = self.tables()
-        decoder = tables.decoder(data, max_symbols=3 * h0 * w0 * 256)  # 3 latents per padded pixel
         device = self.gain.device
         dtype = self.gain.dtype
         zero = torch.zeros((), dtype=dtype, device=device)
@@ -501,6 +497,14 @@ class MSINN(nn.Module):
                 )
         self._tables = None
         return result
+
+
+def open_stream(tables: RansTables, data: bytes, latent_shape: Sequence[int]):
+    """(h0, w0, rANS stream decoder) for a tile whose coarsest latent is h0 x w0."""
+    h0, w0 = int(latent_shape[0]), int(latent_shape[1])
+    if h0 < 1 or w0 < 1:
+        raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
+    return h0, w0, tables.decoder(data, max_symbols=3 * h0 * w0 * 256)  # 3 latents per padded pixel
 
 
 def _is_derived(key: str) -> bool:

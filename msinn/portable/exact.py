@@ -178,7 +178,34 @@ LEAKY_NUM, LEAKY_SHIFT = 41, 12  # LeakyReLU slope 41/4096 = 0.0100098 (Compress
 
 
 @dataclass
-class QConv:
+class _Fixed:
+    """Integer weights ``w`` (each output channel stands for ``w_c * 2**-wexp_c``), integer bias ``b``
+    in accumulator units, and the input and output formats and clamps."""
+
+    w: torch.Tensor
+    b: torch.Tensor  # int64, Cout
+    wexp: list[int]
+    frac_in: int
+    frac_out: int
+    in_bound: int
+    out_bound: int
+
+    def __post_init__(self) -> None:
+        # the accumulator of channel c has frac_in + wexp_c fractional bits: shift it to frac_out
+        self.shift = [self.frac_in + s - self.frac_out for s in self.wexp]
+        self._dev: dict[torch.device, tuple] = {}
+
+    def _bias(self) -> torch.Tensor:
+        """The bias plus the offset that makes the floor-shift round half up."""
+        return self.b.to(torch.int64) + torch.tensor(_rounding(self.shift), dtype=torch.int64)
+
+    def _check_shape(self, name: str) -> None:
+        if self.w.shape[0] != len(self.wexp) or self.b.shape != (len(self.wexp),):
+            raise BoundError(f"{name}: {len(self.wexp)} exponents for {self.w.shape[0]} channels")
+
+
+@dataclass
+class QConv(_Fixed):
     """Integer convolution from one fixed-point format to another.
 
     With input codes ``x`` (value ``x * 2**-frac_in``, ``|x| <= in_bound``),
@@ -199,27 +226,16 @@ class QConv:
     the integer weights, and ``hi_acc * 2**k + lo_acc + b`` is formed and
     rounded in float64. Needs ``sum|w| * max(|hi|, |lo|) <= 2**24``.
 
-    ``act="leaky"`` applies ``max(y, floor(y * 41/4096))`` (in float64 for
-    two-pass layers, where it is exact for any code below 2**24).
+    ``act="leaky"`` applies ``max(y, floor(y * 41/4096))``, exact on float32
+    codes below 2**18 (the output bound is checked).
     """
 
-    w: torch.Tensor  # int32, Cout x Cin x k x k
-    b: torch.Tensor  # int64, Cout
-    wexp: list[int]
-    frac_in: int
-    frac_out: int
-    in_bound: int
-    out_bound: int
     split: int = 0
     act: str = "none"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.padding = self.w.shape[-1] // 2
-        self.shift = [self.frac_in + s - self.frac_out for s in self.wexp]
-        self._dev: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def _bias(self) -> torch.Tensor:
-        return self.b.to(torch.int64) + torch.tensor(_rounding(self.shift), dtype=torch.int64)
 
     def pass_bound(self) -> int:
         """Largest input magnitude one float32 pass sees."""
@@ -259,8 +275,7 @@ class QConv:
     def check(self, name: str) -> None:
         if not 0 <= self.in_bound <= F32_EXACT or not 0 <= self.out_bound <= F32_EXACT:
             raise BoundError(f"{name}: bounds {self.in_bound}/{self.out_bound} out of range")
-        if self.w.shape[0] != len(self.wexp) or self.b.shape != (len(self.wexp),):
-            raise BoundError(f"{name}: {len(self.wexp)} exponents for {self.w.shape[0]} channels")
+        self._check_shape(name)
         if any(not -60 <= d <= 60 for d in self.shift) or not 0 <= self.split <= 24:
             raise BoundError(f"{name}: shift outside [-60, 60]")
         if self.act not in ("none", "leaky"):
@@ -358,31 +373,15 @@ class Lut:
 
 
 @dataclass
-class QMix:
+class QMix(_Fixed):
     """Integer 1x1 channel mixing in float64, same formats as :class:`QConv` (2**53 bound)."""
-
-    w: torch.Tensor  # int64, Cout x Cin
-    b: torch.Tensor  # int64, Cout
-    wexp: list[int]
-    frac_in: int
-    frac_out: int
-    in_bound: int
-    out_bound: int
-
-    def __post_init__(self) -> None:
-        self.shift = [self.frac_in + s - self.frac_out for s in self.wexp]
-        self._dev: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-
-    def _bias(self) -> torch.Tensor:
-        return self.b.to(torch.int64) + torch.tensor(_rounding(self.shift), dtype=torch.int64)
 
     def worst_case(self) -> int:
         l1 = self.w.abs().to(torch.int64).sum(dim=1)
         return int((l1 * self.in_bound + self._bias().abs()).max())
 
     def check(self, name: str) -> None:
-        if self.w.shape[0] != len(self.wexp) or self.b.shape != (len(self.wexp),):
-            raise BoundError(f"{name}: {len(self.wexp)} exponents for {self.w.shape[0]} channels")
+        self._check_shape(name)
         if any(not 0 <= d <= 60 for d in self.shift):
             raise BoundError(f"{name}: shift outside [0, 60]")
         if self.worst_case() > F64_EXACT or self.out_bound > F64_EXACT:

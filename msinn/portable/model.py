@@ -39,7 +39,17 @@ import torch
 from ..config import LATENT_CHANNELS, MSINNConfig
 from ..entropy import RansTables
 from ..layers import depth_to_space
-from ..model import LEVELS, MSINN, EncodedLatents, Level, LevelCheck, _anchor_mask, _merge_phases, _split_phases
+from ..model import (
+    LEVELS,
+    MSINN,
+    EncodedLatents,
+    Level,
+    LevelCheck,
+    _anchor_mask,
+    _merge_phases,
+    _split_phases,
+    open_stream,
+)
 from .exact import F32_EXACT, F64_EXACT, BoundError, Lut, QConv, QMix, pow2, rescale
 from .tables import LOG_FRAC, derive_lut, exp2_fixed
 
@@ -389,11 +399,8 @@ class PortableMSINN:
         level_check: LevelCheck | None = None,
     ) -> torch.Tensor:
         """Decode a rANS stream to main-path image codes (see :meth:`to_uint8`)."""
-        h0, w0 = int(latent_shape[0]), int(latent_shape[1])
-        if h0 < 1 or w0 < 1:
-            raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
+        h0, w0, decoder = open_stream(self.tables(), data, latent_shape)
         gains = self._gains(qp)
-        decoder = self.tables().decoder(data, max_symbols=3 * h0 * w0 * 256)
         device = self.device
         support = None
         for level in LEVELS:
