@@ -1,10 +1,17 @@
-"""Encode/decode speed of this codec against the reference implementation, side by side.
+"""Encode/decode speed, side by side in one process: against the reference, or portable against float.
 
     python bench/codec_speed.py --reference /path/to/MSINN-VRLIC [--image kodim01.png] [--repeats 3]
+    python bench/codec_speed.py --portable [--images 4] [--repeats 5] [--qp 5] [--device cpu]
 
-The reference is imported from a local checkout (never committed here). Both
-run the released configuration with the conformance recipe weights on the same
-image and qp, alternately, in one process; outputs must be identical.
+``--reference``: the reference is imported from a local checkout (never
+committed here). Both run the released configuration with the conformance
+recipe weights on the same image and qp, alternately; outputs must be identical.
+
+``--portable``: the bundled portable model against the float model it was
+converted from, through the whole codec (``encode_image`` at a fixed qp with
+the reconstruction and container, ``decode_image`` with every check), on the
+same Kodak images alternately. Prints seconds per image (the median, and each
+image's fastest repeat, the least disturbed by other load) and the ratios.
 """
 
 from __future__ import annotations
@@ -46,17 +53,73 @@ def _timeit(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), out
 
 
+def portable_vs_float(args: argparse.Namespace) -> None:
+    import msinn
+    from msinn.codec import decode_image, encode_image
+    from msinn.ratecontrol import Target
+
+    models = {
+        "float": msinn.load(args.float_model, args.device),
+        "portable": msinn.load(args.portable_model, args.device),
+    }
+    images = sorted((SHARED / "datasets" / "kodak").glob("*.png"))[: args.images]
+    times: dict[str, list[float]] = {f"{k} {op}": [] for k in models for op in ("encode", "decode")}
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    for img in images:
+        data = img.read_bytes()
+        for rep in range(args.repeats + 1):  # the first round warms up
+            for name, model in models.items():  # alternately, so load changes hit both alike
+                sync()
+                t0 = time.perf_counter()
+                res = encode_image(model, data, Target("qp", args.qp))
+                sync()
+                t1 = time.perf_counter()
+                decode_image(res.data, model)
+                sync()
+                t2 = time.perf_counter()
+                if rep:
+                    times[f"{name} encode"].append(t1 - t0)
+                    times[f"{name} decode"].append(t2 - t1)
+    n = args.repeats
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: statistics.mean(min(v[i * n : (i + 1) * n]) for i in range(len(images))) for k, v in times.items()}
+    print(json.dumps({
+        "device": args.device,
+        "threads": torch.get_num_threads(),
+        "images": [p.name for p in images],
+        "qp": args.qp,
+        "median_seconds_per_image": {k: round(v, 3) for k, v in med.items()},
+        "best_seconds_per_image": {k: round(v, 3) for k, v in best.items()},
+        "encode_ratio": round(med["portable encode"] / med["float encode"], 2),
+        "decode_ratio": round(med["portable decode"] / med["float decode"], 2),
+        "encode_ratio_best": round(best["portable encode"] / best["float encode"], 2),
+        "decode_ratio_best": round(best["portable decode"] / best["float decode"], 2),
+    }, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True, help="local checkout of hytu99/MSINN-VRLIC")
+    ap.add_argument("--reference", help="local checkout of hytu99/MSINN-VRLIC")
+    ap.add_argument("--portable", action="store_true", help="time the portable model against its float model")
     ap.add_argument("--image", default=str(SHARED / "datasets" / "kodak" / "kodim01.png"))
-    ap.add_argument("--qp", type=float, default=3.5)
+    ap.add_argument("--qp", type=float, default=None, help="rate parameter (default 3.5; 5 with --portable)")
     ap.add_argument("--anchors", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--images", type=int, default=4, help="--portable: Kodak images to code")
+    ap.add_argument("--device", default="cpu", help="--portable: cpu or cuda")
+    ap.add_argument("--float-model", default="msinn-small-2026-11d")
+    ap.add_argument("--portable-model", default="msinn-small-2026-11d-p1")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.portable:
+        args.qp = 5.0 if args.qp is None else args.qp
+        portable_vs_float(args)
+        return
+    if not args.reference:
+        ap.error("give --reference PATH (against the reference) or --portable (portable against float)")
+    args.qp = 3.5 if args.qp is None else args.qp
 
     sys.path.insert(0, str(Path(args.reference).resolve()))
     from models.msinn import MSINNCompression  # type: ignore
