@@ -19,4 +19,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     summary = run_scheduled(sys.argv[1])
     print(json.dumps(summary, indent=2))
-    sys.exit(1 if summary.get("shards_failed") else 0)
+    sys.exit(1 if summary.get("shards_failed") or summary.get("gc", {}).get("refused") else 0)

@@ -48,6 +48,23 @@ def _load_model(name: str | None, device: str):
     return msinn.load(name, device=device)
 
 
+def _registered_name(header, source: str) -> str:
+    """The model a file names, if it is a registered one with the weights the file records.
+
+    A file is data: the name in its header is looked up in the registry, never
+    opened as a path or fetched as a URL. Other weights come only from --model.
+    """
+    from .registry import lookup
+
+    entry = lookup(header.model_name)
+    if entry is None or not entry.sha256.startswith(header.model_hash):
+        raise BitstreamError(
+            f"{source}: written with model {header.model_name!r} (weights {header.model_hash}), which is not a "
+            "registered model with those weights; pass its checkpoint with --model"
+        )
+    return entry.name
+
+
 def _write_atomic(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -85,7 +102,7 @@ def cmd_decode(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="msinn decode", description="Decode a .msinn file to an image.")
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the extension (png, webp, tiff, ...)")
-    p.add_argument("--model", help="model name or checkpoint path (default: the one named in the file)")
+    p.add_argument("--model", help="model name or checkpoint path (default: the registered model the file names)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
     from .codec import decode_image
@@ -94,7 +111,7 @@ def cmd_decode(argv: list[str]) -> int:
     try:
         data = Path(args.input).read_bytes()
         header, _ = read_header(data, args.input)
-        model = _load_model(args.model or header.model_name, args.device)
+        model = _load_model(args.model or _registered_name(header, args.input), args.device)
         decoded = decode_image(data, model, args.input)
         img = decoded.to_pil()
         ext = Path(args.output).suffix.lower()

@@ -105,6 +105,16 @@ def _archive_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _canonical_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Archive and destination URIs in one absolute spelling: Ray workers run in other directories."""
+    from .storage import canonical
+
+    for name in ("archive", "dest"):
+        if getattr(args, name, None):
+            setattr(args, name, canonical(getattr(args, name)))
+    return args
+
+
 def _connect(args: argparse.Namespace):
     from .archive import connect
 
@@ -120,7 +130,7 @@ def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
     fmt.add_argument("--json", action="store_true", help="print JSON")
     fmt.add_argument("--csv", action="store_true", help="print CSV (statistic,value; groups flattened)")
     p.add_argument("--plot", help="write bpp and PSNR distributions to this PNG")
-    args = p.parse_args(argv)
+    args = _canonical_args(p.parse_args(argv))
     try:
         con = _connect(args)
         s = archive_stats(con)
@@ -147,7 +157,7 @@ def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
     p = _archive_parser(prog, "SQL over an archive: views 'manifest' (current rows) and 'all_rows'.")
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    args = p.parse_args(argv)
+    args = _canonical_args(p.parse_args(argv))
     try:
         cols, rows = query(_connect(args), args.sql)
     except (ArchiveError, FileNotFoundError) as exc:
@@ -161,7 +171,8 @@ def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
 def _selection(args: argparse.Namespace) -> list[dict]:
     from .archive import select
 
-    return [r for r in select(_connect(args), args.where) if r["status"] == "ok"]
+    # rows read their bitstreams from this archive's shards only, whatever their tar_uri says
+    return [dict(r, archive_root=args.archive) for r in select(_connect(args), args.where) if r["status"] == "ok"]
 
 
 def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
@@ -176,7 +187,7 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
                    "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dest-storage-options", type=json.loads, default=None)
-    args = p.parse_args(argv)
+    args = _canonical_args(p.parse_args(argv))
     setup_logging()
     try:
         rows = _selection(args)
@@ -204,7 +215,7 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     p.add_argument("--model", action="append", help="model name or checkpoint; repeatable: each row decodes with "
                    "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    args = p.parse_args(argv)
+    args = _canonical_args(p.parse_args(argv))
     setup_logging()
     try:
         rows = sample_rows(_selection(args), args.sample, args.seed)
@@ -240,7 +251,7 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     from .reencode import gc_shards, run_reencode
     from .runner import JobError
 
-    args = reencode_parser(prog).parse_args(argv)
+    args = _canonical_args(reencode_parser(prog).parse_args(argv))
     setup_logging()
     kind, value = target_of(args)
     opts = storage_options_from_env(args.archive, args.storage_options)
@@ -253,6 +264,9 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
+    if summary.get("gc", {}).get("refused"):
+        print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
+        return 1
     return 1 if summary.get("shards_failed") else 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .archive import connect, select
+from .bitstreams import SHARD_NAME, UntrustedReference, shard_name
 from .encoder import JobSpec
 from .plan import WorkUnit, read_plan
 from .runner import _new_run_id, execute_units, init_ray
@@ -39,10 +41,19 @@ def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict,
         if f.endswith("/plan.parquet"):
             table = pq.read_table(io.BytesIO(storage.read_bytes(f, options)))
             job = json.loads((table.schema.metadata or {}).get(b"msinn.reencode", b"{}"))
+            job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
+            job["model"] = _local_file(job.get("model"))
             units = [WorkUnit(r["unit_id"], "rows", tuple(r["rows"]), r["input_bytes"], archive)
                      for r in table.to_pylist()]
             out.append((job["run_id"], job, units))
     return sorted(out, key=lambda t: t[0])
+
+
+def _local_file(model: str | None) -> str | None:
+    """A model given as a local file, by its absolute path (registry names and URIs as they are)."""
+    if model and "://" not in model and os.path.exists(model):
+        return storage.canonical(model)
+    return model
 
 
 def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], options: dict | None) -> None:
@@ -61,6 +72,7 @@ def read_rows(unit: WorkUnit, options: dict | None, key_column: str, image_colum
     records = []
     for raw in unit.uris:
         row = json.loads(raw)
+        row["archive_root"] = unit.root  # bitstreams are read from this archive's shards only
         mode = row["from"]
         src_err = None
         if mode in ("auto", "source"):
@@ -86,10 +98,10 @@ def read_rows(unit: WorkUnit, options: dict | None, key_column: str, image_colum
 def _from_bitstream(row: dict, options: dict | None) -> InputRecord:
     from msinn.codec import decode_image
 
-    from .restore import _bitstream, _model
+    from .bitstreams import model_for_row, read_member
 
-    model = _model(row, row.get("decode_model"), "cpu")
-    decoded = decode_image(_bitstream(row, options), model, row["key"])
+    model = model_for_row(row, row.get("decode_model"), "cpu")
+    decoded = decode_image(read_member(row, options), model, row["key"])
     buf = io.BytesIO()
     decoded.to_pil().save(buf, format="PNG")
     return InputRecord(row["key"], row["source_uri"], buf.getvalue(), encoded_from="bitstream",
@@ -114,6 +126,10 @@ def run_reencode(
     """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched."""
     if source_mode not in SOURCE_MODES:
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
+    archive = storage.canonical(archive)  # workers run in other directories
+    model = _local_file(model)
+    if decode_model:
+        decode_model = [_local_file(m) for m in ([decode_model] if isinstance(decode_model, str) else decode_model)]
     t0 = time.time()
     job = {"archive": archive, "where": where, "target_kind": target_kind, "target_value": float(target_value),
            "model": model, "from": source_mode}
@@ -168,15 +184,37 @@ def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id:
 
 
 def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0, dry_run: bool = False) -> dict:
-    """Delete bitstream shards that no current row references and that are older than the retention."""
+    """Delete this archive's bitstream shards that no current row references, once older than the retention.
+
+    Shards are matched by name under ``ARCHIVE/bitstreams/``, not by the
+    spelling of the URI a row was written with (``./arch``, ``/a/./arch``,
+    ``file://``, a trailing slash, a moved archive). If any current row names
+    something that is not a shard there, or a shard that is missing, nothing
+    is deleted: the result says ``refused`` and why.
+    """
+    archive = storage.canonical(archive)
     con = connect(archive, options)
-    referenced = {r[0] for r in con.execute(
-        "SELECT DISTINCT tar_uri FROM manifest WHERE status = 'ok' AND tar_uri IS NOT NULL").fetchall()}
+    refs = [r[0] for r in con.execute(
+        "SELECT DISTINCT tar_uri FROM manifest WHERE status = 'ok' AND tar_uri IS NOT NULL").fetchall()]
+    folder = storage.join(archive, "bitstreams")
+    result: dict[str, Any] = {"deleted": [], "kept_within_retention": [], "referenced": len(refs)}
+    try:
+        referenced = {shard_name(u) for u in refs}
+    except UntrustedReference as exc:
+        return {**result, "refused": f"not collecting garbage: a current row's {exc}"}
+    listed = {}
+    for uri in storage.list_files(folder, options):
+        parts = uri.rstrip("/").rsplit("/", 2)
+        if len(parts) == 3 and parts[1] == "bitstreams" and SHARD_NAME.fullmatch(parts[2]):
+            listed[parts[2]] = uri
+    missing = sorted(referenced - set(listed))
+    if missing:
+        return {**result, "refused": f"not collecting garbage: {len(missing)} shard(s) that current rows reference "
+                                     f"are not under {folder} ({', '.join(missing[:3])}); is that the archive's root?"}
     fs, _ = storage.filesystem(archive, options)
     cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
-    deleted, kept_recent = [], []
-    for uri in storage.list_files(storage.join(archive, "bitstreams"), options):
-        if not uri.endswith(".tar") or uri in referenced:
+    for name, uri in sorted(listed.items()):
+        if name in referenced:
             continue
         info = fs.info(uri.split("://", 1)[-1] if "://" in uri else uri)
         mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
@@ -185,10 +223,9 @@ def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0
         if mtime is not None and mtime.tzinfo is None:
             mtime = mtime.replace(tzinfo=UTC)
         if mtime is not None and mtime > cutoff:
-            kept_recent.append(uri)
+            result["kept_within_retention"].append(uri)
             continue
         if not dry_run:
             storage.delete(uri, options)
-        deleted.append(uri)
-    return {"deleted": deleted, "kept_within_retention": kept_recent, "referenced": len(referenced)}
-
+        result["deleted"].append(uri)
+    return result

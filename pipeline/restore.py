@@ -14,59 +14,8 @@ import time
 from typing import Any
 
 from . import storage
+from .bitstreams import model_for_row, read_member
 from .sources import safe_key
-
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
-def _load(spec: str, device: str):
-    """A model by registry name or checkpoint path/URI, loaded once per worker process."""
-    import msinn
-
-    key = (spec, device)
-    if key not in _MODELS:
-        _MODELS[key] = msinn.load(spec, device=device)
-    return _MODELS[key]
-
-
-def as_model_list(models: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """``--model`` given once (a string), several times (a list) or not at all."""
-    if not models:
-        return []
-    return [models] if isinstance(models, str) else list(models)
-
-
-def _model(row: dict, models: str | list[str] | None, device: str):
-    """The model a row decodes with: a given one holding the row's weights, else the one the row names.
-
-    Matching by weights hash lets one command restore an archive written by several
-    models (say a retired model's downloaded file next to the bundled ones): each
-    row takes the checkpoint it was encoded with, whatever order they are given in.
-    """
-    from msinn.codec import model_identity
-
-    given = as_model_list(models)
-    want = row.get("model_hash") or ""
-    for spec in given:
-        m = _load(spec, device)
-        name, h = model_identity(m)
-        n = min(len(h), len(want))
-        if (n and h[:n] == want[:n]) or (not want and name == row.get("model")):
-            return m
-    if len(given) == 1 and not want:  # no hash to match on: the one given model is the user's word
-        return _load(given[0], device)
-    try:
-        return _load(row["model"], device)
-    except Exception as exc:
-        if not given:
-            raise
-        raise ValueError(f"written with {row['model']} (weights {want}), which none of the given models "
-                         f"({', '.join(given)}) holds; loading {row['model']}: {exc}") from exc
-
-
-def _bitstream(row: dict, options: dict | None) -> bytes:
-    start = int(row["offset"])
-    return storage.read_bytes(row["tar_uri"], options, start=start, end=start + int(row["length"]))
 
 
 def decode_rows(
@@ -78,7 +27,10 @@ def decode_rows(
     dest_options: dict | None = None,
     image_format: str = "png",
 ) -> list[dict]:
-    """Decode each row; with ``dest``, write the image there. One result per row, never an exception."""
+    """Decode each row; with ``dest``, write the image there. One result per row, never an exception.
+
+    Each row carries ``archive_root``: its bitstream is read from that archive's shards only.
+    """
     from msinn.codec import decode_image
     from msinn.errors import BitstreamError
 
@@ -89,8 +41,8 @@ def decode_rows(
         try:
             if safe_key(row["key"]) is None:
                 raise ValueError(f"unsafe key {row['key']!r}")
-            model = _model(row, models, device)
-            decoded = decode_image(_bitstream(row, archive_options), model, row["key"])
+            model = model_for_row(row, models, device)
+            decoded = decode_image(read_member(row, archive_options), model, row["key"])
             if row.get("width") is not None and decoded.pixels.shape[:2] != (row["height"], row["width"]):
                 raise BitstreamError("decoded size differs from the manifest")
             if dest is not None:

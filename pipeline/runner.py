@@ -61,12 +61,25 @@ def _new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
+def canonical_spec(spec: JobSpec) -> JobSpec:
+    """Input, output and a model file as absolute canonical URIs: workers do not share the driver's directory."""
+    model = spec.model
+    if model and "://" not in model and os.path.exists(model):
+        model = storage.canonical(model)
+    return replace(spec, input=storage.canonical(spec.input), output=storage.canonical(spec.output), model=model)
+
+
 def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
     """Read the frozen plan under the output, or list the input once and freeze it."""
     found = read_plan(spec.output, spec.output_options)
     if found is not None:
         units, job = found
         spec = replace(spec, run_id=job.get("run_id", spec.run_id))
+        for k in ("input", "output"):  # plans frozen before URIs were made canonical
+            if job.get(k):
+                job[k] = storage.canonical(job[k])
+        if job.get("model") and "://" not in job["model"] and os.path.exists(job["model"]):
+            job["model"] = storage.canonical(job["model"])
         mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
         if mine != theirs:
             diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
@@ -197,6 +210,7 @@ def run_job(
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
     init_ray()
+    spec = canonical_spec(spec)
     spec, units = prepare_plan(spec)
     stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, read_cpus, prefetch)
     summary = summarise(spec, units, time.time() - t0, stats["processed"], stats["failed"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import random
 import time
 import uuid
@@ -66,6 +67,25 @@ def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFi
     fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
     fs.invalidate_cache()
     return fs, path
+
+
+def canonical(uri: str) -> str:
+    """One spelling per location, fixed in the driver before anything is written or planned.
+
+    Local paths (``./arch``, ``a/../b``, ``file:///x/``, ``~/x``) become absolute
+    normalised paths: Ray workers run in other working directories. Object
+    store URIs lose ``.``/``..`` segments, doubled and trailing slashes.
+    """
+    uri = str(uri)
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    if "://" not in uri:
+        return os.path.normpath(os.path.abspath(os.path.expanduser(uri)))
+    protocol, rest = uri.split("://", 1)
+    norm = posixpath.normpath("/" + rest.lstrip("/"))  # never above the root
+    if not rest.startswith("/"):  # bucket/key: no leading slash (file-like protocols keep theirs)
+        norm = norm.lstrip("/")
+    return f"{protocol.lower()}://{norm}"
 
 
 def join(uri: str, *parts: str) -> str:

@@ -161,7 +161,8 @@ def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(
     import torch
     from conftest import save_portable_copy
 
-    from pipeline.restore import _bitstream, decode_rows
+    from pipeline.bitstreams import read_member
+    from pipeline.restore import decode_rows
 
     other_model = copy.deepcopy(tiny_model)
     with torch.no_grad():
@@ -172,16 +173,39 @@ def test_restore_mixed_models_each_row_takes_the_checkpoint_holding_its_weights(
     run_job(JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp", target_value=1.0,
                     model=str(other)), actors=1)
     fs = fsspec.filesystem("file")
-    rows = [r for r in read_manifest(fs, str(archive)) if r["status"] == "ok"][:2]
-    rows += read_manifest(fs, str(tmp_path / "out"))
+    rows = [dict(r, archive_root=str(archive)) for r in read_manifest(fs, str(archive)) if r["status"] == "ok"][:2]
+    rows += [dict(r, archive_root=str(tmp_path / "out")) for r in read_manifest(fs, str(tmp_path / "out"))]
     assert len({r["model_hash"] for r in rows}) == 2
 
     for given in ([str(other), tiny_checkpoint], [tiny_checkpoint, str(other)]):
         results = decode_rows(rows, None, given, dest=str(tmp_path / "dest"))
         assert [r["ok"] for r in results] == [True, True, True], results
-    expected = decode_image(_bitstream(rows[2], None), msinn.load(str(other)))
+    expected = decode_image(read_member(rows[2], None), msinn.load(str(other)))
     assert np.array_equal(np.asarray(Image.open(tmp_path / "dest" / "x.png")), expected.pixels)
     # Only the first model given: its rows restore, the other row says which weights it needs.
     results = decode_rows(rows, None, [tiny_checkpoint])
     assert [r["ok"] for r in results] == [True, True, False]
     assert "none of the given models" in results[2]["error"] and rows[2]["model_hash"] in results[2]["error"]
+
+
+def test_manifest_rows_cannot_point_outside_the_archive_or_name_models_to_load(archive, tmp_path, tiny_checkpoint):
+    """tar_uri names a shard under the archive root, model a registered name: nothing else is followed."""
+    from pipeline.bitstreams import UntrustedReference, read_member, shard_uri
+    from pipeline.restore import decode_rows
+
+    fs = fsspec.filesystem("file")
+    row = dict(next(r for r in read_manifest(fs, str(archive)) if r["status"] == "ok"), archive_root=str(archive))
+    # a relocated archive: the row's shard is found under the root given, whatever its tar_uri spelled
+    assert shard_uri("s3://b/moved", row["tar_uri"]) == "s3://b/moved/bitstreams/" + row["tar_uri"].rsplit("/", 1)[1]
+    assert len(read_member(row, None)) == row["length"]
+    for bad in ("/etc/hostname", "../../etc/bitstreams/part-0.tar/..", "http://127.0.0.1:9/bitstreams/x.tar",
+                str(archive / "manifest" / "part-000000.parquet")):
+        with pytest.raises(UntrustedReference, match="tar_uri"):
+            read_member(dict(row, tar_uri=bad), None)
+    with pytest.raises(UntrustedReference, match="offset"):
+        read_member(dict(row, length=-5), None)
+    # a model that is a path or URL in the manifest is not loaded; the user's --model still works
+    for name in (tiny_checkpoint, "http://127.0.0.1:9/m.pt"):
+        res = decode_rows([dict(row, model=name, model_hash="0123456789abcdef")], None, None)
+        assert not res[0]["ok"] and "not a registered model" in res[0]["error"]
+    assert decode_rows([row], None, [tiny_checkpoint])[0]["ok"]

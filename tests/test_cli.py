@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,22 @@ def test_help():
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
     assert io  # keep import for symmetry with other tests
+
+
+def test_a_file_cannot_make_the_decoder_open_or_fetch_a_model(tmp_path, png_path, model_path, capsys):
+    """The header's model name is only looked up in the registry: a path or URL in it is never used."""
+    from msinn.container import pack, unpack
+
+    out = tmp_path / "x.msinn"
+    assert main(["encode", str(png_path), str(out), "--qp", "1", "--model", model_path]) == 0
+    capsys.readouterr()
+    header, payload = unpack(out.read_bytes())
+    for name in (str(Path(model_path).resolve()), "http://127.0.0.1:9/model.pt", "s3://bucket/m.pt"):
+        header.model_name = name
+        forged = tmp_path / "forged.msinn"
+        forged.write_bytes(pack(header, payload))
+        assert main(["decode", str(forged), str(tmp_path / "o.png")]) == 1
+        assert "not a registered model" in capsys.readouterr().err
+        assert not (tmp_path / "o.png").exists()
+    # the user's --model is the way to name other weights
+    assert main(["decode", str(forged), str(tmp_path / "o.png"), "--model", model_path]) == 0

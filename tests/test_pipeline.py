@@ -245,3 +245,14 @@ def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, local_ray, tiny
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert verify_archive(fs, str(out), keys, tiny_checkpoint) == reference
+
+
+def test_canonical_uris(tmp_path, monkeypatch):
+    from pipeline.storage import canonical
+
+    monkeypatch.chdir(tmp_path)
+    assert canonical("./arch") == canonical("arch/") == canonical(f"file://{tmp_path}/arch") == str(tmp_path / "arch")
+    assert canonical(str(tmp_path / "x" / ".." / "arch")) == str(tmp_path / "arch")
+    assert canonical("s3://bucket/a/./b/../c/") == canonical("S3://bucket//a/c") == "s3://bucket/a/c"
+    assert canonical("s3://bucket/") == "s3://bucket"
+    assert canonical("flaky:///tmp/a/../b/") == "flaky:///tmp/b"

@@ -202,3 +202,69 @@ def test_manifests_from_before_profiles_read_as_float32(tmp_path):
     pq.write_table(pa.Table.from_pylist([new], schema=SCHEMA), tmp_path / "arch" / "manifest" / "part-000001.parquet")
     con = connect(str(tmp_path / "arch"))
     assert {r["key"]: r["profile"] for r in select(con, None)} == {"a": "float32", "b": "portable-1"}
+
+
+@pytest.mark.parametrize("spelling", ["relative", "dot", "file-uri", "trailing-slash", "dotdot"])
+def test_gc_matches_shards_whatever_the_archive_spelling(tmp_path, local_ray, tiny_checkpoint, monkeypatch, spelling):
+    """Written as ./arch or /x/./arch, collected as file:///x/arch/: shards in use are never garbage."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"x{i}.png").write_bytes(png_bytes(410 + i))
+    run_job(JobSpec(input="./in", output="./arch", target_kind="qp", target_value=1.0, model=tiny_checkpoint,
+                    shard_bytes=12_000), actors=1)
+    # written where the driver meant (workers run elsewhere), in one canonical spelling
+    assert _current("./arch")["x0"]["tar_uri"] == str(tmp_path / "arch" / "bitstreams" / "part-000000.tar")
+    # archives written before URIs were canonical recorded ./arch/...: rewrite the rows that way
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import to_parquet
+
+    for m in (tmp_path / "arch" / "manifest").iterdir():
+        rows = pq.read_table(m).to_pylist()
+        for r in rows:
+            if r["tar_uri"]:
+                r["tar_uri"] = "./arch/bitstreams/" + r["tar_uri"].rsplit("/", 1)[1]
+        m.write_bytes(to_parquet(rows))
+    spelled = {
+        "relative": "arch",
+        "dot": str(tmp_path / "." / "arch"),
+        "file-uri": f"file://{tmp_path}/arch",
+        "trailing-slash": f"{tmp_path}/arch/",
+        "dotdot": str(tmp_path / "in" / ".." / "arch"),
+    }[spelling]
+    in_use = {r["tar_uri"].rsplit("/", 1)[1] for r in _current("./arch").values() if r["status"] == "ok"}
+    res = gc_shards(spelled, None, retention_hours=0.0, dry_run=True)
+    assert "refused" not in res and res["deleted"] == []
+    assert {p.name for p in (tmp_path / "arch" / "bitstreams").iterdir()} == in_use
+
+
+def test_gc_refuses_when_rows_reference_shards_it_cannot_find(tmp_path, local_ray, tiny_checkpoint):
+    archive, _ = _archive(tmp_path, tiny_checkpoint, n=2)
+    run_reencode(archive, "status = 'ok'", "qp", 2.0, model=tiny_checkpoint)  # the first shards become garbage
+    # the wrong root (a copy holding only the manifests): everything looks unreferenced, nothing may go
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(archive, copy)
+    for p in (copy / "bitstreams").iterdir():
+        if p.name in {r["tar_uri"].rsplit("/", 1)[1] for r in _current(archive).values() if r["status"] == "ok"}:
+            p.unlink()
+    res = gc_shards(str(copy), None, retention_hours=0.0)
+    assert "refused" in res and "not under" in res["refused"] and res["deleted"] == []
+    assert any((copy / "bitstreams").iterdir())
+    # a row naming something that is not a shard of the archive: refused as well
+    bad = tmp_path / "bad"
+    shutil.copytree(archive, bad)
+    import pyarrow.parquet as pq
+
+    m = sorted((bad / "manifest").iterdir())[-1]
+    t = pq.read_table(m).to_pylist()
+    for r in t:
+        if r["status"] == "ok":
+            r["tar_uri"] = "/etc/hostname"
+    from pipeline.manifest import to_parquet
+
+    m.write_bytes(to_parquet(t))
+    res = gc_shards(str(bad), None, retention_hours=0.0)
+    assert "refused" in res and "tar_uri" in res["refused"] and res["deleted"] == []
