@@ -8,6 +8,7 @@ system registered with DuckDB, so no DuckDB extension is downloaded.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import duckdb
@@ -29,8 +30,14 @@ class ArchiveError(ValueError):
     """The archive cannot be read or the query is invalid."""
 
 
-def connect(archive: str, options: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the ``all_rows`` and ``manifest`` views of an archive."""
+def connect(archive: str, options: dict | None = None, locked: bool = True) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the ``all_rows`` and ``manifest`` views of an archive.
+
+    ``locked`` (everything but the interactive ``query`` command): the
+    connection may read the archive's files and nothing else (no other files,
+    no COPY, no ATTACH, no settings changes), so a ``--where`` predicate or a
+    spec file's ``where`` cannot reach outside the archive.
+    """
     con = duckdb.connect()
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")
@@ -52,11 +59,43 @@ def connect(archive: str, options: dict | None = None) -> duckdb.DuckDBPyConnect
         select = "SELECT *, 'float32' AS profile" + "".join(", " + e for e in extra)
     con.execute(f"CREATE OR REPLACE VIEW all_rows AS {select} FROM {base}")
     con.execute(CURRENT_VIEW_SQL)
+    if locked:
+        folder = storage.join(storage.canonical(archive), "manifest") + "/"
+        con.execute("SET allowed_directories=?", [[folder]])
+        con.execute("SET enable_external_access=false")
+        con.execute("SET lock_configuration=true")
     return con
+
+
+def check_predicate(where: str, view: str = "manifest") -> str:
+    """``where`` if it is one boolean expression over ``view``'s rows; otherwise an ArchiveError saying why.
+
+    The predicate is parsed inside ``SELECT * FROM view WHERE (...)``: another
+    statement, a set operation or anything but a plain filter of the view is
+    refused before it runs.
+    """
+    sql = f"SELECT * FROM {view} WHERE ({where})"
+    parsed = json.loads(duckdb.connect().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    if parsed.get("error"):
+        raise ArchiveError(f"invalid selection {where!r}: {parsed.get('error_message')}")
+    statements = parsed.get("statements", [])
+    node = statements[0].get("node", {}) if len(statements) == 1 else {}
+    table = node.get("from_table", {})
+    if (
+        node.get("type") != "SELECT_NODE"
+        or table.get("type") != "BASE_TABLE"
+        or table.get("table_name") != view
+        or [s.get("class") for s in node.get("select_list", [])] != ["STAR"]
+        or node.get("cte_map", {}).get("map")
+    ):
+        raise ArchiveError(f"invalid selection {where!r}: it must be one condition on the rows of the manifest")
+    return where
 
 
 def select(con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest") -> list[dict[str, Any]]:
     """Rows of a view matching a SQL predicate (``None``: all rows), ordered by key."""
+    if where:
+        check_predicate(where, view)
     sql = f"SELECT * FROM {view}" + (f" WHERE ({where})" if where else "") + " ORDER BY key"
     try:
         cur = con.execute(sql)

@@ -115,10 +115,10 @@ def _canonical_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def _connect(args: argparse.Namespace):
+def _connect(args: argparse.Namespace, locked: bool = True):
     from .archive import connect
 
-    return connect(args.archive, storage_options_from_env(args.archive, args.storage_options))
+    return connect(args.archive, storage_options_from_env(args.archive, args.storage_options), locked=locked)
 
 
 def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
@@ -154,12 +154,17 @@ def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
     from .archive import ArchiveError, query
     from .stats import format_csv, format_json, format_table
 
-    p = _archive_parser(prog, "SQL over an archive: views 'manifest' (current rows) and 'all_rows'.")
+    p = _archive_parser(
+        prog,
+        "SQL over an archive: views 'manifest' (current rows) and 'all_rows'. This is full DuckDB SQL run as "
+        "you: it can read and write any file you can (COPY, read_csv, ATTACH). Never pass it SQL you did not "
+        "write; selections elsewhere (--where, spec files) are limited to one condition on the manifest.",
+    )
     p.add_argument("sql")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     args = _canonical_args(p.parse_args(argv))
     try:
-        cols, rows = query(_connect(args), args.sql)
+        cols, rows = query(_connect(args, locked=False), args.sql)
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -209,3 +209,30 @@ def test_manifest_rows_cannot_point_outside_the_archive_or_name_models_to_load(a
         res = decode_rows([dict(row, model=name, model_hash="0123456789abcdef")], None, None)
         assert not res[0]["ok"] and "not a registered model" in res[0]["error"]
     assert decode_rows([row], None, [tiny_checkpoint])[0]["ok"]
+
+
+@pytest.mark.parametrize("where", [
+    "1=1); COPY (SELECT 42) TO 'PWNED' (FORMAT csv); SELECT * FROM manifest WHERE (1=1",
+    "key IN (SELECT column0 FROM read_csv('/etc/hostname'))",
+    "1=0) UNION ALL SELECT * FROM all_rows WHERE (1=1",
+    "1=1); ATTACH 'PWNED.db' AS x; SELECT * FROM manifest WHERE (1=1",
+    "1=1); SET enable_external_access=true; SELECT * FROM manifest WHERE (1=1",
+])
+def test_a_where_predicate_is_one_condition_on_the_manifest(archive, tmp_path, monkeypatch, capsys, where):
+    monkeypatch.chdir(tmp_path)
+    for cmd in (["verify", str(archive)], ["restore", str(archive), str(tmp_path / "dest")]):
+        assert main([*cmd, "--where", where]) == 2
+        assert "invalid selection" in capsys.readouterr().err
+    assert not list(tmp_path.glob("PWNED*")) and not (tmp_path / "dest").exists()
+
+
+def test_locked_connections_read_the_archive_only(archive, tmp_path):
+    from pipeline.archive import ArchiveError, connect, query, select
+
+    con = connect(str(archive))
+    assert select(con, "bpp > 0") and query(con, "SELECT count(*) FROM all_rows")[1][0][0] > 0
+    for sql in (f"COPY (SELECT 1) TO '{tmp_path}/x.csv'", "SELECT * FROM read_csv('/etc/hostname')",
+                "SET enable_external_access=true"):
+        with pytest.raises(ArchiveError):
+            query(con, sql)
+    assert not (tmp_path / "x.csv").exists()

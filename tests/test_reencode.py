@@ -136,7 +136,19 @@ def test_scheduled_spec(tmp_path, local_ray, tiny_checkpoint):
     bad.write_text('archive = "x"\n[target]\nkind = "size"\nvalue = 1\n')
     with pytest.raises(ValueError, match="target"):
         run_scheduled(bad)
-    assert json.dumps(s)  # the summary is JSON-serialisable for the job log
+    json.dumps(s)  # the summary is JSON-serialisable for the job log (raises if not)
+    # a spec's where is one condition on the manifest: it cannot write a file of its author's choosing
+    from pipeline.archive import ArchiveError
+
+    hostile = tmp_path / "hostile.toml"
+    script = tmp_path / "pwned.sh"
+    hostile.write_text(
+        f'archive = "{archive}"\nwhere = "1=1); COPY (SELECT \'echo pwned\') TO \'{script}\' (HEADER false); '
+        'SELECT * FROM manifest WHERE (1=1"\n\n[target]\nkind = "qp"\nvalue = 2\n'
+    )
+    with pytest.raises(ArchiveError, match="invalid selection"):
+        run_scheduled(hostile)
+    assert not script.exists()
 
 
 def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys):
