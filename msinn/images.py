@@ -15,6 +15,7 @@ The network codes 8-bit RGB. Other layouts are mapped explicitly:
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import ImageInputError
 
 DEFAULT_MAX_PIXELS = 256 * 1024 * 1024  # 256 MP: a decompression-bomb guard, configurable
+_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: set it for one open at a time
 GRAY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -68,14 +70,26 @@ def open_image(data: bytes, source: str = "input", max_pixels: int = DEFAULT_MAX
     if not data:
         raise ImageInputError(f"{source}: empty file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _PILLOW_LIMIT:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            # our limit (checked next, before any pixel is decoded) replaces Pillow's own 89 MP,
+            # which would refuse images below max_pixels
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im = Image.open(io.BytesIO(data))
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageInputError(f"{source}: {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
             if w < 1 or h < 1:
                 raise ImageInputError(f"{source}: image has no pixels ({w}x{h})")
+            frames = getattr(im, "n_frames", 1)
+            if frames > 1:
+                raise ImageInputError(
+                    f"{source}: has {frames} frames (an animation or a multi-page file); only single images are "
+                    "coded, and archiving its first frame alone would lose the rest"
+                )
             fmt = im.format
             im.load()
             im = ImageOps.exif_transpose(im)

@@ -134,3 +134,27 @@ def test_non_images_get_clear_errors(data, cause):
     with pytest.raises(ImageInputError, match=cause) as err:
         open_image(data, "thing.png")
     assert "thing.png" in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "PNG", "TIFF"])
+def test_multi_frame_inputs_are_refused_with_their_frame_count(fmt):
+    """An animation or a multi-page file is never archived as its first frame with status ok."""
+    frames = [Image.new("RGB", (32, 24), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, fmt, save_all=True, append_images=frames[1:])
+    with pytest.raises(ImageInputError, match="has 3 frames"):
+        open_image(buf.getvalue(), f"anim.{fmt.lower()}")
+    one = io.BytesIO()
+    frames[0].save(one, fmt)
+    assert open_image(one.getvalue(), "still").width == 32
+
+
+def test_pillows_own_pixel_limit_does_not_override_ours(monkeypatch):
+    """Images up to --max-pixels open, whatever Pillow's built-in bomb limit (89 MP by default) says."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # stands in for 89 MP against a 4096-pixel image
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "PNG")
+    assert open_image(buf.getvalue(), "x", max_pixels=10_000).width == 64
+    with pytest.raises(ImageInputError, match="exceeds the limit of 4000 pixels"):
+        open_image(buf.getvalue(), "x", max_pixels=4000)
+    assert Image.MAX_IMAGE_PIXELS == 1000  # restored
