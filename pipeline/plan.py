@@ -32,6 +32,13 @@ class WorkUnit:
         return f"part-{self.unit_id}"
 
 
+def file_key(uri: str, root: str) -> str:
+    """A loose file's key: its path under the input root, without its extension."""
+    rel = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+    base, dot, ext = rel.rpartition(".")
+    return base if dot and "/" not in ext else rel
+
+
 def detect_kind(files: list[str]) -> str:
     if files and all(f.endswith(".tar") for f in files):
         return "tar"
@@ -64,14 +71,16 @@ def build_plan(
         return units
     group: list[str] = []
     group_bytes = 0
-    for f in files:
-        if not f.lower().endswith(IMAGE_EXTENSIONS):
-            continue
-        if group and group_bytes + sizes[f] > shard_bytes:
+    # files that would share a key (a.png and a.jpg) go to one unit, where the reader refuses them all
+    images = sorted((file_key(f, root), f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS))
+    previous = None
+    for key, f in images:
+        if group and group_bytes + sizes[f] > shard_bytes and key != previous:
             units.append(WorkUnit(f"{len(units):06d}", kind, tuple(group), group_bytes, root))
             group, group_bytes = [], 0
         group.append(f)
         group_bytes += sizes[f]
+        previous = key
     if group:
         units.append(WorkUnit(f"{len(units):06d}", kind, tuple(group), group_bytes, root))
     if not units:

@@ -175,6 +175,13 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
     rows = t.to_pylist() if t is not None else []
     ok = [r for r in rows if r["status"] == "ok"]
     psnrs = [r["psnr"] for r in ok if r["psnr"] is not None]
+    # keys read from different shards (two tars with a member of one name): both rows stay, both
+    # say where they came from, and the run says so loudly: the current view shows only the later
+    shared = Counter(r["key"] for r in ok)
+    duplicates = sorted(k for k, n in shared.items() if n > 1)
+    if duplicates:
+        log.warning("%d key(s) were archived from more than one input shard, e.g. %s", len(duplicates),
+                    ", ".join(duplicates[:5]))
     return {
         "run_id": spec.run_id,
         "output": spec.output,
@@ -192,6 +199,7 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
         "mean_bpp": sum(r["bpp"] for r in ok) / len(ok) if ok else None,
         "mean_psnr": sum(psnrs) / len(psnrs) if psnrs else None,
         "target_met": sum(1 for r in ok if r["target_met"]),
+        "duplicate_keys": {"count": len(duplicates), "examples": duplicates[:10]},
         "wall_seconds": round(wall, 3),
         "images_this_run": processed,
         "images_per_second": round(processed / wall, 4) if wall > 0 else None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
-from .plan import WorkUnit
+from .plan import WorkUnit, file_key
 
 
 @dataclass
@@ -65,7 +65,7 @@ def _relative(uri: str, root: str) -> str:
 
 def read_files(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
     for uri in unit.uris:
-        key = _strip_ext(_relative(uri, unit.root))
+        key = file_key(uri, unit.root)
         try:
             data = storage.read_bytes(uri, options)
         except Exception as exc:  # one unreadable object must not stop the unit
@@ -169,16 +169,27 @@ def read_unit(
         records = list(read_tar(unit, options))
     else:
         records = list(read_parquet(unit, options, key_column, image_column, target_column))
-    seen: dict[str, str] = {}
     for r in records:
         if safe_key(r.key) is None:
             r.error, r.data = f"unsafe key {r.key!r} (absolute path, '..' or control characters)", None
             r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
-        if r.key in seen:
-            n = 2
-            while f"{r.key}~dup{n}" in seen:
-                n += 1
-            r.error, r.data = f"duplicate key {r.key!r}: also read from {seen[r.key]}", None
-            r.key = f"{r.key}~dup{n}"
-        seen[r.key] = r.source_uri
+    # A key shared by several inputs names none of them: every one gets an error row (the first keeps
+    # the key, the others become key~dupN), so no image is archived under another's name and no
+    # source_uri (tar#member resolves to the last member of that name) points at other bytes.
+    sharing: dict[str, list[InputRecord]] = {}
+    for r in records:
+        sharing.setdefault(r.key, []).append(r)
+    taken = set(sharing)
+    for key, group in sharing.items():
+        if len(group) < 2:
+            continue
+        where = ", ".join(g.source_uri for g in group[:4]) + (" ..." if len(group) > 4 else "")
+        for i, r in enumerate(group):
+            r.error, r.data = f"duplicate key {key!r}: {len(group)} inputs share it ({where}); none is archived", None
+            if i:
+                n = i + 1
+                while f"{key}~dup{n}" in taken:
+                    n += 1
+                r.key = f"{key}~dup{n}"
+                taken.add(r.key)
     return records

@@ -256,3 +256,40 @@ def test_canonical_uris(tmp_path, monkeypatch):
     assert canonical("s3://bucket/a/./b/../c/") == canonical("S3://bucket//a/c") == "s3://bucket/a/c"
     assert canonical("s3://bucket/") == "s3://bucket"
     assert canonical("flaky:///tmp/a/../b/") == "flaky:///tmp/b"
+
+
+def test_duplicate_keys_get_error_rows_never_another_image(tmp_path, local_ray, tiny_checkpoint):
+    """Two tar members named dup.png, a.png beside a.jpg, two Parquet rows with one key: none archived."""
+    from pipeline.plan import WorkUnit, build_plan
+    from pipeline.sources import read_unit
+
+    src = tmp_path / "tars"
+    src.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, seed in (("dup.png", 1), ("ok.png", 2), ("dup.png", 3)):
+            data = png_bytes(seed)
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (src / "s.tar").write_bytes(buf.getvalue())
+    run_job(JobSpec(input=str(src), output=str(tmp_path / "out"), target_kind="qp", target_value=1.0,
+                    model=tiny_checkpoint), actors=1)
+    rows = {r["key"]: r for r in read_manifest(fsspec.filesystem("file"), str(tmp_path / "out"))}
+    assert rows["ok"]["status"] == "ok"
+    assert rows["dup"]["status"] == rows["dup~dup2"]["status"] == "error"
+    assert "2 inputs share it" in rows["dup"]["error"]
+    # loose files with one stem, planned far apart by name, still meet in one unit
+    files = tmp_path / "files"
+    files.mkdir()
+    for name, seed in (("a.jpg", 4), ("a.b.png", 5), ("a.png", 6)):
+        (files / name).write_bytes(png_bytes(seed))
+    units = build_plan(str(files), None, shard_bytes=1)
+    unit = next(u for u in units if any(x.endswith("a.png") for x in u.uris))
+    records = {r.key: r for r in read_unit(unit, None)}
+    assert {"a", "a~dup2"} <= set(records) and records["a"].data is None and "share it" in records["a"].error
+    # Parquet rows with one key
+    pq.write_table(pa.table({"key": ["k", "k", "j"], "image": [png_bytes(7), png_bytes(8), png_bytes(9)]}),
+                   tmp_path / "p.parquet")
+    recs = read_unit(WorkUnit("000000", "parquet", (str(tmp_path / "p.parquet"),), 1, str(tmp_path)), None)
+    assert [(r.key, r.data is None) for r in recs] == [("k", True), ("k~dup2", True), ("j", False)]
