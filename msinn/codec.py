@@ -18,6 +18,7 @@ from .container import (
     MODEL_HASH_PREFIX,
     Header,
     TileRecord,
+    header_bytes,
     image_digest,
     pack,
     symbols_digest,
@@ -188,11 +189,28 @@ class _ImageSession:
         return self._crop_latents, self._crop_rgb
 
 
-def _header_overhead(model: MSINN, img: PreparedImage, n_tiles: int, alpha_len: int) -> int:
-    """Upper bound of everything in the file except the tile streams."""
-    name = getattr(model, "model_name", "") or "unregistered"
-    alpha = alpha_len + 12 if alpha_len else 0
-    return 64 + len(name) + len(img.source_mode) + n_tiles * 60 + alpha
+def _header_overhead(
+    model: MSINN, img: PreparedImage, tiles: list[tuple[int, int, int, int]], alpha_len: int, payload_bound: int
+) -> int:
+    """Bytes of everything in the file but the tile streams: the real header, sized for the largest values.
+
+    The rate parameter is counted as a float (its longest form) and every
+    offset and length as ``payload_bound``, so the real header is never larger
+    when the payload stays within it: a size cap holds for the whole file.
+    """
+    name, h = model_identity(model)
+    n = max(int(payload_bound), 1)
+    records = [TileRecord(x, y, w, ht, [-(-ht // 64) * 4, -(-w // 64) * 4], n, n, ["00000000"] * 5)
+               for x, y, w, ht in tiles]
+    header = Header(
+        model_name=name, model_hash=h, qp=0.5, width=img.width, height=img.height, mode=img.mode,
+        source_mode=img.source_mode, bit_depth=img.bit_depth, padding="replicate", tile_width=tiles[0][2],
+        tile_height=tiles[0][3], tiles=records, alpha_offset=n if alpha_len else None,
+        alpha_length=n if alpha_len else None, payload_length=n, payload_crc32=0, image_digest="0" * 16,
+        codec_version=__version__, profile=model.profile,
+        numerics="" if model.profile != "float32" else numerics_record(model.device),
+    )
+    return header_bytes(header) + alpha_len
 
 
 @dataclass
@@ -220,16 +238,27 @@ class PlannedEncode:
     seconds: float
 
     def finish(self) -> EncodeResult:
-        """Code the kept symbols and pack the ``.msinn`` file."""
+        """Code the kept symbols and pack the ``.msinn`` file; a cap within reach is never exceeded."""
         t0 = time.perf_counter()
         # the sizes a cap's search relied on (cached there, so free here)
         predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else None
         streams = [enc.data for enc in self.encs]
         result = self._pack(streams, t0)
-        if predicted is not None and sum(map(len, streams)) != predicted:
-            if result.bytes > self.target.cap_bytes(self.img.width * self.img.height):
-                # a size the search relied on was wrong: search again, coding every probe
-                return _plan(self.model, self.img, self.target, self.options, exact_sizes=True).finish()
+        if predicted is None or not self.in_range:
+            return result
+        cap = self.target.cap_bytes(self.img.width * self.img.height)
+        for attempt in range(3):
+            if result.bytes <= cap:
+                break
+            # a size the search relied on was wrong (or the cap lies between two coded sizes):
+            # search again below the overshoot, coding every probe, and report the original target
+            tighter = Target("bytes", max(cap - (result.bytes - cap) * (attempt + 1), 1.0))
+            retry = _plan(self.model, self.img, tighter, self.options, exact_sizes=True)
+            result = retry._pack([enc.data for enc in retry.encs], t0)
+            result.target = self.target
+            if not retry.in_range:
+                result.in_range, result.note = False, retry.note
+                break
         return result
 
     def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
@@ -324,7 +353,8 @@ def _plan(
     t0 = time.perf_counter()
     session = _ImageSession(model, img, options)
     alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
-    overhead = _header_overhead(model, img, len(session.tiles), len(alpha_bytes))
+    cap_bound = target.cap_bytes(img.width * img.height) if target.is_cap else 1 << 32
+    overhead = _header_overhead(model, img, session.tiles, len(alpha_bytes), int(cap_bound))
     pixels = img.width * img.height
 
     def payload_bytes(encs: list) -> int:

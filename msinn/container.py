@@ -153,6 +153,12 @@ def pack(header: Header, payload: bytes) -> bytes:
     return b"".join((prefix, body, struct.pack(">I", zlib.crc32(body)), payload))
 
 
+def header_bytes(header: Header) -> int:
+    """Bytes a file spends before its payload: magic, version, header length, fields, CRC."""
+    body = encode_header(header)
+    return len(MAGIC) + 1 + len(_uvarint(len(body))) + len(body) + 4
+
+
 def read_header(data: bytes, source: str = "input") -> tuple[Header, int]:
     """Parse and check the header; returns it and the payload's start offset.
 

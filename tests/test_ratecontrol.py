@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -144,3 +145,19 @@ def test_a_wrong_size_prediction_never_breaks_the_cap(tiny_model, image_bytes, a
     assert len(calls) > 1  # the first pick overshot, and every later probe was really coded
     assert res.in_range, res.note
     assert 0.98 * target <= res.bpp <= target
+
+
+@pytest.mark.parametrize("w,h,target", [(64, 64, ("bpp", 0.5)), (64, 64, ("bytes", 500)), (1, 1, ("bytes", 300)),
+                                        (65, 129, ("bpp", 0.8)), (130, 70, ("bytes", 900))])
+def test_a_cap_within_reach_is_never_exceeded_on_small_images(w, h, target):
+    """Small and odd sizes: the header is a large share of the file, and is counted exactly."""
+    import msinn
+
+    model = msinn.load()
+    photo = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "samples" / "kodim23.png").convert("RGB"))
+    buf = io.BytesIO()
+    Image.fromarray(photo[200 : 200 + h, 300 : 300 + w]).save(buf, "PNG")
+    t = Target(*target)
+    res = encode_image(model, buf.getvalue(), t)
+    assert res.in_range, res.note  # each target here is reachable
+    assert res.bytes <= t.cap_bytes(w * h), (res.bytes, t.cap_bytes(w * h))
