@@ -247,13 +247,17 @@ class PlannedEncode:
         if predicted is None or not self.in_range:
             return result
         cap = self.target.cap_bytes(self.img.width * self.img.height)
-        for attempt in range(3):
+        aim, pixels = self.target, self.img.width * self.img.height
+        tighten = predicted == sum(map(len, streams))  # sizes were right: only a lower aim helps
+        for _ in range(3):
             if result.bytes <= cap:
                 break
-            # a size the search relied on was wrong (or the cap lies between two coded sizes):
-            # search again below the overshoot, coding every probe, and report the original target
-            tighter = Target("bytes", max(cap - (result.bytes - cap) * (attempt + 1), 1.0))
-            retry = _plan(self.model, self.img, tighter, self.options, exact_sizes=True)
+            # search again coding every probe: first at the target itself when a predicted size was
+            # wrong, then below each overshoot; the result reports the original target
+            if tighten:
+                aim = Target("bytes", max(aim.cap_bytes(pixels) - (result.bytes - cap), 1.0))
+            tighten = True
+            retry = _plan(self.model, self.img, aim, self.options, exact_sizes=True)
             result = retry._pack([enc.data for enc in retry.encs], t0)
             result.target = self.target
             if not retry.in_range:
