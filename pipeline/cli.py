@@ -8,7 +8,7 @@ import logging
 import sys
 
 from .encoder import JobSpec
-from .storage import storage_options_from_env
+from .storage import options_arg, storage_options_from_env
 
 
 def add_target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -39,9 +39,11 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--target-column", default=None,
                    help="Parquet inputs: column of per-image target values (same kind as the job's target; "
                         "null rows use the job's value)")
-    p.add_argument("--storage-options", type=json.loads, default=None,
-                   help="JSON fsspec options for input and output (default: the storage's own configuration)")
-    p.add_argument("--output-storage-options", type=json.loads, default=None)
+    p.add_argument("--storage-options", type=options_arg, default=None,
+                   help="fsspec options for input and output, as @FILE.json (secrets belong there or in the "
+                        "storage's environment, never on the command line) or inline JSON without secrets "
+                        "(default: the storage's own configuration)")
+    p.add_argument("--output-storage-options", type=options_arg, default=None)
     p.add_argument("--shard-bytes", type=int, default=256 << 20, help="loose files: input bytes per shard")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, or CPUs/4)")
@@ -101,7 +103,8 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
 def _archive_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
     p.add_argument("archive", help="fsspec URI of an archive written by transcode")
-    p.add_argument("--storage-options", type=json.loads, default=None, help="JSON fsspec options for the archive")
+    p.add_argument("--storage-options", type=options_arg, default=None,
+                   help="fsspec options for the archive: @FILE.json, or inline JSON without secrets")
     return p
 
 
@@ -191,7 +194,7 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     p.add_argument("--model", action="append", help="model name or checkpoint; repeatable: each row decodes with "
                    "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--dest-storage-options", type=json.loads, default=None)
+    p.add_argument("--dest-storage-options", type=options_arg, default=None)
     args = _canonical_args(p.parse_args(argv))
     setup_logging()
     try:

@@ -8,6 +8,8 @@ and never logged.
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import posixpath
@@ -49,13 +51,55 @@ def storage_options_from_env(uri: str, given: dict | None) -> dict:
     return opts
 
 
+SECRET_WORDS = ("secret", "key", "token", "password", "credential")
+
+
+def options_arg(value: str) -> dict:
+    """``--storage-options``: ``@FILE`` (a JSON file, the safe way to pass secrets) or inline JSON.
+
+    A command line is not a safe place for a secret: Ray keeps every job's
+    entrypoint (``ray list jobs``, the dashboard). Inline options that hold
+    anything secret-looking are refused with a pointer to ``@FILE``.
+    """
+    if value.startswith("@"):
+        path = os.path.expanduser(value[1:])
+        try:
+            with open(path, encoding="utf-8") as f:
+                opts = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise argparse.ArgumentTypeError(f"cannot read storage options from {path}: {exc}") from None
+    else:
+        try:
+            opts = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"storage options are not JSON ({exc})") from None
+        if _has_secret(opts):
+            raise argparse.ArgumentTypeError(
+                "secrets on the command line end up in Ray's job table and the shell history: put the options in "
+                "a file and pass --storage-options @FILE, or use the storage's environment (AWS_* variables, "
+                "~/.aws, an instance profile)"
+            )
+    if not isinstance(opts, dict):
+        raise argparse.ArgumentTypeError("storage options must be a JSON object")
+    return opts
+
+
+def _has_secret(options: object) -> bool:
+    if isinstance(options, dict):
+        return any(
+            (isinstance(v, str) and v and any(w in str(k).lower() for w in SECRET_WORDS)) or _has_secret(v)
+            for k, v in options.items()
+        )
+    return False
+
+
 def redact(options: dict | None) -> dict:
     """Storage options safe to print: secrets replaced."""
     out = {}
     for k, v in (options or {}).items():
         if isinstance(v, dict):
             out[k] = redact(v)
-        elif any(s in k.lower() for s in ("secret", "key", "token", "password", "credential")):
+        elif any(s in k.lower() for s in SECRET_WORDS):
             out[k] = "***"
         else:
             out[k] = v

@@ -236,3 +236,19 @@ def test_locked_connections_read_the_archive_only(archive, tmp_path):
         with pytest.raises(ArchiveError):
             query(con, sql)
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_secrets_never_ride_on_the_command_line(archive, tmp_path, capsys):
+    """Inline storage options holding a secret are refused (Ray keeps every job's command line); @FILE works."""
+    from pipeline.storage import redact
+
+    secret = {"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMI", "client_kwargs": {"region_name": "us-east-1"}}
+    with pytest.raises(SystemExit):
+        main(["stats", str(archive), "--storage-options", json.dumps(secret)])
+    err = capsys.readouterr().err
+    assert "@FILE" in err and "wJalrXUtnFEMI" not in err
+    opts = tmp_path / "opts.json"
+    opts.write_text(json.dumps({"auto_mkdir": True}))
+    assert main(["stats", str(archive), "--json", "--storage-options", f"@{opts}"]) == 0
+    assert main(["stats", str(archive), "--json", "--storage-options", '{"auto_mkdir": true}']) == 0
+    assert "wJalrXUtnFEMI" not in json.dumps(redact(secret))
