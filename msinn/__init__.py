@@ -67,8 +67,12 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     if "://" in str(name_or_path):  # a checkpoint in object storage
         import fsspec
 
-        with fsspec.open(str(name_or_path), "rb") as f:
-            model = load_file(f.read(), device)
+        try:
+            with fsspec.open(str(name_or_path), "rb") as f:
+                data = f.read()
+        except Exception as exc:  # unknown protocol, no credentials, network: all say so the same way
+            raise CheckpointError(f"{name_or_path}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+        model = load_file(data, device)
         return _named(model, str(name_or_path).rstrip("/").rsplit("/", 1)[-1])
     if not os.path.exists(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: neither a registered model name nor an existing file")

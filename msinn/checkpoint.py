@@ -51,8 +51,12 @@ def _count_units(sd: Mapping[str, torch.Tensor], stage: int) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def infer_config(sd: Mapping[str, torch.Tensor]) -> MSINNConfig:
-    """Rebuild the configuration of a reference-format state dict from its tensors."""
+def infer_config(sd: Mapping[str, torch.Tensor], permutation: str | None = None) -> MSINNConfig:
+    """Rebuild the configuration of a reference-format state dict from its tensors.
+
+    ``permutation`` names the flow permutation when the tensors cannot
+    ('reverse' and 'cross' keep none).
+    """
     required = ("gain", "g_a0.0.block.0.conv1.weight", "g_a3.0.block.0.conv1.weight", "sc_transforms.0.0.weight")
     absent = [k for k in required if k not in sd]
     if absent:
@@ -61,7 +65,7 @@ def infer_config(sd: Mapping[str, torch.Tensor]) -> MSINNConfig:
         permutation = "invconv"
     elif "g_a0.0.permute.indices" in sd:
         permutation = "shuffle"
-    else:
+    elif permutation not in ("reverse", "cross"):
         raise CheckpointError(
             "cannot tell the flow permutation ('reverse' or 'cross' keep no tensors); pass a config explicitly"
         )
@@ -94,6 +98,27 @@ def _load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
     return name, obj
 
 
+SHAPE_FIELDS = ("N", "M", "depths", "context_channels", "anchor_num", "flow_coupling", "act_norm", "post_process",
+                "lrp")
+
+
+def checked_config(name: str, stored: Mapping, inferred: MSINNConfig) -> MSINNConfig:
+    """The stored configuration, if the tensors bear it out: a config is never trusted before the weights.
+
+    A stored config that disagrees with the tensors (``{"N": 1000000}`` would
+    allocate terabytes) is refused before any model is built.
+    """
+    try:
+        cfg = MSINNConfig.from_dict(dict(stored))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{name}: invalid configuration ({exc})") from None
+    wrong = {f: (getattr(cfg, f), getattr(inferred, f)) for f in SHAPE_FIELDS
+             if getattr(cfg, f) != getattr(inferred, f)}
+    if wrong:
+        raise CheckpointError(f"{name}: configuration disagrees with the tensors (stored vs found: {wrong})")
+    return cfg
+
+
 def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
     """(config, state dict, metadata) from a float checkpoint file or its bytes."""
     name, obj = _load_object(source)
@@ -104,10 +129,16 @@ def _parse_float(name: str, obj: Mapping) -> tuple[MSINNConfig, dict[str, torch.
     if obj.get("format") == PORTABLE_FORMAT:
         raise CheckpointError(f"{name}: a portable-profile model, not a float checkpoint")
     if obj.get("format") == FORMAT:
-        if int(obj.get("version", 0)) > FORMAT_VERSION:
-            raise CheckpointError(f"{name}: checkpoint format version {obj['version']} is newer than this reader")
-        cfg = MSINNConfig.from_dict(obj["config"])
-        return cfg, _strip_prefix(obj["state_dict"]), dict(obj.get("meta", {}))
+        version = obj.get("version", 0)
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(f"{name}: checkpoint format version {version!r} is not one this reader knows")
+        if not isinstance(obj.get("config"), Mapping) or not isinstance(obj.get("state_dict"), Mapping):
+            raise CheckpointError(f"{name}: checkpoint lacks a config or state dict")
+        sd = _strip_prefix(obj["state_dict"])
+        perm = obj["config"].get("flow_permutation")
+        cfg = checked_config(name, obj["config"], infer_config(sd, perm if isinstance(perm, str) else None))
+        meta = obj.get("meta", {})
+        return cfg, sd, dict(meta) if isinstance(meta, Mapping) else {}
     sd: Mapping[str, Any] = obj
     for key in WRAPPER_KEYS:
         if key in obj and isinstance(obj[key], Mapping):
@@ -192,6 +223,7 @@ def load_portable(name: str, obj: Mapping, device: str | torch.device = "cpu") -
         float_tensors = dict(obj["float_tensors"])
         if not all(isinstance(t, torch.Tensor) for t in (*tensors.values(), *float_tensors.values())):
             raise CheckpointError(f"{name}: non-tensor entries in a portable model")
+        _check_portable_config(name, cfg, tensors)
         model = PortableMSINN(cfg, obj["spec"], tensors, float_tensors, dict(obj.get("meta", {})))
     except CheckpointError:
         raise
@@ -201,6 +233,23 @@ def load_portable(name: str, obj: Mapping, device: str | torch.device = "cpu") -
         raise CheckpointError(f"{name}: malformed portable model ({type(exc).__name__}: {exc})") from exc
     model.checkpoint_meta = model.meta
     return model.to(device)
+
+
+def _check_portable_config(name: str, cfg: MSINNConfig, tensors: Mapping[str, torch.Tensor]) -> None:
+    """The configuration a portable file claims, against its integer tensors, before any model is built."""
+    found = {
+        "N": int(tensors["g0.0.conv1.w"].shape[0]),
+        "M": int(tensors["g3.0.conv1.w"].shape[0]),
+        "depths": tuple(sum(1 for k in tensors if k.startswith(f"g{s}.") and k.endswith(".conv1.w")) for s in range(4)),
+        "context_channels": int(tensors["sc0.conv0.w"].shape[0]),
+        "anchor_num": int(tensors["log_inv_gain"].shape[0]),
+        "flow_coupling": "affine" if "g0.0.scale.w" in tensors else "additive",
+        "post_process": any(k.startswith("post.") for k in tensors),
+        "lrp": "lrp0.conv0.w" in tensors,
+    }
+    wrong = {k: (getattr(cfg, k), v) for k, v in found.items() if getattr(cfg, k) != v}
+    if wrong:
+        raise CheckpointError(f"{name}: configuration disagrees with the tensors (stored vs found: {wrong})")
 
 
 def save_portable(path: str | os.PathLike, model: PortableMSINN) -> None:

@@ -453,7 +453,33 @@ def check_profile(header: Header, model: MSINN, source: str = "input") -> None:
         )
 
 
-def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedImage:
+DEFAULT_MAX_TILE_PIXELS = 1 << 23  # 8.4 MP per tile (the encoder's tiles are 1 MP, whole images up to 2 MP)
+
+
+def check_limits(header: Header, model: MSINN, source: str, max_pixels: int, max_tile_pixels: int) -> None:
+    """Refuse, before any allocation, a file whose claimed size is over the limits or larger than its
+    streams can hold (every symbol costs at least a few millionths of a bit)."""
+    if header.width * header.height > max_pixels:
+        raise BitstreamError(f"{source}: {header.width}x{header.height} is over the limit of {max_pixels} pixels")
+    min_bits = model.tables().min_bits_per_symbol()
+    for i, t in enumerate(header.tiles):
+        padded = t.latent_shape[0] * 16 * t.latent_shape[1] * 16
+        if padded > max_tile_pixels:
+            raise BitstreamError(f"{source}: tile {i} claims {padded} pixels, over the limit of {max_tile_pixels}")
+        need = math.ceil(3 * padded * min_bits / 8)  # 3 latent values per padded pixel
+        if t.length < need:
+            raise BitstreamError(
+                f"{source}: tile {i}'s {t.length}-byte stream cannot hold the {3 * padded} symbols its size claims"
+            )
+
+
+def decode_image(
+    data: bytes,
+    model: MSINN,
+    source: str = "input",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_tile_pixels: int = DEFAULT_MAX_TILE_PIXELS,
+) -> DecodedImage:
     """Decode a ``.msinn`` file, checking every hash it carries; raises BitstreamError on any mismatch.
 
     Portable files decode the same everywhere. A float32 file decodes only
@@ -469,6 +495,7 @@ def decode_image(data: bytes, model: MSINN, source: str = "input") -> DecodedIma
     except ValueError as exc:
         raise BitstreamError(f"{source}: {exc} for model {header.model_name}") from None
     model.tables()  # a model without entropy tables is a caller error, not a damaged file
+    check_limits(header, model, source, max_pixels, max_tile_pixels)
     if header.profile != "float32":
         return _decode(header, payload, model, source)
     return _decode_float(header, payload, model, source)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from .errors import BitstreamError, ImageInputError
+from .images import DEFAULT_MAX_PIXELS
 
 
 def _encode_parser() -> argparse.ArgumentParser:
@@ -104,6 +105,8 @@ def cmd_decode(argv: list[str]) -> int:
     p.add_argument("output", help="image file; the format follows the extension (png, webp, tiff, ...)")
     p.add_argument("--model", help="model name or checkpoint path (default: the registered model the file names)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse files claiming more pixels than this, before allocating (default %(default)s)")
     args = p.parse_args(argv)
     from .codec import decode_image
     from .container import read_header
@@ -112,7 +115,7 @@ def cmd_decode(argv: list[str]) -> int:
         data = Path(args.input).read_bytes()
         header, _ = read_header(data, args.input)
         model = _load_model(args.model or _registered_name(header, args.input), args.device)
-        decoded = decode_image(data, model, args.input)
+        decoded = decode_image(data, model, args.input, max_pixels=args.max_pixels)
         img = decoded.to_pil()
         ext = Path(args.output).suffix.lower()
         if ext in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):

@@ -78,6 +78,14 @@ class RansTables:
             object.__setattr__(self, "_np", (cdf, lengths, np.asarray(self.offsets, dtype=np.int64)))
         return self._np
 
+    def min_bits_per_symbol(self) -> float:
+        """The fewest bits any symbol can cost: -log2 of the largest frequency in any table."""
+        if not hasattr(self, "_min_bits"):
+            cdf, lengths, _ = self._arrays()
+            top = max(int(np.diff(cdf[i, : lengths[i]]).max()) for i in range(len(lengths)))
+            object.__setattr__(self, "_min_bits", float(-np.log2(top / 65536.0)))
+        return self._min_bits
+
     def decoder(self, data: bytes, max_symbols: int = 0) -> StreamDecoder:
         return StreamDecoder(self, data, max_symbols)
 

@@ -26,7 +26,7 @@ from .archive import connect, select
 from .bitstreams import SHARD_NAME, UntrustedReference, shard_name
 from .encoder import JobSpec
 from .plan import WorkUnit, read_plan
-from .runner import _new_run_id, execute_units, init_ray
+from .runner import _new_run_id, check_model, execute_units, init_ray
 from .sources import InputRecord, read_source
 
 log = logging.getLogger("pipeline.reencode")
@@ -128,6 +128,7 @@ def run_reencode(
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
     archive = storage.canonical(archive)  # workers run in other directories
     model = _local_file(model)
+    check_model(model)  # a bad --model fails here, before a plan is frozen
     if decode_model:
         decode_model = [_local_file(m) for m in ([decode_model] if isinstance(decode_model, str) else decode_model)]
     t0 = time.time()

@@ -69,6 +69,16 @@ def canonical_spec(spec: JobSpec) -> JobSpec:
     return replace(spec, input=storage.canonical(spec.input), output=storage.canonical(spec.output), model=model)
 
 
+def check_model(model: str | None) -> None:
+    """Load the job's model once in the driver, so a bad name or file fails here, in one line."""
+    import msinn
+
+    try:
+        msinn.load(model)
+    except (msinn.CheckpointError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
+        raise JobError(f"cannot use model {model or '(default)'}: {exc}") from None
+
+
 def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
     """Read the frozen plan under the output, or list the input once and freeze it."""
     found = read_plan(spec.output, spec.output_options)
@@ -80,6 +90,10 @@ def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
                 job[k] = storage.canonical(job[k])
         if job.get("model") and "://" not in job["model"] and os.path.exists(job["model"]):
             job["model"] = storage.canonical(job["model"])
+        if job.get("model") != spec.model:  # allowed: committed shards keep theirs, the rest use this one
+            log.warning("model changed from %s to %s: shards not yet committed will use %s",
+                        job.get("model"), spec.model, spec.model)
+            job["model"] = spec.model
         mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
         if mine != theirs:
             diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
@@ -219,6 +233,7 @@ def run_job(
     t0 = time.time()
     init_ray()
     spec = canonical_spec(spec)
+    check_model(spec.model)  # before anything is frozen: a bad --model must not pin the plan
     spec, units = prepare_plan(spec)
     stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, read_cpus, prefetch)
     summary = summarise(spec, units, time.time() - t0, stats["processed"], stats["failed"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,9 +45,24 @@ class InputRecord:
         return len(self.data) if self.data is not None else None
 
 
+MAX_KEY_BYTES = 1024  # keys become file names on restore: keep them within what file systems take
+MAX_KEY_PART_BYTES = 200
+
+
 def safe_key(key: str) -> str | None:
-    """A key usable as a tar member name, or None: no absolute paths, '..', or control characters."""
+    """A key usable as a tar member and a restored file name, or None.
+
+    No absolute paths, '.', '..', backslashes or control characters, and no
+    path component longer than 200 bytes (file systems stop at 255 with the
+    extension added on restore).
+    """
     if not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
+        return None
+    raw = key.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_KEY_BYTES or any(len(p.encode("utf-8", "surrogatepass")) > MAX_KEY_PART_BYTES
+                                       for p in key.split("/")):
+        return None
+    if key in (".", "..") or key.endswith("/"):
         return None
     norm = posixpath.normpath(key)
     if norm != key or norm.startswith("..") or "/../" in f"/{norm}/":
@@ -132,10 +148,15 @@ def read_parquet(
 
 
 def read_source(source_uri: str, options: dict | None, key_column: str = "key", image_column: str = "image") -> bytes:
-    """The bytes of one input, from its manifest ``source_uri`` (plain, ``tar#member`` or ``parquet#row=N``)."""
-    if "#" not in source_uri:
+    """The bytes of one input, from its manifest ``source_uri`` (plain, ``tar#member`` or ``parquet#row=N``).
+
+    A plain file whose name holds a ``#`` is read as itself: the fragment form
+    applies only after ``.tar`` or ``.parquet``.
+    """
+    m = re.fullmatch(r"(.+?\.(?:tar|parquet))#(.+)", source_uri, flags=re.DOTALL)
+    if m is None or storage.exists(source_uri, options):
         return storage.read_bytes(source_uri, options)
-    uri, frag = source_uri.split("#", 1)
+    uri, frag = m.group(1), m.group(2)
     blob = storage.read_bytes(uri, options)
     if frag.startswith("row=") and uri.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -171,7 +192,8 @@ def read_unit(
         records = list(read_parquet(unit, options, key_column, image_column, target_column))
     for r in records:
         if safe_key(r.key) is None:
-            r.error, r.data = f"unsafe key {r.key!r} (absolute path, '..' or control characters)", None
+            r.error, r.data = (f"unsafe key {r.key[:80]!r} (absolute path, '.' or '..', control characters, or a "
+                               f"name too long for a file system)", None)
             r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
     # A key shared by several inputs names none of them: every one gets an error row (the first keeps
     # the key, the others become key~dupN), so no image is archived under another's name and no

@@ -104,3 +104,24 @@ def test_pickled_code_is_refused(tmp_path):
         pickle.dump({"state_dict": _Evil()}, f)
     with pytest.raises(CheckpointError):
         msinn.load(tmp_path / "evil.pt")
+
+
+def test_a_checkpoints_config_is_never_trusted_before_its_tensors(tmp_path, tiny_model):
+    """{"N": 1000000} would allocate terabytes: refused by comparing with the tensors first."""
+    msinn.save_checkpoint(tmp_path / "ok.pt", tiny_model)
+    obj = torch.load(tmp_path / "ok.pt", weights_only=True)
+    for config, why in (({**obj["config"], "N": 1_000_000}, "disagrees with the tensors"),
+                        ("N=16", "lacks a config"), (None, "lacks a config"),
+                        ({**obj["config"], "depths": [1, 1]}, "invalid configuration")):
+        bad = dict(obj, config=config)
+        if config is None:
+            bad.pop("config")
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match=why):
+            msinn.load(str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.parametrize("uri", ["ftp://127.0.0.1:9/m.pt", "foo://x/m.pt", "memory://nothing/here.pt"])
+def test_unreadable_checkpoint_uris_are_checkpoint_errors(uri):
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
+        msinn.load(uri)

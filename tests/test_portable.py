@@ -350,3 +350,8 @@ def test_tiles_and_alpha_take_the_portable_path(model):
     res = encode_image(model, buf.getvalue(), Target("bpp", 1.0), EncodeOptions(tile_pixels=4096, tile_size=128))
     assert len(res.header.tiles) == 4 and res.header.mode == "RGBA" and res.header.profile == "portable-1"
     assert np.array_equal(decode_image(res.data, model).pixels, res.reconstruction)
+
+
+def test_a_portable_files_config_must_match_its_tensors(state):
+    with pytest.raises(CheckpointError, match="disagrees with the tensors"):
+        load_portable("huge", {**state, "config": {**state["config"], "N": 1_000_000}})

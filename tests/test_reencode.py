@@ -162,10 +162,18 @@ def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys
     opts = storage_options_from_env(out, None)
     run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
                     input_options=opts, output_options=opts), actors=1)
+    first = {r["tar_uri"].rsplit("/", 1)[1] for r in _current_s3(out, opts).values()}
+    assert main(["reencode", out, "--where", "qp < 2", "--qp", "2", "--model", tiny_checkpoint]) == 0
+    assert json.loads(capsys.readouterr().out)["selected"] == 3
+    fs.invalidate_cache()
+    in_use = {r["tar_uri"].rsplit("/", 1)[1] for r in _current_s3(out, opts).values()}
+    for spelled in (f"{out}/", f"s3://{bucket}/in/../arch", f"s3://{bucket}/./arch"):  # other spellings, same shards
+        res = gc_shards(spelled, opts, retention_hours=0.0, dry_run=True)
+        assert "refused" not in res and {u.rsplit("/", 1)[1] for u in res["deleted"]} == first - in_use, spelled
     assert main(["reencode", out, "--where", "qp < 2", "--qp", "2", "--model", tiny_checkpoint, "--gc",
                  "--retention-hours", "0"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["selected"] == 3 and summary["gc"]["deleted"]
+    assert summary["selected"] == 0 and summary["gc"]["deleted"]
     fs.invalidate_cache()
     current = _current_s3(out, opts)
     assert {r["qp"] for r in current.values()} == {2.0} and len(current) == 3
