@@ -50,8 +50,9 @@ def main() -> None:
     # Ray is started first, outside the timing, as a cluster would be. The loop and the
     # pipeline alternate and each keeps its best run: a shared machine drifts by 10-20%
     # over minutes, which would otherwise land on whichever side ran later.
-    from pipeline.encoder import JobSpec
-    from pipeline.runner import init_ray, run_job
+    from pipeline.cluster import init_ray
+    from pipeline.runner import run_job
+    from pipeline.spec import JobSpec
 
     init_ray(num_cpus=2)
     torch.set_num_threads(threads)

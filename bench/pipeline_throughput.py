@@ -26,8 +26,9 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--cpus-per-actor", type=float, default=1.5)
     args = ap.parse_args()
-    from pipeline.encoder import JobSpec
-    from pipeline.runner import init_ray, run_job
+    from pipeline.cluster import init_ray
+    from pipeline.runner import run_job
+    from pipeline.spec import JobSpec
 
     files = sorted(p for p in Path(args.dir).iterdir() if p.suffix.lower() == ".png")[: args.limit]
     work = Path(tempfile.mkdtemp(prefix="msinn-tp-"))

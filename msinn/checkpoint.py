@@ -252,13 +252,22 @@ def _check_portable_config(name: str, cfg: MSINNConfig, tensors: Mapping[str, to
         raise CheckpointError(f"{name}: configuration disagrees with the tensors (stored vs found: {wrong})")
 
 
-def save_portable(path: str | os.PathLike, model: PortableMSINN) -> None:
-    """Write a portable model, atomically (temp file + rename)."""
+def save_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` to a temp file beside ``path``, then rename over it.
+
+    Every checkpoint is written here, so a crash or a full disk mid-write
+    leaves the previous file intact rather than a torn one that cannot load.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(model.state(), tmp)
+    torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def save_portable(path: str | os.PathLike, model: PortableMSINN) -> None:
+    """Write a portable model, atomically."""
+    save_atomic(model.state(), path)
 
 
 def save_checkpoint(
@@ -268,7 +277,7 @@ def save_checkpoint(
     half: bool = False,
     extra: dict | None = None,
 ) -> None:
-    """Write a checkpoint with its configuration, atomically (temp file + rename)."""
+    """Write a checkpoint with its configuration, atomically."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not _is_derived(k)}
     if half:
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
@@ -281,8 +290,4 @@ def save_checkpoint(
     }
     if extra:
         obj.update(extra)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_atomic(obj, path)

@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return train_cli.main(rest)
     if cmd == "eval":
-        from . import evaluate
+        from . import eval_cli
 
-        return evaluate.main(rest)
+        return eval_cli.main(rest)
     print(f"msinn: unknown command {cmd!r}\n{_usage()}", file=sys.stderr)
     return 2
 

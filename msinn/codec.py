@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import weights_hash
 from .container import (
@@ -35,7 +34,9 @@ from .images import (
     restore_image,
     to_pil,
 )
+from .metrics import psnr_uint8
 from .model import MSINN
+from .pixels import to_padded_tensor, to_uint8
 from .ratecontrol import RateSearch, Target, window_for
 from .version import __version__
 
@@ -119,25 +120,6 @@ def tile_grid(width: int, height: int, options: EncodeOptions) -> list[tuple[int
     return [(x, y, min(t, width - x), min(t, height - y)) for y in range(0, height, t) for x in range(0, width, t)]
 
 
-def _pad64(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    h, w = rgb.shape[:2]
-    x = torch.from_numpy(np.array(rgb, dtype=np.uint8, copy=True)).to(device).permute(2, 0, 1).float().div(255)[None]
-    ph, pw = (-h) % 64, (-w) % 64
-    if ph or pw:  # replicate the last row/column: cheaper to code than zeros, cropped away on decode
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
-    return x
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """1x3xHxW float image -> HxWx3 uint8, as the float decoder rounds it."""
-    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def psnr_uint8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 class _ImageSession:
     """One image being encoded: tiles padded and analysed once, encodes cached per qp."""
 
@@ -149,7 +131,7 @@ class _ImageSession:
         self.latents = []
         with torch.inference_mode():
             for x0, y0, w, h in self.tiles:
-                self.latents.append(model.analyze(_pad64(img.rgb[y0 : y0 + h, x0 : x0 + w], self.device)))
+                self.latents.append(model.analyze(to_padded_tensor(img.rgb[y0 : y0 + h, x0 : x0 + w], self.device)))
         self._crop_latents: list[torch.Tensor] | None = None
         self._crop_rgb: np.ndarray | None = None
 
@@ -184,7 +166,7 @@ class _ImageSession:
                          for cy, cx in centres]
             self._crop_rgb = np.stack(crops) if len(crops) > 1 else crops[0][None]
             with torch.inference_mode():
-                x = torch.cat([_pad64(c, self.device) for c in crops])
+                x = torch.cat([to_padded_tensor(c, self.device) for c in crops])
                 self._crop_latents = self.model.analyze(x)
         return self._crop_latents, self._crop_rgb
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from .config import LATENT_CHANNELS, MSINNConfig
 from .entropy import RansTables
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
+from .pixels import to_uint8
 from .postprocess import PostProcessNet
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
@@ -210,8 +211,8 @@ class MSINN(nn.Module):
         return self.gain.device
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
-        """A decoded 1x3xHxW image -> HxWx3 uint8 (clamped to [0, 1], times 255, rounded)."""
-        return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        """A decoded 1x3xHxW image -> HxWx3 uint8 (a method: the portable profile rounds its own way)."""
+        return to_uint8(x)
 
     def snap_qp(self, qp: int | float) -> int | float:
         """The rate parameter as coded (the float profile codes any qp exactly)."""
@@ -338,7 +339,7 @@ class MSINN(nn.Module):
     def estimate_bits(self, latents: list[torch.Tensor], qp: int | float, reconstruct: bool = False):
         """Estimated bits (sum of -log2 likelihoods) and, optionally, the reconstruction."""
         out = self.forward_latents(latents, qp)
-        bits = float(sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()))
+        bits = float(likelihood_bits(out["likelihoods"]))
         return bits, (out["x_hat"] if reconstruct else None)
 
     # ------------------------------------------------------------------ entropy coder tables
@@ -497,6 +498,14 @@ class MSINN(nn.Module):
                 )
         self._tables = None
         return result
+
+
+def likelihood_bits(likelihoods: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Estimated bits of a batch: the sum of -log2 likelihoods over every level of ``forward``'s output.
+
+    A tensor, so the training loss can differentiate it; ``float()`` it to report.
+    """
+    return sum(-torch.log2(lik).sum() for lik in likelihoods.values())
 
 
 def open_stream(tables: RansTables, data: bytes, latent_shape: Sequence[int]):

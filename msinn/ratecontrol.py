@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 TARGET_KINDS = ("bpp", "bytes", "psnr", "qp")
@@ -71,7 +71,6 @@ class SearchResult:
     note: str
     estimates: int
     measures: int
-    history: list[tuple[float, float]] = field(default_factory=list)
 
 
 class RateSearch:
@@ -173,8 +172,8 @@ class RateSearch:
             q = max(q, float(last.qp) + QP_STEP)
         return q
 
-    def run(self, q_hint: float | None = None) -> SearchResult:
-        q = self._invert_estimate(self.aim) if q_hint is None else q_hint
+    def run(self) -> SearchResult:
+        q = self._invert_estimate(self.aim)
         last: Measurement | None = None
         for _ in range(MAX_MEASURES):
             qs = snap_qp(q, self.top)
@@ -206,13 +205,11 @@ class RateSearch:
         return self._result(best, self.in_window(best), "" if self.in_window(best) else "closest feasible qp found")
 
     def _result(self, m: Measurement, in_range: bool, note: str) -> SearchResult:
-        hist = [(float(k), v.g) for k, v in self.meas.items()]
-        return SearchResult(m.qp, m.payload, in_range, note, len(self.est), len(self.meas), hist)
+        return SearchResult(m.qp, m.payload, in_range, note, len(self.est), len(self.meas))
 
 
-def window_for(target: Target, total_bytes_for: Callable[[float], float] | None = None) -> tuple[float, float, float]:
-    """(lo, hi, aim) of g for a target: log-bytes for caps, PSNR for floors."""
+def window_for(target: Target) -> tuple[float, float, float]:
+    """(lo, hi, aim) of g for a ``psnr`` or ``bytes`` target: PSNR for floors, log-bytes for caps."""
     if target.kind == "psnr":
         return target.value, target.value + 0.1, target.value + 0.04
-    cap = total_bytes_for(target.value) if total_bytes_for else target.value
-    return math.log(0.98 * cap), math.log(cap), math.log(0.99 * cap)
+    return math.log(0.98 * target.value), math.log(target.value), math.log(0.99 * target.value)

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_checkpoint
+from .checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
 from .config import MSINNConfig
 from .imageio import list_images, read_image_rgb
-from .model import MSINN, _is_derived
+from .metrics import psnr_from_mse
+from .model import MSINN, _is_derived, likelihood_bits
 
 log = logging.getLogger("msinn.train")
 
@@ -65,8 +66,7 @@ def lambdas_for(anchor_num: int, lambdas: list[float] | None = None) -> list[flo
 def rd_loss(out: dict, x: torch.Tensor, lambdas: torch.Tensor) -> dict[str, torch.Tensor]:
     """Paper objective: per-sample lambda-weighted MSE (x 255^2) plus batch bpp."""
     n, _, h, w = x.shape
-    bits = sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values())
-    bpp = bits / (n * h * w)
+    bpp = likelihood_bits(out["likelihoods"]) / (n * h * w)
     mse = ((out["x_hat"] - x) ** 2).mean(dim=(1, 2, 3))
     return {"loss": 255**2 * (lambdas * mse).mean() + bpp, "bpp": bpp, "mse": mse.mean()}
 
@@ -157,10 +157,10 @@ def validate(model: MSINN, crops: list[torch.Tensor], anchors: list[int], device
         for c in crops:
             x = c[None].to(device)
             out = model(x, a)
-            bits += float(sum(-torch.log2(lik).sum() for lik in out["likelihoods"].values()))
+            bits += float(likelihood_bits(out["likelihoods"]))
             pixels += x.shape[2] * x.shape[3]
             mse = float(((out["x_hat"].clamp(0, 1) - x) ** 2).mean())
-            psnrs.append(10 * math.log10(1 / max(mse, 1e-12)))
+            psnrs.append(psnr_from_mse(max(mse, 1e-12)))
         rows.append({"qp": a, "bpp": bits / pixels, "psnr": float(np.mean(psnrs))})
     model.train(was)
     return rows
@@ -344,7 +344,7 @@ class Trainer:
             "step": self.step,
             "loss": float(np.mean([w["loss"] for w in window])),
             "bpp": float(np.mean([w["bpp"] for w in window])),
-            "psnr": float(np.mean([10 * math.log10(1 / max(w["mse"], 1e-12)) for w in window])),
+            "psnr": float(np.mean([psnr_from_mse(max(w["mse"], 1e-12)) for w in window])),
             "images_per_s": len(window) * self.s.batch_size / max(seconds, 1e-9),
         }
 
@@ -416,8 +416,7 @@ def export_weights(
     m = dict(old_meta)
     m.update(meta or {})
     obj = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "state_dict": sd, "meta": m}
-    Path(dest).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(obj, dest)
+    save_atomic(obj, dest)
     if half:
         return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
     return model.weights_sha256

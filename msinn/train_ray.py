@@ -26,37 +26,16 @@ import torch
 
 from .config import MSINNConfig
 from .layers import ActNorm2d
+from .raylocal import init_ray
 from .train import Trainer, TrainSettings
 
 log = logging.getLogger("msinn.train")
-
-RAY_ENV_DEFAULTS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep local clusters on 127.0.0.1
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
-
 
 def _absolute(uri: str | None) -> str | None:
     """Workers may run in another directory: local paths are made absolute, URIs kept."""
     if uri is None or "://" in uri:
         return uri
     return os.path.abspath(uri)
-
-
-def init_ray(address: str | None = None) -> None:
-    """Join ``address`` (or RAY_ADDRESS) when given, else start a local Ray; no-op when connected."""
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
 
 
 def run_ray(

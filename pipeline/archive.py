@@ -13,6 +13,8 @@ from typing import Any
 
 import duckdb
 
+from msinn.imageio import is_local
+
 from . import storage
 
 CURRENT_VIEW_SQL = """
@@ -42,11 +44,10 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")
     fs, root = storage.filesystem(archive, options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     files = [f for f in storage.list_files(storage.join(archive, "manifest"), options) if f.endswith(".parquet")]
     if not files:
         raise ArchiveError(f"{archive}: no manifest shards found (not an archive, or nothing committed yet)")
-    if protocol not in ("file", "local"):
+    if not is_local(fs):
         con.register_filesystem(fs)
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     base = f"read_parquet([{listing}], union_by_name=true)"
@@ -64,6 +65,22 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
         con.execute("SET allowed_directories=?", [[folder]])
         con.execute("SET enable_external_access=false")
         con.execute("SET lock_configuration=true")
+    return con
+
+
+def connect_tables(tables: list) -> duckdb.DuckDBPyConnection:
+    """The same two views over manifest shards already read (through the retrying storage layer)."""
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    con.execute("SET autoinstall_known_extensions=false")
+    con.execute("SET autoload_known_extensions=false")
+    if tables:
+        con.register("all_rows", pa.concat_tables(tables, promote_options="default"))
+    else:
+        con.execute("CREATE VIEW all_rows AS SELECT * FROM read_parquet([]) WHERE false")
+    con.execute(CURRENT_VIEW_SQL)
+    con.execute("SET enable_external_access=false")
     return con
 
 

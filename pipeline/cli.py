@@ -1,4 +1,10 @@
-"""``msinn-pipeline``: transcode (and, later, re-encode, restore, verify, stats)."""
+"""``msinn-pipeline``: transcode, re-encode, scheduled runs, restore, verify, stats and queries.
+
+Exit codes, the same for every command and for the ``jobs/*.py`` entry points:
+0 everything succeeded; 1 the command ran but some shards, images or checks
+failed (the JSON on stdout says which); 2 usage or configuration error (bad
+arguments, an unreadable spec or archive, a model that does not load).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import json
 import logging
 import sys
 
-from .encoder import JobSpec
+from .spec import JobSpec
 from .storage import options_arg, storage_options_from_env
 
 
@@ -86,7 +92,8 @@ def setup_logging() -> None:
 
 
 def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> int:
-    from .runner import JobError, run_job
+    from .runner import run_job
+    from .spec import JobError
 
     args = transcode_parser(prog).parse_args(argv)
     setup_logging()
@@ -257,7 +264,7 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
 def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     from .archive import ArchiveError
     from .reencode import gc_shards, run_reencode
-    from .runner import JobError
+    from .spec import JobError
 
     args = _canonical_args(reencode_parser(prog).parse_args(argv))
     setup_logging()
@@ -278,22 +285,63 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     return 1 if summary.get("shards_failed") else 0
 
 
+def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> int:
+    from .archive import ArchiveError
+    from .scheduled import load_spec, run_scheduled
+    from .spec import JobError
+
+    p = argparse.ArgumentParser(
+        prog=prog, description="One scheduled re-encode run from a TOML spec (for cron or a Kubernetes CronJob): "
+        "select rows, re-encode them, optionally collect garbage. Nothing selected is a no-op; an interrupted run "
+        "is resumed by the next.")
+    p.add_argument("spec", help="TOML file: archive, where, [target] kind and value, model, from, gc, ...")
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        load_spec(args.spec)  # a bad spec is reported in one line, before anything heavy starts
+        summary = run_scheduled(args.spec)
+    except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
+        print(f"{prog}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    if summary.get("gc", {}).get("refused"):
+        print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
+        return 1
+    return 1 if summary.get("shards_failed") else 0
+
+
 COMMANDS = {
-    "transcode": cmd_transcode,
-    "reencode": cmd_reencode,
-    "stats": cmd_stats,
-    "query": cmd_query,
-    "restore": cmd_restore,
-    "verify": cmd_verify,
+    "transcode": (cmd_transcode, "archive a dataset: images, tars or Parquet in; bitstream shards and a manifest out"),
+    "reencode": (cmd_reencode, "re-encode the rows a SQL condition selects (new target, new model, retries)"),
+    "scheduled": (cmd_scheduled, "one scheduled re-encode run from a TOML spec"),
+    "restore": (cmd_restore, "decode a selection of an archive back to image files"),
+    "verify": (cmd_verify, "decode a selection or sample and check every hash"),
+    "stats": (cmd_stats, "size and quality statistics of an archive"),
+    "query": (cmd_query, "full DuckDB SQL over an archive's manifest (trusted input only)"),
 }
+
+EXIT_CODES = "exit codes: 0 ok; 1 some shards, images or checks failed; 2 usage or configuration error"
+
+
+def main_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msinn-pipeline", description="Archive image datasets with the MS-INN codec on Ray.",
+        epilog=f"run 'msinn-pipeline COMMAND --help' for a command's options. {EXIT_CODES}.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)  # each command parses its own options
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: msinn-pipeline {" + ",".join(COMMANDS) + "} ...", file=sys.stderr if argv else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]][0](argv[1:])
+    try:
+        main_parser().parse_args(argv)  # prints help, or a usage error naming the unknown command
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 2
 
 
 if __name__ == "__main__":

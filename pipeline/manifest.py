@@ -1,11 +1,15 @@
 """The manifest: one Parquet row per input image, one file per output shard.
 
-Column names of the first group are fixed: external tools read them.
+Column names of the first group are fixed: external tools read them. A row
+is a ``ManifestRow``, whose fields are exactly the schema's columns (a test
+holds them together), so a misspelled column is an error, not a null.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -57,8 +61,67 @@ SCHEMA = pa.schema(
 COLUMNS = SCHEMA.names
 
 
-def to_parquet(rows: list[dict]) -> bytes:
-    table = pa.Table.from_pylist([{c: r.get(c) for c in COLUMNS} for r in rows], schema=SCHEMA)
+@dataclass
+class ManifestRow:
+    """One input image's row; built by the encoder, filled in as the image goes through."""
+
+    key: str
+    status: str = "error"
+    error: str | None = None
+    source_uri: str | None = None
+    width: int | None = None
+    height: int | None = None
+    bytes: int | None = None
+    bpp: float | None = None
+    psnr: float | None = None
+    qp: float | None = None
+    tar_uri: str | None = None
+    offset: int | None = None
+    length: int | None = None
+    model: str | None = None
+    run_id: str | None = None
+    source_bytes: int | None = None
+    source_format: str | None = None
+    source_sha256: str | None = None
+    mode: str | None = None
+    source_mode: str | None = None
+    bit_depth: int | None = None
+    target_kind: str | None = None
+    target_value: float | None = None
+    target_met: bool | None = None
+    in_range: bool | None = None
+    probes: int | None = None
+    ms_ssim: float | None = None
+    model_hash: str | None = None
+    codec_version: str | None = None
+    encode_seconds: float | None = None
+    device: str | None = None
+    unit_id: str | None = None
+    created_at: datetime | None = None
+    encoded_from: str | None = None
+    profile: str | None = None
+    numerics: str | None = None
+
+    def fail(self, error: str) -> ManifestRow:
+        self.status, self.error = "error", error
+        return self
+
+
+ROW_FIELDS = tuple(f.name for f in fields(ManifestRow))
+
+
+def _as_dict(row: ManifestRow | dict) -> dict:
+    if isinstance(row, ManifestRow):
+        return asdict(row)
+    unknown = set(row) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"manifest row has columns the schema lacks: {sorted(unknown)}")
+    return row
+
+
+def to_parquet(rows: list[ManifestRow] | list[dict]) -> bytes:
+    """One manifest shard; dict rows (rewritten by tools) must use the schema's column names."""
+    table = pa.Table.from_pylist([{c: d.get(c) for c in COLUMNS} for d in map(_as_dict, rows)], schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

@@ -9,27 +9,14 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
+from .spec import INPUT_KINDS, WorkUnit
 
 PLAN_FILE = "_plan/plan.parquet"
-INPUT_KINDS = ("files", "tar", "parquet")
-
-
-@dataclass(frozen=True)
-class WorkUnit:
-    unit_id: str
-    kind: str  # "files", "tar" or "parquet"
-    uris: tuple[str, ...]
-    input_bytes: int
-    root: str  # input prefix: loose-file keys are paths relative to it
-
-    @property
-    def shard_name(self) -> str:
-        return f"part-{self.unit_id}"
+LISTED_KINDS = tuple(k for k in INPUT_KINDS if k != "rows")  # what an input listing can be planned as
 
 
 def file_key(uri: str, root: str) -> str:
@@ -57,8 +44,8 @@ def build_plan(
     files = list(sizes)
     if kind == "auto":
         kind = detect_kind([f for f in files if f.endswith((".tar", ".parquet"))] or files)
-    if kind not in INPUT_KINDS:
-        raise ValueError(f"input kind must be one of {INPUT_KINDS}")
+    if kind not in LISTED_KINDS:
+        raise ValueError(f"input kind must be one of {LISTED_KINDS}")
     root = input_uri.rstrip("/")
     if len(files) == 1 and files[0].rstrip("/") == root:  # a single file given directly
         root = root.rsplit("/", 1)[0]

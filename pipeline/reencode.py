@@ -24,15 +24,14 @@ import pyarrow.parquet as pq
 from . import storage
 from .archive import connect, select
 from .bitstreams import SHARD_NAME, UntrustedReference, shard_name
-from .encoder import JobSpec
-from .plan import WorkUnit, read_plan
-from .runner import _new_run_id, check_model, execute_units, init_ray
-from .sources import InputRecord, read_source
+from .cluster import init_ray, new_run_id
+from .plan import read_plan
+from .runner import check_model, execute_units
+from .shards import committed_units
+from .spec import ArchivedRow, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.reencode")
 SOURCE_MODES = ("auto", "source", "bitstream")
-ROW_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "model_hash", "source_bytes",
-              "source_sha256")
 
 
 def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict, list[WorkUnit]]]:
@@ -43,7 +42,8 @@ def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict,
             job = json.loads((table.schema.metadata or {}).get(b"msinn.reencode", b"{}"))
             job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
             job["model"] = _local_file(job.get("model"))
-            units = [WorkUnit(r["unit_id"], "rows", tuple(r["rows"]), r["input_bytes"], archive)
+            units = [WorkUnit(r["unit_id"], "rows", (), r["input_bytes"], archive,
+                              tuple(ArchivedRow.from_json(x) for x in r["rows"]))
                      for r in table.to_pylist()]
             out.append((job["run_id"], job, units))
     return sorted(out, key=lambda t: t[0])
@@ -59,53 +59,12 @@ def _local_file(model: str | None) -> str | None:
 def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], options: dict | None) -> None:
     table = pa.table({
         "unit_id": [u.unit_id for u in units],
-        "rows": [list(u.uris) for u in units],
+        "rows": [[r.to_json() for r in u.rows] for u in units],
         "input_bytes": [u.input_bytes for u in units],
     }).replace_schema_metadata({"msinn.reencode": json.dumps(job, sort_keys=True)})
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(storage.join(archive, "_reencode", run_id, "plan.parquet"), buf.getvalue(), options)
-
-
-def read_rows(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:
-    """Inputs of a re-encode unit: the original image if readable, else the decoded bitstream."""
-    records = []
-    for raw in unit.uris:
-        row = json.loads(raw)
-        row["archive_root"] = unit.root  # bitstreams are read from this archive's shards only
-        mode = row["from"]
-        src_err = None
-        if mode in ("auto", "source"):
-            try:
-                data = read_source(row["source_uri"], options, key_column, image_column)
-                records.append(InputRecord(row["key"], row["source_uri"], data, encoded_from="source"))
-                continue
-            except Exception as exc:  # the original may be gone: fall back when allowed
-                src_err = f"{type(exc).__name__}: {exc}"
-        if mode in ("auto", "bitstream") and row.get("tar_uri") and row["status"] == "ok":
-            try:
-                records.append(_from_bitstream(row, options))
-                continue
-            except Exception as exc:
-                records.append(InputRecord(row["key"], row["source_uri"], None,
-                                           f"bitstream unreadable: {type(exc).__name__}: {exc}"))
-                continue
-        why = f"source unreadable ({src_err})" if src_err else "no bitstream to decode"
-        records.append(InputRecord(row["key"], row["source_uri"], None, f"no input: {why}"))
-    return records
-
-
-def _from_bitstream(row: dict, options: dict | None) -> InputRecord:
-    from msinn.codec import decode_image
-
-    from .bitstreams import model_for_row, read_member
-
-    model = model_for_row(row, row.get("decode_model"), "cpu")
-    decoded = decode_image(read_member(row, options), model, row["key"])
-    buf = io.BytesIO()
-    decoded.to_pil().save(buf, format="PNG")
-    return InputRecord(row["key"], row["source_uri"], buf.getvalue(), encoded_from="bitstream",
-                       original_bytes=row.get("source_bytes"), original_sha256=row.get("source_sha256"))
 
 
 def run_reencode(
@@ -140,8 +99,6 @@ def run_reencode(
     unfinished = None
     for run_id, pjob, units in resume:
         spec = _spec(archive, pjob, base_job, options, run_id, device)
-        from .runner import committed_units
-
         if committed_units(spec, units) != {u.unit_id for u in units}:
             unfinished = (run_id, units)
             break
@@ -152,23 +109,19 @@ def run_reencode(
         rows = select(connect(archive, options), where)
         if not rows:
             return {"run_id": None, "selected": 0, "note": "nothing selected: no-op"}
-        run_id = _new_run_id()
+        run_id = new_run_id()
         units = []
         for i in range(0, len(rows), rows_per_shard):
             chunk = rows[i : i + rows_per_shard]
-            payload = tuple(
-                json.dumps({**{k: r.get(k) for k in ROW_FIELDS}, "from": source_mode, "decode_model": decode_model},
-                           default=str)
-                for r in chunk
-            )
-            units.append(WorkUnit(f"{run_id}-{len(units):06d}", "rows", payload,
-                                  sum(int(r.get("source_bytes") or 0) for r in chunk), archive))
+            archived = tuple(ArchivedRow.from_manifest(r, source_mode, decode_model) for r in chunk)
+            units.append(WorkUnit(f"{run_id}-{len(units):06d}", "rows", (), sum(int(r.source_bytes or 0)
+                                  for r in archived), archive, archived))
         _write_plan(archive, run_id, {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()},
                     units, options)
     spec = _spec(archive, job, base_job, options, run_id, device)
     init_ray()
     stats = execute_units(spec, units, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
-    summary = {"run_id": run_id, "selected": sum(len(u.uris) for u in units), "shards": len(units),
+    summary = {"run_id": run_id, "selected": sum(len(u.rows) for u in units), "shards": len(units),
                "images_this_run": stats["processed"], "shards_failed": stats["failed"],
                "wall_seconds": round(time.time() - t0, 3)}
     storage.write_bytes(storage.join(archive, "_runs", f"{run_id}.json"), json.dumps(summary).encode(), options)

@@ -71,7 +71,7 @@ def run_decode_jobs(
 ) -> list[dict]:
     import ray
 
-    from .runner import init_ray
+    from .cluster import init_ray
 
     init_ray()
     opts: dict[str, Any] = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}

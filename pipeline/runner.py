@@ -14,51 +14,19 @@ import math
 import os
 import sys
 import time
-import uuid
-from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from . import storage
-from .encoder import JobSpec, UnitEncoder, manifest_uri
-from .plan import WorkUnit, build_plan, read_plan, write_plan
+from .cluster import init_ray, new_run_id
+from .encoder import UnitEncoder
+from .plan import build_plan, read_plan, write_plan
+from .shards import committed_units
 from .sources import read_unit
+from .spec import JobError, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline")
-
-RAY_ENV_DEFAULTS = {
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep local clusters on 127.0.0.1
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray kills idle workers beyond one per CPU after 1 s. A read task per shard then starts a
-    # fresh worker process each time (seconds of CPU taken from the encoder on a small machine);
-    # kept for a minute, one reader process serves the whole job.
-    "RAY_idle_worker_killing_time_threshold_ms": "60000",
-}
-
-
-class JobError(RuntimeError):
-    """The job cannot run as asked (conflicting plan, no inputs, no workers)."""
-
-
-def init_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster named by RAY_ADDRESS (as under ``ray job submit``) or start a local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    for k, v in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-
-
-def _new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def canonical_spec(spec: JobSpec) -> JobSpec:
@@ -99,17 +67,10 @@ def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
             diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
             raise JobError(f"{spec.output} already holds a plan for another job (planned vs asked: {diff})")
         return spec, units
-    spec = replace(spec, run_id=spec.run_id or _new_run_id())
+    spec = replace(spec, run_id=spec.run_id or new_run_id())
     units = build_plan(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes)
     write_plan(spec.output, units, spec.job_dict(), spec.output_options)
     return spec, units
-
-
-def committed_units(spec: JobSpec, units: list[WorkUnit]) -> set[str]:
-    """Units whose manifest shard exists: done by an earlier run."""
-    listing = storage.list_files(storage.join(spec.output, "manifest"), spec.output_options)
-    names = {u.rsplit("/", 1)[-1] for u in listing}
-    return {u.unit_id for u in units if f"{u.shard_name}.parquet" in names}
 
 
 def pool_size(spec: JobSpec, actors: int | None, resources: dict | None) -> int:
@@ -174,25 +135,21 @@ class Progress:
 
 
 def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int, failed: list[str]) -> dict[str, Any]:
-    """Totals over every committed shard of the archive, plus this run's speed."""
-    import pyarrow as pa
-
+    """Totals over every row this run's plan has committed (read back through DuckDB), plus this run's speed."""
+    from .archive import connect_tables
     from .manifest import from_parquet
+    from .shards import manifest_uri
+    from .stats import run_stats
 
     committed = committed_units(spec, units)  # one listing instead of a stat per shard
-    tables = [
-        from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options))
-        for u in units
-        if u.unit_id in committed
-    ]
-    t = pa.concat_tables(tables) if tables else None
-    rows = t.to_pylist() if t is not None else []
-    ok = [r for r in rows if r["status"] == "ok"]
-    psnrs = [r["psnr"] for r in ok if r["psnr"] is not None]
+    tables = [from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options))
+              for u in units if u.unit_id in committed]
+    s = run_stats(connect_tables(tables), spec.run_id) if tables else {
+        "images": 0, "ok": 0, "errors": 0, "errors_by_cause": {}, "bytes_in": 0, "bytes_out": 0, "mean_bpp": None,
+        "mean_psnr": None, "target_met": 0, "duplicate_keys": [], "models": []}
     # keys read from different shards (two tars with a member of one name): both rows stay, both
     # say where they came from, and the run says so loudly: the current view shows only the later
-    shared = Counter(r["key"] for r in ok)
-    duplicates = sorted(k for k, n in shared.items() if n > 1)
+    duplicates = s["duplicate_keys"]
     if duplicates:
         log.warning("%d key(s) were archived from more than one input shard, e.g. %s", len(duplicates),
                     ", ".join(duplicates[:5]))
@@ -200,19 +157,12 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
         "run_id": spec.run_id,
         "output": spec.output,
         "target": {"kind": spec.target_kind, "value": spec.target_value},
-        "model": ok[0]["model"] if ok else spec.model,
+        "model": s["models"][0] if len(s["models"]) == 1 else spec.model,  # the name rows record
         "shards": len(units),
-        "shards_committed": len(tables),
+        "shards_committed": len(committed),
         "shards_failed": failed,
-        "images": len(rows),
-        "ok": len(ok),
-        "errors": len(rows) - len(ok),
-        "errors_by_cause": dict(Counter(r["error"].split(":", 1)[0] for r in rows if r["status"] == "error")),
-        "bytes_in": sum(r["source_bytes"] or 0 for r in rows),
-        "bytes_out": sum(r["bytes"] for r in ok),
-        "mean_bpp": sum(r["bpp"] for r in ok) / len(ok) if ok else None,
-        "mean_psnr": sum(psnrs) / len(psnrs) if psnrs else None,
-        "target_met": sum(1 for r in ok if r["target_met"]),
+        **{k: s[k] for k in ("images", "ok", "errors", "errors_by_cause", "bytes_in", "bytes_out", "mean_bpp",
+                             "mean_psnr", "target_met")},
         "duplicate_keys": {"count": len(duplicates), "examples": duplicates[:10]},
         "wall_seconds": round(wall, 3),
         "images_this_run": processed,

@@ -23,14 +23,19 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .reencode import gc_shards, run_reencode
 from .storage import storage_options_from_env
 
 REQUIRED = ("archive", "target")
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
-    spec = tomllib.loads(Path(path).read_text())
+    """The spec as a dict, or a ValueError naming the file and what is wrong with it."""
+    try:
+        spec = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc.strerror or exc})") from None
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing {missing}")
@@ -41,6 +46,8 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def run_scheduled(path: str | Path) -> dict[str, Any]:
+    from .reencode import gc_shards, run_reencode  # after the spec is read: a bad spec fails without torch
+
     spec = load_spec(path)
     opts = storage_options_from_env(spec["archive"], spec.get("storage_options"))
     summary = run_reencode(

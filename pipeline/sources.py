@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
-from .plan import WorkUnit, file_key
+from .plan import file_key
+from .spec import ArchivedRow, WorkUnit
 
 
 @dataclass
@@ -70,9 +71,15 @@ def safe_key(key: str) -> str | None:
     return key
 
 
-def _strip_ext(name: str) -> str:
-    base, dot, ext = name.rpartition(".")
-    return base if dot and "/" not in ext else name
+def webdataset_key(member: str) -> str:
+    """A tar member's sample key by the webdataset convention: its folder and its basename up to the first dot.
+
+    ``a/b.c.png`` and ``a/b.c.json`` are fields ``c.png`` and ``c.json`` of sample ``a/b``.
+    A member whose basename starts with a dot keeps its whole name.
+    """
+    folder, _, base = member.rpartition("/")
+    stem = base.split(".", 1)[0] or base
+    return f"{folder}/{stem}" if folder else stem
 
 
 def _relative(uri: str, root: str) -> str:
@@ -103,7 +110,7 @@ def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
     for m in members:
         if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
             continue
-        key = _strip_ext(m.name)
+        key = webdataset_key(m.name)
         src = f"{uri}#{m.name}"
         try:
             f = tf.extractfile(m)
@@ -181,9 +188,7 @@ def read_unit(
 ):
     """All records of a unit, each either with bytes or with an error."""
     if unit.kind == "rows":
-        from .reencode import read_rows
-
-        return read_rows(unit, options, key_column, image_column)  # re-encodes carry no per-image targets
+        return read_archived(unit, options, key_column, image_column)  # re-encodes carry no per-image targets
     if unit.kind == "files":
         records = list(read_files(unit, options))
     elif unit.kind == "tar":
@@ -215,3 +220,43 @@ def read_unit(
                 r.key = f"{key}~dup{n}"
                 taken.add(r.key)
     return records
+
+
+def read_archived(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:
+    """Inputs of a re-encode unit: the original image if readable (and asked for), else the decoded bitstream."""
+    return [_read_archived_row(row, unit.root, options, key_column, image_column) for row in unit.rows]
+
+
+def _read_archived_row(
+    row: ArchivedRow, archive: str, options: dict | None, key_column: str, image_column: str
+) -> InputRecord:
+    src_err = None
+    if row.source_mode in ("auto", "source") and row.source_uri:
+        try:
+            data = read_source(row.source_uri, options, key_column, image_column)
+            return InputRecord(row.key, row.source_uri, data, encoded_from="source")
+        except Exception as exc:  # the original may be gone: fall back when allowed
+            src_err = f"{type(exc).__name__}: {exc}"
+    if row.source_mode in ("auto", "bitstream") and row.tar_uri and row.status == "ok":
+        try:
+            return _decoded_bitstream(row, archive, options)
+        except Exception as exc:
+            why = f"bitstream unreadable: {type(exc).__name__}: {exc}"
+            return InputRecord(row.key, row.source_uri or "", None, why)
+    why = f"source unreadable ({src_err})" if src_err else "no bitstream to decode"
+    return InputRecord(row.key, row.source_uri or "", None, f"no input: {why}")
+
+
+def _decoded_bitstream(row: ArchivedRow, archive: str, options: dict | None) -> InputRecord:
+    """The archived image as a PNG, decoded from its bitstream in this archive's shards."""
+    from msinn.codec import decode_image
+
+    from .bitstreams import model_for_row, read_member
+
+    as_row = row.manifest_row(archive)
+    model = model_for_row(as_row, list(row.decode_model) or None, "cpu")
+    decoded = decode_image(read_member(as_row, options), model, row.key)
+    buf = io.BytesIO()
+    decoded.to_pil().save(buf, format="PNG")
+    return InputRecord(row.key, row.source_uri or "", buf.getvalue(), encoded_from="bitstream",
+                       original_bytes=row.source_bytes, original_sha256=row.source_sha256)

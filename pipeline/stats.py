@@ -1,4 +1,8 @@
-"""Size and quality statistics of an archive's current view, computed in DuckDB."""
+"""Size and quality statistics, computed in DuckDB: the one statistics path.
+
+The ``stats`` command, the plots and every run's summary read the manifest
+through these queries, so an error cause or a mean is derived one way only.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,14 @@ SELECT
     quantile_cont(psnr, 0.05) FILTER (WHERE status = 'ok') AS psnr_p5,
     quantile_cont(psnr, 0.50) FILTER (WHERE status = 'ok') AS psnr_p50,
     quantile_cont(psnr, 0.95) FILTER (WHERE status = 'ok') AS psnr_p95,
-    avg(CASE WHEN target_met THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'ok') AS target_met_share
-FROM manifest
+    avg(CASE WHEN target_met THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'ok') AS target_met_share,
+    count(*) FILTER (WHERE status = 'ok' AND target_met) AS target_met
+FROM {rows}
+"""
+
+CAUSES_SQL = """
+SELECT trim(split_part(error, ':', 1)) AS cause, count(*) AS n FROM {rows} WHERE status <> 'ok'
+GROUP BY cause ORDER BY n DESC, cause
 """
 
 GROUP_SQL = """
@@ -36,23 +46,38 @@ FROM manifest GROUP BY {col} ORDER BY {col}
 """
 
 
-def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-def archive_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
-    s = _rows(con, SUMMARY_SQL)[0]
+def totals(con: duckdb.DuckDBPyConnection, rows: str = "manifest", params: list | None = None) -> dict[str, Any]:
+    """Counts, bytes, means and quantiles, and errors by cause, over ``rows`` (a view or a subquery)."""
+    s = _rows(con, SUMMARY_SQL.format(rows=rows), params)[0]
     s["compression_ratio"] = s["bytes_in"] / s["bytes_out"] if s["bytes_out"] else None
-    causes = _rows(
-        con,
-        "SELECT split_part(error, ':', 1) AS cause, count(*) AS n FROM manifest WHERE status <> 'ok' "
-        "GROUP BY cause ORDER BY n DESC, cause",
-    )
-    s["errors_by_cause"] = {r["cause"]: r["n"] for r in causes}
+    s["errors_by_cause"] = {r["cause"]: r["n"] for r in _rows(con, CAUSES_SQL.format(rows=rows), params)}
+    return s
+
+
+def archive_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """The archive's current view, with per-model and per-run breakdowns."""
+    s = totals(con)
     s["per_model"] = _rows(con, GROUP_SQL.format(col="model"))
     s["per_run"] = _rows(con, GROUP_SQL.format(col="run_id"))
+    return s
+
+
+def run_stats(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+    """Every row one run wrote, and the keys it archived from more than one input shard."""
+    rows = "(SELECT * FROM all_rows WHERE run_id = ?)"
+    s = totals(con, rows, [run_id])
+    dup = con.execute("SELECT key FROM all_rows WHERE run_id = ? AND status = 'ok' GROUP BY key "
+                      "HAVING count(*) > 1 ORDER BY key", [run_id]).fetchall()
+    s["duplicate_keys"] = [r[0] for r in dup]
+    models = con.execute("SELECT DISTINCT model FROM all_rows WHERE run_id = ? AND status = 'ok' ORDER BY model",
+                         [run_id]).fetchall()
+    s["models"] = [r[0] for r in models]
     return s
 
 

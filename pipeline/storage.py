@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import fsspec
 
+from msinn.imageio import full_uri, is_local
+
 log = logging.getLogger("pipeline.storage")
 T = TypeVar("T")
 
@@ -168,11 +170,10 @@ def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
     goes to a temporary name first and is renamed into place.
     """
     fs, path = filesystem(uri, options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
     def put() -> None:
         parent = path.rsplit("/", 1)[0]
-        if protocol in ("file", "local"):
+        if is_local(fs):
             fs.makedirs(parent, exist_ok=True)
             tmp = f"{path}.tmp-{uuid.uuid4().hex}"
             with fs.open(tmp, "wb") as f:
@@ -198,23 +199,19 @@ def list_files(uri: str, options: dict | None = None) -> list[str]:
         found = [path]
     else:
         found = with_retries(lambda: fs.find(path), f"list {uri}")
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    if protocol in ("file", "local"):
-        return sorted(found)
-    return sorted(f"{protocol}://{p}" for p in found)
+    return sorted(full_uri(fs, p) for p in found)
 
 
 def file_sizes(uri: str, options: dict | None = None) -> dict[str, int]:
     """Sizes of every file under a prefix, from one listing call (no per-object requests)."""
     fs, path = filesystem(uri, options)
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     if with_retries(lambda: fs.isfile(path), f"stat {uri}"):
         info = with_retries(lambda: fs.info(path), f"stat {uri}")
         items = {path: info}
     else:
         items = with_retries(lambda: fs.find(path, detail=True), f"list {uri}")
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
-    return {prefix + p: int(i.get("size") or 0) for p, i in sorted(items.items()) if i.get("type", "file") == "file"}
+    return {full_uri(fs, p): int(i.get("size") or 0) for p, i in sorted(items.items())
+            if i.get("type", "file") == "file"}
 
 
 def delete(uri: str, options: dict | None = None) -> None:

@@ -3,4 +3,4 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
 ruff check msinn pipeline jobs tests bench scripts
-python -m pytest -q "$@"
+python -m pytest -q --durations=15 "$@"

@@ -6,11 +6,24 @@ import importlib.util
 import json
 from pathlib import Path
 
+import faults
 import pytest
 import torch
 from pipeline_helpers import free_port
 
-from pipeline.runner import RAY_ENV_DEFAULTS as RAY_ENV
+from pipeline.cluster import RAY_ENV_DEFAULTS as RAY_ENV
+
+faults.register()  # flaky:// in the test process; local_ray registers it in Ray's workers
+
+# Tests that start Ray clusters, train, or submit jobs are `slow`: `pytest -m "not slow"` is the quick loop.
+# Every test that uses a Ray-cluster fixture is marked here; others are marked where they are written.
+SLOW_FIXTURES = {"local_ray", "ray_2cpu"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -168,6 +181,10 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the flaky:// test file system lives here, not in the shipped package: workers register it at start
+    tests = str(Path(__file__).resolve().parent)
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "faults.register"})
     yield ray
     ray.shutdown()

@@ -14,8 +14,8 @@ from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest
 import msinn
 from msinn.codec import decode_image
 from pipeline.cli import main
-from pipeline.encoder import JobSpec
 from pipeline.runner import run_job
+from pipeline.spec import JobSpec
 from pipeline.storage import storage_options_from_env
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -92,7 +91,6 @@ def test_help():
     assert main(["--help"]) == 0
     with pytest.raises(SystemExit):
         main(["encode", "--help"])
-    assert io  # keep import for symmetry with other tests
 
 
 def test_a_file_cannot_make_the_decoder_open_or_fetch_a_model(tmp_path, png_path, model_path, capsys):
@@ -112,3 +110,32 @@ def test_a_file_cannot_make_the_decoder_open_or_fetch_a_model(tmp_path, png_path
         assert not (tmp_path / "o.png").exists()
     # the user's --model is the way to name other weights
     assert main(["decode", str(forged), str(tmp_path / "o.png"), "--model", model_path]) == 0
+
+
+def test_msinn_pipeline_help_lists_every_command_and_each_has_its_own(capsys):
+    from pipeline.cli import COMMANDS
+    from pipeline.cli import main as pipeline_main
+
+    assert pipeline_main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in COMMANDS) and "exit codes" in out
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            pipeline_main([name, "--help"])
+        assert exc.value.code == 0 and f"msinn-pipeline {name}" in capsys.readouterr().out
+    assert pipeline_main(["no-such-command"]) == 2 and "invalid choice" in capsys.readouterr().err
+    assert pipeline_main([]) == 2
+
+
+@pytest.mark.parametrize("content, why", [(None, "cannot read"), ("x = [", "not valid TOML"),
+                                          ('archive = "a"', "missing ['target']"),
+                                          ('archive = "a"\n[target]\nkind = "fast"\nvalue = 1', "[target] needs")])
+def test_a_bad_scheduled_spec_is_one_line_and_exit_code_2(tmp_path, capsys, content, why):
+    from pipeline.cli import main as pipeline_main
+
+    spec = tmp_path / "spec.toml"
+    if content is not None:
+        spec.write_text(content)
+    assert pipeline_main(["scheduled", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert why in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

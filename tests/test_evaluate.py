@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import msinn
-from msinn import evaluate, imageio
+from msinn import bdrate, classical, eval_cli, evaluate, imageio, metrics
 
 KODIM23 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kodak" / "kodim23.png"
 
@@ -21,14 +21,14 @@ PSNRS = [28.1, 30.2, 32.0, 34.1, 36.3, 38.2]
 
 # ---------------------------------------------------------------------------------------------- BD-rate
 def test_bd_rate_identical_curves_is_zero():
-    assert evaluate.bd_rate(RATES, PSNRS, RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
+    assert bdrate.bd_rate(RATES, PSNRS, RATES, PSNRS) == pytest.approx(0.0, abs=1e-9)
 
 
 def test_bd_rate_scaled_rates():
     cheaper = [0.8 * r for r in RATES]
-    assert evaluate.bd_rate(RATES, PSNRS, cheaper, PSNRS) == pytest.approx(-20.0, abs=0.5)
+    assert bdrate.bd_rate(RATES, PSNRS, cheaper, PSNRS) == pytest.approx(-20.0, abs=0.5)
     # Swapping anchor and test inverts the ratio: 1/0.8 - 1 = +25 %.
-    assert evaluate.bd_rate(cheaper, PSNRS, RATES, PSNRS) == pytest.approx(25.0, abs=0.5)
+    assert bdrate.bd_rate(cheaper, PSNRS, RATES, PSNRS) == pytest.approx(25.0, abs=0.5)
 
 
 def test_bd_rate_partial_overlap_and_order_independence():
@@ -37,28 +37,15 @@ def test_bd_rate_partial_overlap_and_order_independence():
     anchor_rate = [0.01 * math.exp(0.15 * p) for p in PSNRS]
     test_psnr = [37.0, 31.0, 33.5, 39.0]
     test_rate = [0.5 * 0.01 * math.exp(0.15 * p) for p in test_psnr]
-    assert evaluate.bd_rate(anchor_rate, PSNRS, test_rate, test_psnr) == pytest.approx(-50.0, abs=1e-6)
+    assert bdrate.bd_rate(anchor_rate, PSNRS, test_rate, test_psnr) == pytest.approx(-50.0, abs=1e-6)
 
 
 def test_bd_rate_without_overlap_is_none():
-    value, reason = evaluate.bd_rate_with_reason(RATES, PSNRS, RATES, [p + 20 for p in PSNRS])
+    value, reason = bdrate.bd_rate_with_reason(RATES, PSNRS, RATES, [p + 20 for p in PSNRS])
     assert value is None
     assert "overlap" in reason
-    assert evaluate.bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS]) is None
-    assert evaluate.bd_rate(RATES, PSNRS, [0.5], [30.0]) is None  # one point is no curve
-
-
-def test_numpy_pchip_matches_scipy():
-    interpolate = pytest.importorskip("scipy.interpolate")
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        x = np.unique(rng.uniform(20, 45, int(rng.integers(2, 9))))
-        if len(x) < 2:
-            continue
-        y = rng.normal(size=len(x)).cumsum()
-        lo, hi = sorted(rng.uniform(x[0], x[-1], 2))
-        expected = interpolate.PchipInterpolator(x, y).integrate(lo, hi)
-        assert evaluate._pchip_integral(x, y, lo, hi) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert bdrate.bd_rate(RATES, PSNRS, RATES, [p + 20 for p in PSNRS]) is None
+    assert bdrate.bd_rate(RATES, PSNRS, [0.5], [30.0]) is None  # one point is no curve
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -67,12 +54,12 @@ def test_metrics():
     a = rng.integers(0, 256, (176, 168, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) + rng.integers(-3, 4, a.shape), 0, 255).astype(np.uint8)
     mse = np.mean((a.astype(float) - b) ** 2)
-    assert evaluate.psnr_rgb(a, b) == pytest.approx(10 * math.log10(255**2 / mse))
-    assert evaluate.psnr_rgb(a, a) == math.inf
-    s = evaluate.ms_ssim_rgb(a, b)
+    assert metrics.psnr_uint8(a, b) == pytest.approx(10 * math.log10(255**2 / mse))
+    assert metrics.psnr_uint8(a, a) == math.inf
+    s = metrics.ms_ssim_uint8(a, b)
     assert s is not None and 0.5 < s < 1.0
-    assert evaluate.ms_ssim_rgb(a, a) == pytest.approx(1.0, abs=1e-5)
-    assert evaluate.ms_ssim_rgb(a[:160], b[:160]) is None  # too small for five scales
+    assert metrics.ms_ssim_uint8(a, a) == pytest.approx(1.0, abs=1e-5)
+    assert metrics.ms_ssim_uint8(a[:160], b[:160]) is None  # too small for five scales
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -116,7 +103,7 @@ def test_code_image_pads_and_crops(tiny_model):
 def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, capsys):
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
     argv = [str(kodak_crops), "--model", checkpoint, "--qps", "0,3", "--codecs", "jpeg,webp"]
-    rc = evaluate.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
+    rc = eval_cli.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
     assert rc == 0
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"model", "points", "per_image", "codecs", "bd_rate"}
@@ -139,7 +126,7 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     assert doc["points"][0]["bpp"] == pytest.approx(mean_bpp)
     assert set(doc["codecs"]) == {"jpeg", "webp"}
     for name, pts in doc["codecs"].items():
-        assert [p["quality"] for p in pts] == list(evaluate.CODEC_QUALITIES[name])
+        assert [p["quality"] for p in pts] == list(classical.CODEC_QUALITIES[name])
         assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim"} and math.isfinite(p["psnr"]) for p in pts)
         assert pts[-1]["bpp"] > pts[0]["bpp"]
     assert set(doc["bd_rate"]) == {"jpeg", "webp"}
@@ -153,7 +140,7 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
 def test_eval_skips_corrupt_image(small_dir: Path, checkpoint: str, tmp_path: Path, capsys):
     (small_dir / "0_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not really a png")
     out_json = tmp_path / "out.json"
-    rc = evaluate.main([str(small_dir), "--model", checkpoint, "--qps", "1", "--json", str(out_json)])
+    rc = eval_cli.main([str(small_dir), "--model", checkpoint, "--qps", "1", "--json", str(out_json)])
     assert rc == 0
     captured = capsys.readouterr()
     assert "0_corrupt.png" in captured.err and "skipped" in captured.err
@@ -187,7 +174,7 @@ def test_limit_counts_readable_images_and_coder_is_swappable(small_dir: Path, ti
 
 def test_eval_usage_errors(tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exc:
-        evaluate.main([str(tmp_path), "--codecs", "jpeg,bmpx"])
+        eval_cli.main([str(tmp_path), "--codecs", "jpeg,bmpx"])
     assert exc.value.code == 2
     assert "bmpx" in capsys.readouterr().err
-    assert evaluate.main([str(tmp_path / "missing"), "--model", str(tmp_path / "none.pt")]) == 1
+    assert eval_cli.main([str(tmp_path / "missing"), "--model", str(tmp_path / "none.pt")]) == 1

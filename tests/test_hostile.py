@@ -26,8 +26,8 @@ import msinn
 from msinn.codec import decode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
 from msinn.errors import BitstreamError
-from pipeline.encoder import JobSpec
-from pipeline.runner import JobError, run_job
+from pipeline.runner import run_job
+from pipeline.spec import JobError, JobSpec
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 

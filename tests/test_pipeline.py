@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, verify_archive
 
-from pipeline.encoder import JobSpec
+from pipeline.cluster import RAY_ENV_DEFAULTS
 from pipeline.manifest import COLUMNS
-from pipeline.runner import RAY_ENV_DEFAULTS, JobError, run_job
+from pipeline.runner import run_job
+from pipeline.spec import JobError, JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = ["key", "status", "error", "source_uri", "width", "height", "bytes", "bpp", "psnr", "qp", "tar_uri",
@@ -47,9 +48,10 @@ def test_manifest_schema_has_the_fixed_columns():
 
 def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tiny_checkpoint, monkeypatch):
     """The actor's two-stage loop (network on one thread, rANS and packing on another) changes nothing."""
-    from pipeline.encoder import UnitEncoder, build_tar
-    from pipeline.plan import WorkUnit
+    from pipeline.encoder import UnitEncoder
+    from pipeline.shards import build_tar
     from pipeline.sources import InputRecord
+    from pipeline.spec import WorkUnit
 
     enc = UnitEncoder(tiny_checkpoint, overlap=True)  # the default on a GPU
     records = [InputRecord(f"k{i}", f"mem://k{i}.png", png_bytes(i, 64 + 16 * i, 64)) for i in range(5)]
@@ -65,16 +67,16 @@ def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tin
 
     monkeypatch.setattr(UnitEncoder, "finish_record", staticmethod(spy))
     summary = enc.process(unit, records, spec)
-    assert summary["ok"] == 5 and summary["errors"] == 1
+    assert summary["images"] == 6 and summary["errors"] == 1
     assert coder_threads and all(name.startswith("entropy-coder") for name in coder_threads)
     rows = pq.read_table(tmp_path / "out" / "manifest" / "part-00000.parquet").to_pylist()
     assert [r["key"] for r in rows] == [r.key for r in records]
     one_at_a_time = [enc.encode_record(r, spec, unit) for r in records]
-    blob, _ = build_tar([(f"{row['key']}.msinn", data) for row, data in one_at_a_time if data is not None])
+    blob, _ = build_tar([(f"{row.key}.msinn", data) for row, data in one_at_a_time if data is not None])
     assert (tmp_path / "out" / "bitstreams" / "part-00000.tar").read_bytes() == blob
     for got, (want, _) in zip(rows, one_at_a_time):
         assert (got["status"], got["bytes"], got["qp"], got["error"]) == (
-            want["status"], want.get("bytes"), want.get("qp"), want["error"])
+            want.status, want.bytes, want.qp, want.error)
 
 
 def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_checkpoint):
@@ -260,8 +262,9 @@ def test_canonical_uris(tmp_path, monkeypatch):
 
 def test_duplicate_keys_get_error_rows_never_another_image(tmp_path, local_ray, tiny_checkpoint):
     """Two tar members named dup.png, a.png beside a.jpg, two Parquet rows with one key: none archived."""
-    from pipeline.plan import WorkUnit, build_plan
+    from pipeline.plan import build_plan
     from pipeline.sources import read_unit
+    from pipeline.spec import WorkUnit
 
     src = tmp_path / "tars"
     src.mkdir()
@@ -293,3 +296,28 @@ def test_duplicate_keys_get_error_rows_never_another_image(tmp_path, local_ray, 
                    tmp_path / "p.parquet")
     recs = read_unit(WorkUnit("000000", "parquet", (str(tmp_path / "p.parquet"),), 1, str(tmp_path)), None)
     assert [(r.key, r.data is None) for r in recs] == [("k", True), ("k~dup2", True), ("j", False)]
+
+
+def test_webdataset_keys_are_the_basename_up_to_its_first_dot(tmp_path):
+    """``a.b.png`` and ``a.b.json`` are one sample ``a``; two image fields of one sample archive neither."""
+    import io
+    import tarfile
+
+    from pipeline.sources import read_unit, webdataset_key
+    from pipeline.spec import WorkUnit
+
+    assert webdataset_key("d/a.b.png") == "d/a" and webdataset_key("x.png") == "x"
+    assert webdataset_key("v1.2/img.tar.png") == "v1.2/img"  # dots in folders are not the key's business
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("d/a.b.png", png_bytes(1)), ("d/a.b.json", b"{}"), ("c.d.e.png", png_bytes(2)),
+                           ("g.jpg", png_bytes(3)), ("g.seg.png", png_bytes(4))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (tmp_path / "s.tar").write_bytes(buf.getvalue())
+    recs = {r.key: r for r in read_unit(WorkUnit("000000", "tar", (str(tmp_path / "s.tar"),), 1, str(tmp_path)),
+                                        None)}
+    assert recs["d/a"].data == png_bytes(1) and recs["d/a"].source_uri.endswith("s.tar#d/a.b.png")
+    assert recs["c"].data == png_bytes(2)
+    assert recs["g"].data is None and "duplicate key 'g'" in recs["g"].error and recs["g~dup2"].data is None

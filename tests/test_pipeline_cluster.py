@@ -14,9 +14,9 @@ import pytest
 import yaml
 from pipeline_helpers import free_port, png_bytes, verify_archive
 
-from pipeline.encoder import JobSpec
-from pipeline.runner import RAY_ENV_DEFAULTS as RAY_ENV
+from pipeline.cluster import RAY_ENV_DEFAULTS as RAY_ENV
 from pipeline.runner import run_job
+from pipeline.spec import JobSpec
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +28,7 @@ def _inputs(root: Path, n: int) -> set[str]:
     return {f"im{i}" for i in range(n)}
 
 
+@pytest.mark.slow
 def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
     os.environ.update(RAY_ENV)
     import ray
@@ -53,6 +54,7 @@ def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
         cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     import ray
 

@@ -264,10 +264,10 @@ def test_every_bound_of_the_bundled_model_is_proved(model):
 def _crops(n: int = 3) -> list[torch.Tensor]:
     from PIL import Image
 
-    from msinn.codec import _pad64
+    from msinn.pixels import to_padded_tensor
 
     img = np.asarray(Image.open(REPO / "samples" / "kodim23.png").convert("RGB"))
-    return [_pad64(img[64 * i : 64 * i + 128, 96 * i : 96 * i + 128], torch.device("cpu")) for i in range(n)]
+    return [to_padded_tensor(img[64 * i : 64 * i + 128, 96 * i : 96 * i + 128], torch.device("cpu")) for i in range(n)]
 
 
 def test_conversion_of_the_released_configuration_is_exact_and_saves(recipe_models, tmp_path):

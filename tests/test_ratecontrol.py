@@ -100,11 +100,11 @@ def test_search_on_a_synthetic_curve():
 
 def test_code_length_is_the_rans_stream_length(tiny_model, image_bytes):
     """The size the search relies on equals what the coder writes, escapes (bypass codes) included."""
-    from msinn.codec import _pad64
     from msinn.images import open_image
+    from msinn.pixels import to_padded_tensor
 
     img = open_image(image_bytes, "noise.png")
-    latents = tiny_model.analyze(_pad64(img.rgb, tiny_model.gain.device))
+    latents = tiny_model.analyze(to_padded_tensor(img.rgb, tiny_model.gain.device))
     for qp in (0, 0.5, 1.75, 3):
         enc = tiny_model.encode_latents(latents, qp, code=False)
         predicted = enc.code_length()

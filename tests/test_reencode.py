@@ -13,10 +13,10 @@ from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest
 
 import msinn
 from pipeline.archive import connect, select
-from pipeline.encoder import JobSpec
 from pipeline.reencode import gc_shards, run_reencode
 from pipeline.runner import run_job
 from pipeline.scheduled import run_scheduled
+from pipeline.spec import JobSpec
 
 FS = fsspec.filesystem("file")
 

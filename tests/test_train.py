@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from msinn.config import MSINNConfig
+from msinn.raylocal import RAY_ENV_DEFAULTS
 from msinn.train import PAPER_LAMBDAS, Trainer, TrainSettings, load_images
-from pipeline.runner import RAY_ENV_DEFAULTS
 
 # Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
 os.environ.update(RAY_ENV_DEFAULTS)
@@ -74,6 +74,7 @@ def _history_steps(out: Path) -> list[int]:
     return [r["step"] for r in rows if "validation" not in r]
 
 
+@pytest.mark.slow
 def test_stop_and_resume_is_exact(tmp_path, images, straight):
     first = Trainer(_settings(tmp_path, steps=STEPS // 2), TINY, images=images)
     first.run()
@@ -91,6 +92,7 @@ class _Crash(Trainer):
         return super().train_step()
 
 
+@pytest.mark.slow
 def test_crash_between_checkpoints_resumes_from_last_checkpoint(tmp_path, images, straight):
     with pytest.raises(RuntimeError, match="simulated crash"):
         _Crash(_settings(tmp_path, checkpoint_every=2), TINY, images=images).run()
@@ -101,6 +103,7 @@ def test_crash_between_checkpoints_resumes_from_last_checkpoint(tmp_path, images
     assert _history_steps(tmp_path) == list(range(1, STEPS + 1))  # no duplicate rows for the replayed step
 
 
+@pytest.mark.slow
 def test_time_limit_saves_and_resumes_exactly(tmp_path, images, straight):
     t = Trainer(_settings(tmp_path), TINY, images=images)
     t.run(max_seconds=0)
@@ -156,6 +159,7 @@ def test_init_from_keeps_the_checkpoints_own_lambdas(tmp_path, images):
     assert t2.lambdas == given  # an explicit list still wins
 
 
+@pytest.mark.slow
 def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
     import msinn
     from msinn.train_cli import main

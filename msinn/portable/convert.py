@@ -514,8 +514,8 @@ def calibration_crops(folder: str | Path, size: int = 256, limit: int = 16) -> l
     Calibration sees the value ranges real photos produce; use photos like
     the ones you will code, and never your evaluation set.
     """
-    from ..codec import _pad64
     from ..images import open_image
+    from ..pixels import to_padded_tensor
 
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts)[:limit]
@@ -527,5 +527,5 @@ def calibration_crops(folder: str | Path, size: int = 256, limit: int = 16) -> l
         h, w = rgb.shape[:2]
         ch, cw = min(size, h), min(size, w)
         y0, x0 = (h - ch) // 2, (w - cw) // 2
-        crops.append(_pad64(rgb[y0 : y0 + ch, x0 : x0 + cw], torch.device("cpu")))
+        crops.append(to_padded_tensor(rgb[y0 : y0 + ch, x0 : x0 + cw], torch.device("cpu")))
     return crops

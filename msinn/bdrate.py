@@ -1,0 +1,64 @@
+"""Bjontegaard delta rate: two rate-distortion curves summarised as one number.
+
+Log-rate is interpolated as a function of PSNR with PCHIP (the
+shape-preserving interpolant of the current Bjontegaard recommendation,
+scipy's :class:`~scipy.interpolate.PchipInterpolator`) and integrated exactly
+over the PSNR interval both curves cover.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.interpolate import PchipInterpolator
+
+
+def _rd_curve(rate: Sequence[float], psnr: Sequence[float]) -> tuple[np.ndarray, np.ndarray] | str:
+    """(psnr, log rate) sorted by PSNR with usable points only, or why there is no curve."""
+    r = np.asarray(rate, dtype=np.float64)
+    p = np.asarray(psnr, dtype=np.float64)
+    if r.shape != p.shape or r.ndim != 1:
+        return "rate and PSNR lists differ in length"
+    ok = np.isfinite(r) & np.isfinite(p) & (r > 0)
+    r, p = r[ok], p[ok]
+    order = np.argsort(p, kind="stable")
+    p, lr = p[order], np.log(r[order])
+    uniq, inverse = np.unique(p, return_inverse=True)  # equal PSNRs: one knot at their mean log-rate
+    lr = np.bincount(inverse, weights=lr) / np.bincount(inverse)
+    if len(uniq) < 2:
+        return "fewer than 2 points with finite PSNR and positive rate"
+    return uniq, lr
+
+
+def bd_rate_with_reason(
+    rate_a: Sequence[float], psnr_a: Sequence[float], rate_b: Sequence[float], psnr_b: Sequence[float]
+) -> tuple[float | None, str | None]:
+    """:func:`bd_rate` and, when it is None, the reason (for tables and logs)."""
+    ca, cb = _rd_curve(rate_a, psnr_a), _rd_curve(rate_b, psnr_b)
+    if isinstance(ca, str):
+        return None, f"anchor curve: {ca}"
+    if isinstance(cb, str):
+        return None, f"test curve: {cb}"
+    (pa, la), (pb, lb) = ca, cb
+    lo, hi = max(pa[0], pb[0]), min(pa[-1], pb[-1])
+    if not hi > lo:
+        return None, (f"PSNR ranges do not overlap ({pa[0]:.2f}-{pa[-1]:.2f} dB vs {pb[0]:.2f}-{pb[-1]:.2f} dB)")
+    area_b = float(PchipInterpolator(pb, lb).integrate(lo, hi))
+    area_a = float(PchipInterpolator(pa, la).integrate(lo, hi))
+    return float((math.exp((area_b - area_a) / (hi - lo)) - 1) * 100), None
+
+
+def bd_rate(
+    rate_a: Sequence[float], psnr_a: Sequence[float], rate_b: Sequence[float], psnr_b: Sequence[float]
+) -> float | None:
+    """Bjontegaard delta rate of curve B against anchor curve A, in percent.
+
+    The average bitrate change B needs for the same quality as A, over the
+    PSNR interval both curves cover. Negative means B saves bits. Rates may
+    be in any unit (bpp, bytes) as long as both curves use the same one.
+    Returns None when either curve has fewer than two usable points or the
+    PSNR ranges do not overlap.
+    """
+    return bd_rate_with_reason(rate_a, psnr_a, rate_b, psnr_b)[0]

@@ -1,0 +1,129 @@
+"""``msinn eval DIR``: the command line of :mod:`msinn.evaluate`.
+
+Parses the options, checks which classical codecs this Pillow build has,
+loads the model(s), runs the evaluation and writes the table, JSON and plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .classical import CODEC_QUALITIES, codec_available
+from .evaluate import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, to_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PAPER_RD = REPO_ROOT.parent / "shared" / "reference" / "paper_rd.json"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msinn eval",
+        description="Rate-distortion evaluation with real coding, optionally against JPEG/WebP/AVIF.",
+    )
+    p.add_argument("dir", help="folder, file or fsspec URI of images")
+    p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write RD curves as a PNG")
+    p.add_argument("--codecs", default="", help=f"comma-separated classical codecs: {','.join(CODEC_QUALITIES)}")
+    p.add_argument("--qps", help="comma-separated rate parameters (default: every anchor)")
+    p.add_argument("--limit", type=int, help="evaluate at most N (readable) images")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument(
+        "--compare",
+        metavar="MODEL",
+        help="also code the images with MODEL and report the BD-rate and speed of --model against it "
+        "(e.g. a portable model against the float model it was converted from)",
+    )
+    p.add_argument(
+        "--paper-rd",
+        default=str(DEFAULT_PAPER_RD),
+        metavar="PATH",
+        help="JSON with the paper's Kodak RD points for the plot ('' to leave them out)",
+    )
+    return p
+
+
+def _parse_qps(text: str) -> list[int | float]:
+    out: list[int | float] = []
+    for part in text.split(","):
+        v = float(part.strip())
+        out.append(int(v) if v.is_integer() else v)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``msinn eval``; returns the exit status."""
+    p = _parser()
+    args = p.parse_args(argv)
+    codecs = [c.strip().lower() for c in args.codecs.split(",") if c.strip()]
+    unknown = [c for c in codecs if c not in CODEC_QUALITIES]
+    if unknown:
+        p.error(f"unknown codec(s) {unknown}; choose from {','.join(CODEC_QUALITIES)}")
+    if args.limit is not None and args.limit < 1:
+        p.error("--limit must be at least 1")
+    try:
+        qps_arg = _parse_qps(args.qps) if args.qps else None
+    except ValueError:
+        p.error(f"--qps must be comma-separated numbers, got {args.qps!r}")
+    available = []
+    for c in dict.fromkeys(codecs):
+        why = codec_available(c)
+        if why is None:
+            available.append(c)
+        else:
+            log_stderr(f"msinn eval: codec {c} is not available in this Pillow build ({why}); skipping it")
+
+    import msinn
+    import msinn.imageio as imageio
+
+    try:
+        uris = imageio.list_images(args.dir)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        log_stderr(f"msinn eval: error: {exc}")
+        return 1
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            log_stderr("msinn eval: error: --device cuda requested but CUDA is not available")
+            return 1
+    try:
+        model = msinn.load(args.model, args.device)
+    except (msinn.CheckpointError, FileNotFoundError) as exc:
+        log_stderr(f"msinn eval: error: cannot load model: {exc}")
+        return 1
+    qps = qps_arg if qps_arg is not None else list(range(model.anchor_num))
+    for qp in qps:
+        try:
+            model.check_qp(qp)
+        except (TypeError, ValueError) as exc:
+            p.error(str(exc))
+    name = getattr(model, "model_name", None) or str(args.model or "default")
+    log_stderr(f"msinn eval: {len(uris)} file(s), model {name}, qps {qps}, codecs {available or 'none'}")
+
+    result = evaluate(model, uris, qps, available, limit=args.limit)
+    if not result["per_image"]:
+        log_stderr(f"msinn eval: error: none of the {len(uris)} file(s) could be read")
+        return 1
+    if args.compare:
+        try:
+            other = msinn.load(args.compare, args.device)
+        except (msinn.CheckpointError, FileNotFoundError) as exc:
+            log_stderr(f"msinn eval: error: cannot load model to compare: {exc}")
+            return 1
+        other_name = getattr(other, "model_name", None) or str(args.compare)
+        log_stderr(f"msinn eval: comparing with {other_name}")
+        result["compare"] = compare(other_name, evaluate(other, uris, qps, (), limit=args.limit), result)
+    print(format_table(name, result))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(to_json(name, result), indent=1) + "\n")
+        log_stderr(f"msinn eval: wrote {args.json_out}")
+    if args.plot:
+        paper = load_paper_rd(args.paper_rd) if args.paper_rd else {}
+        if args.paper_rd and not paper and args.paper_rd != str(DEFAULT_PAPER_RD):
+            log_stderr(f"msinn eval: no paper RD points read from {args.paper_rd}")
+        plot_rd(args.plot, name, result, paper)
+        log_stderr(f"msinn eval: wrote {args.plot}")
+    return 0

@@ -1,0 +1,130 @@
+"""What a job is and what one unit of it holds: plain data, shared by the driver and every worker.
+
+``JobSpec`` is identical for every unit of a run. A ``WorkUnit`` is one
+shard of work: its inputs (loose files, one tar, one Parquet file, or rows of
+an archive to re-encode) and the output shard it becomes (``part-<id>``).
+Nothing here imports torch or Ray, so the command line can build jobs cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from msinn.ratecontrol import Target
+
+INPUT_KINDS = ("files", "tar", "parquet", "rows")  # "rows": a re-encode of archived images
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to process units; identical for every unit of a run."""
+
+    input: str
+    output: str
+    target_kind: str
+    target_value: float
+    model: str | None = None
+    input_options: dict = field(default_factory=dict)
+    output_options: dict = field(default_factory=dict)
+    input_kind: str = "auto"
+    key_column: str = "key"
+    image_column: str = "image"
+    target_column: str | None = None  # Parquet inputs: per-image target values of target_kind
+    shard_bytes: int = 256 << 20
+    max_pixels: int = 256 << 20
+    tile_pixels: int = 1 << 21
+    ms_ssim: bool = False
+    run_id: str = ""
+    device: str = "cpu"
+
+    @property
+    def target(self) -> Target:
+        return self.target_for(None)
+
+    def target_for(self, value: float | None) -> Target:
+        """The job's target, or the same kind with an image's own value."""
+        v = self.target_value if value is None else value
+        return Target(self.target_kind, int(v) if self.target_kind == "qp" and float(v).is_integer() else v)
+
+    def job_dict(self) -> dict:
+        """What must not change between a run and its resumption (no credentials)."""
+        return {
+            "input": self.input,
+            "target_kind": self.target_kind,
+            "target_value": self.target_value,
+            "model": self.model,
+            "input_kind": self.input_kind,
+            "key_column": self.key_column,
+            "image_column": self.image_column,
+            "target_column": self.target_column,
+            "run_id": self.run_id,
+        }
+
+
+@dataclass(frozen=True)
+class ArchivedRow:
+    """One image of an archive to re-encode: where its original and its bitstream are, and how to read them."""
+
+    key: str
+    status: str
+    source_uri: str | None = None
+    tar_uri: str | None = None
+    offset: int | None = None
+    length: int | None = None
+    model: str | None = None
+    model_hash: str | None = None
+    source_bytes: int | None = None
+    source_sha256: str | None = None
+    source_mode: str = "auto"  # "auto", "source" or "bitstream": what the image is re-encoded from
+    decode_model: tuple[str, ...] = ()  # checkpoints the user passed for rows whose model is not bundled
+
+    MANIFEST_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "model_hash",
+                       "source_bytes", "source_sha256")
+
+    @classmethod
+    def from_manifest(cls, row: dict, source_mode: str, decode_model: list[str] | None) -> ArchivedRow:
+        return cls(**{k: row.get(k) for k in cls.MANIFEST_FIELDS}, source_mode=source_mode,
+                   decode_model=tuple(decode_model or ()))
+
+    def to_json(self) -> str:
+        """The plan's stored form (the layout of plans written before this type existed)."""
+        d = {k: getattr(self, k) for k in self.MANIFEST_FIELDS}
+        return json.dumps({**d, "from": self.source_mode, "decode_model": list(self.decode_model) or None})
+
+    @classmethod
+    def from_json(cls, text: str) -> ArchivedRow:
+        d = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        dm = d.pop("decode_model", None)
+        return cls(**{k: v for k, v in d.items() if k in known}, source_mode=d.get("from", "auto"),
+                   decode_model=tuple([dm] if isinstance(dm, str) else dm or ()))
+
+    def manifest_row(self, archive_root: str) -> dict:
+        """The row as the bitstream readers take it; its bitstream is read from ``archive_root``'s shards only."""
+        return {**asdict(self), "archive_root": archive_root}
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """One shard of work. Loose-file keys are paths relative to ``root``; a re-encode's ``root`` is its archive."""
+
+    unit_id: str
+    kind: str  # one of INPUT_KINDS
+    uris: tuple[str, ...]
+    input_bytes: int
+    root: str
+    rows: tuple[ArchivedRow, ...] = ()  # kind "rows" only
+
+    @property
+    def shard_name(self) -> str:
+        return f"part-{self.unit_id}"
+
+    @property
+    def images(self) -> int | None:
+        """How many images the unit holds, where that is known before reading it."""
+        return len(self.rows) if self.kind == "rows" else len(self.uris) if self.kind == "files" else None
+
+
+class JobError(RuntimeError):
+    """The job cannot run as asked (conflicting plan, no inputs, no workers, a model that does not load)."""
