@@ -69,7 +69,7 @@ def main() -> None:
         spec = JobSpec(input=str(work / "in"), output=str(work / f"out{rep}"), target_kind="bpp",
                        target_value=args.target_bpp, model=args.model, shard_bytes=1 << 20)
         t0 = time.perf_counter()
-        summary = run_job(spec, actors=1, cpus_per_actor=args.cpus_per_actor, read_cpus=0.5)
+        summary = run_job(spec, actors=1, cpus_per_actor=args.cpus_per_actor)
         pipes.append((time.perf_counter() - t0, summary))
     loop_s = min(loops)
     pipe_s, summary = min(pipes, key=lambda p: p[0])

@@ -39,7 +39,7 @@ def main() -> None:
     spec = JobSpec(input=str(work / "in"), output=str(work / "out"), target_kind="bpp", target_value=args.target_bpp,
                    model=args.model, device=args.device, shard_bytes=2 << 20)
     t0 = time.perf_counter()
-    s = run_job(spec, actors=args.actors, cpus_per_actor=args.cpus_per_actor, read_cpus=0.5)
+    s = run_job(spec, actors=args.actors, cpus_per_actor=args.cpus_per_actor)
     wall = time.perf_counter() - t0
     n_actors = s.get("actors", 1)
     busy = s.get("encode_seconds_total", 0.0)

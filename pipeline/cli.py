@@ -52,7 +52,14 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--output-storage-options", type=options_arg, default=None)
     p.add_argument("--shard-bytes", type=int, default=256 << 20, help="loose files: input bytes per shard")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--actors", type=int, default=None, help="encoder actors (default: one per GPU, or CPUs/4)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="a fixed number of encoder actors (sets both --min-actors and --max-actors)")
+    p.add_argument("--min-actors", type=int, default=None,
+                   help="actors asked of the autoscaler at once, before any is placed (default 1)")
+    p.add_argument("--max-actors", type=int, default=None,
+                   help="the most actors at a time (default: as many as fit the cluster now: one per GPU with "
+                        "--device cuda, CPUs/4 on CPU). On an autoscaling cluster that starts empty, set this: "
+                        "actors that do not fit yet wait, and the autoscaler adds nodes for them")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--actor-resources", type=json.loads, default=None,
                    help='custom Ray resources each actor needs, e.g. {"accelerator_type:A100": 0.01}')
@@ -99,7 +106,7 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
     setup_logging()
     try:
         summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
-                          cpus_per_actor=args.cpus_per_actor)
+                          cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors)
     except (JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from msinn.metrics import ms_ssim_uint8
 
 from .manifest import ManifestRow
 from .shards import commit
-from .sources import InputRecord
+from .sources import InputRecord, read_unit
 from .spec import JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
@@ -154,6 +154,11 @@ class UnitEncoder:
         row.ms_ssim = ms_ssim_uint8(_rgb_view(res.reconstruction, img.mode), img.rgb) if want_ms_ssim else None
         row.encode_seconds = res.seconds
         return row, res.data
+
+    def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
+        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it."""
+        records = read_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
+        return self.process(unit, records, spec)
 
     def process(self, unit: WorkUnit, records: list[InputRecord], spec: JobSpec) -> dict:
         """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last).

@@ -22,8 +22,8 @@ from . import storage
 from .cluster import init_ray, new_run_id
 from .encoder import UnitEncoder
 from .plan import build_plan, read_plan, write_plan
+from .pool import PoolSettings, run_pool
 from .shards import committed_units
-from .sources import read_unit
 from .spec import JobError, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline")
@@ -73,20 +73,30 @@ def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
     return spec, units
 
 
-def pool_size(spec: JobSpec, actors: int | None, resources: dict | None) -> int:
+def pool_settings(spec: JobSpec, min_actors: int | None, max_actors: int | None, resources: dict | None,
+                  cpus_per_actor: float, pending: int) -> PoolSettings:
+    """The actors' shape and how many: by default as many as fit the cluster now (at least one), at most one per unit.
+
+    On an autoscaling cluster that starts empty, pass ``--max-actors``: the
+    pending actors' demand is what makes the autoscaler add nodes.
+    """
     import ray
 
-    if actors:
-        return actors
-    total = ray.cluster_resources()
-    if resources:
-        return max(1, min(int(total.get(k, 0) // v) for k, v in resources.items()))
+    shape: dict[str, Any] = {"num_cpus": cpus_per_actor}
     if spec.device == "cuda":
-        n = int(total.get("GPU", 0))
-        if n < 1:
-            raise JobError("--device cuda but the cluster has no GPUs")
-        return n
-    return max(1, int(total.get("CPU", 1)) // 4)
+        shape["num_gpus"] = 1
+    if resources:
+        shape["resources"] = dict(resources)
+    settings = PoolSettings(shape=shape)
+    bundle = settings.bundle()
+    total = ray.cluster_resources()
+    fit = min((int(total.get(k, 0) // v) for k, v in bundle.items()), default=1) if bundle else 1
+    if spec.device == "cpu" and not resources and not max_actors:
+        fit = max(1, int(total.get("CPU", 1)) // max(4, math.ceil(cpus_per_actor)))  # cores for each actor's threads
+    hi = max_actors or max(1, fit, min_actors or 0)
+    lo = min(min_actors if min_actors is not None else 1, hi)
+    settings.min_actors, settings.max_actors = lo, max(1, min(hi, pending))
+    return settings
 
 
 class Progress:
@@ -176,8 +186,8 @@ def run_job(
     actors: int | None = None,
     actor_resources: dict | None = None,
     cpus_per_actor: float = 1.0,
-    read_cpus: float = 0.5,
-    prefetch: int = 2,
+    min_actors: int | None = None,
+    max_actors: int | None = None,
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
@@ -185,7 +195,7 @@ def run_job(
     spec = canonical_spec(spec)
     check_model(spec.model)  # before anything is frozen: a bad --model must not pin the plan
     spec, units = prepare_plan(spec)
-    stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, read_cpus, prefetch)
+    stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
     summary = summarise(spec, units, time.time() - t0, stats["processed"], stats["failed"])
     summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed")})
     body = json.dumps(summary, indent=2).encode()
@@ -200,13 +210,16 @@ def execute_units(
     actors: int | None = None,
     actor_resources: dict | None = None,
     cpus_per_actor: float = 1.0,
-    read_cpus: float = 0.5,
-    prefetch: int = 2,
+    min_actors: int | None = None,
+    max_actors: int | None = None,
     max_units: int | None = None,
 ) -> dict[str, Any]:
-    """Encode every unit that has no manifest shard yet, on a pool of encoder actors."""
+    """Encode every unit that has no manifest shard yet, on an elastic pool of encoder actors (``pool.py``).
+
+    ``actors`` fixes the pool's size (both bounds); ``min_actors`` and
+    ``max_actors`` let it grow and shrink with the cluster.
+    """
     import ray
-    from ray.util import ActorPool
 
     init_ray()
     done = committed_units(spec, units)
@@ -215,71 +228,39 @@ def execute_units(
         pending = pending[:max_units]
     log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), len(done),
              len(pending))
-    failed: list[str] = []
-    processed = 0
-    nodes: dict[str | None, int] = {}
-    actor_start = busy = 0.0
-    n = 0
-    if pending:
-        n = min(pool_size(spec, actors, actor_resources), len(pending))
-        opts: dict[str, Any] = {"max_restarts": 3, "max_task_retries": 3, "num_cpus": cpus_per_actor}
-        if spec.device == "cuda":
-            opts["num_gpus"] = 1
-        if actor_resources:
-            opts["resources"] = actor_resources
-        threads = max(1, math.ceil(cpus_per_actor))
-        actor_cls = ray.remote(UnitEncoder)
-        pool_actors = [
-            actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{i}", **opts).remote(spec.model, spec.device, threads)
-            for i in range(n)
-        ]
-        t_start = time.time()
-        ray.get([a.ready.remote() for a in pool_actors])
-        actor_start = time.time() - t_start
-        reader = ray.remote(read_unit).options(num_cpus=read_cpus, max_retries=3, retry_exceptions=True)
-        pool = ActorPool(pool_actors)
-        progress = Progress(len(units), sum(u.input_bytes for u in pending), len(done))
-        queue = list(pending)
-        by_id = {u.unit_id: u for u in pending}
+    stats: dict[str, Any] = {"processed": 0, "failed": [], "shards_by_node": {}, "actors": 0,
+                             "actor_start_seconds": 0.0, "encode_seconds_total": 0.0, "actors_lost": 0}
+    if not pending:
+        return stats
+    settings = pool_settings(spec, actors or min_actors, actors or max_actors, actor_resources, cpus_per_actor,
+                             len(pending))
+    threads = max(1, math.ceil(cpus_per_actor))
+    actor_cls = ray.remote(UnitEncoder)
+    options = {"max_restarts": 0, "max_task_retries": 0, **settings.shape}
+    progress = Progress(len(units), sum(u.input_bytes for u in pending), len(done))
+    nodes: dict[str, int] = {}
 
-        def submit_next() -> None:
-            if queue:
-                unit = queue.pop(0)
-                records = reader.remote(
-                    unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column
-                )
-                pool.submit(lambda a, v: a.process.remote(v[0], v[1], spec), (unit, records))
+    def on_result(unit: WorkUnit, res: dict) -> None:
+        progress.add(unit, res)
+        nodes[str(res["node_id"])] = nodes.get(str(res["node_id"]), 0) + 1
+        stats["processed"] += res["images"]
+        stats["encode_seconds_total"] += res["seconds"]
+        progress.log()
 
-        for _ in range(n * prefetch):
-            submit_next()
-        while pool.has_next():
-            try:
-                res = pool.get_next_unordered(timeout=10)
-            except TimeoutError:
-                progress.log()
-                continue
-            except Exception as exc:  # a unit that failed after all retries: report, keep going
-                log.error("a shard failed after retries: %s", exc)
-                failed.append(str(exc).splitlines()[0][:200])
-                submit_next()
-                continue
-            progress.add(by_id[res["unit_id"]], res)
-            nodes[res["node_id"]] = nodes.get(res["node_id"], 0) + 1
-            processed += res["images"]
-            busy += res["seconds"]
-            progress.log()
-            submit_next()
-        progress.log(force=True)
-        progress.close()
-        for a in pool_actors:
-            ray.kill(a)
-        if failed:
-            failed = sorted({u.unit_id for u in pending} - committed_units(spec, units))
-    return {
-        "processed": processed,
-        "failed": failed,
-        "shards_by_node": {str(k): v for k, v in nodes.items()},
-        "actors": n,
-        "actor_start_seconds": round(actor_start, 3),
-        "encode_seconds_total": round(busy, 3),
-    }
+    log.info("encoder actors: %d to %d, each %s", settings.min_actors, settings.max_actors, settings.bundle())
+    result = run_pool(
+        pending,
+        lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
+            spec.model, spec.device, threads),
+        lambda actor, unit: actor.process_unit.remote(unit, spec),
+        settings,
+        on_result=on_result,
+        on_tick=progress.log,
+    )
+    progress.log(force=True)
+    progress.close()
+    failed = sorted({u.unit_id for u in pending} - committed_units(spec, units)) if result.failed else []
+    stats.update(failed=failed, shards_by_node=nodes, actors=result.actors_started, actors_lost=result.actors_lost,
+                 actor_start_seconds=round(result.first_actor_seconds or 0.0, 3),
+                 encode_seconds_total=round(stats["encode_seconds_total"], 3))
+    return stats

@@ -321,3 +321,51 @@ def test_webdataset_keys_are_the_basename_up_to_its_first_dot(tmp_path):
     assert recs["d/a"].data == png_bytes(1) and recs["d/a"].source_uri.endswith("s.tar#d/a.b.png")
     assert recs["c"].data == png_bytes(2)
     assert recs["g"].data is None and "duplicate key 'g'" in recs["g"].error and recs["g~dup2"].data is None
+
+
+def test_a_prefix_with_tars_and_loose_files_plans_both_and_names_the_rest(tmp_path, caplog):
+    """Nothing is skipped silently: tars, Parquet and loose images are all planned; other files are named."""
+    import io
+    import logging
+    import tarfile
+
+    from pipeline.plan import build_plan
+    from pipeline.sources import read_unit
+
+    src = tmp_path / "in"
+    src.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("t1.png")
+        info.size = len(png_bytes(1))
+        tf.addfile(info, io.BytesIO(png_bytes(1)))
+    (src / "shard.tar").write_bytes(buf.getvalue())
+    (src / "loose.png").write_bytes(png_bytes(2))
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    (src / "notes.txt").write_text("hello")
+    caplog.set_level(logging.WARNING, logger="pipeline")
+    units = build_plan(str(src), None)
+    assert sorted(u.kind for u in units) == ["files", "tar"]
+    keys = {r.key: r for u in units for r in read_unit(u, None)}
+    assert set(keys) == {"t1", "loose", "broken"} and keys["loose"].data == png_bytes(2)
+    assert "notes.txt" in caplog.text and "not planned" in caplog.text
+
+
+def test_no_resource_shape_deadlocks_two_jobs_on_two_cpus(tmp_path, local_ray, tiny_checkpoint):
+    """Two jobs at once whose actors each want every CPU: one waits for the other, both finish.
+
+    Actors read their own units, so no read task can be starved of a CPU an actor holds.
+    """
+    import concurrent.futures
+
+    specs = []
+    for name in ("a", "b"):
+        (tmp_path / f"in-{name}").mkdir()
+        for i in range(3):
+            (tmp_path / f"in-{name}" / f"{name}{i}.png").write_bytes(png_bytes(600 + i))
+        specs.append(JobSpec(input=str(tmp_path / f"in-{name}"), output=str(tmp_path / f"out-{name}"),
+                             target_kind="qp", target_value=1.0, model=tiny_checkpoint, shard_bytes=4_000))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(run_job, s, None, None, 2.0) for s in specs]
+        summaries = [f.result(timeout=400) for f in futures]
+    assert [s["ok"] for s in summaries] == [3, 3] and all(s["shards_failed"] == [] for s in summaries)

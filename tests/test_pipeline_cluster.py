@@ -44,7 +44,7 @@ def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
         keys = _inputs(tmp_path / "in", 6)
         spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp",
                        target_value=1.0, model=tiny_checkpoint, shard_bytes=9_000)
-        summary = run_job(spec, actor_resources={"gpu_like": 1}, cpus_per_actor=0.5, read_cpus=0.25)
+        summary = run_job(spec, actor_resources={"gpu_like": 1}, cpus_per_actor=0.5)
         gpu_ids = {n.node_id for n in gpu_nodes}
         assert set(summary["shards_by_node"]) <= gpu_ids
         assert sum(summary["shards_by_node"].values()) == summary["shards"] > 1
@@ -99,3 +99,142 @@ def test_transcode_entrypoint_help(argv):
     res = subprocess.run([sys.executable, str(REPO / "jobs" / "transcode.py"), *argv], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0 and "--target-bpp" in res.stdout
+
+
+def _fake_autoscaling_config(port: int, max_workers: int) -> dict:
+    """Ray's fake multi-node provider: worker nodes are local processes the autoscaler starts on demand."""
+    return {
+        "cluster_name": "fake-autoscaling",
+        "max_workers": max_workers,
+        "upscaling_speed": 10.0,
+        "idle_timeout_minutes": 1,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True, "gcs_address": f"127.0.0.1:{port}"},
+        "auth": {"ssh_user": "ubuntu"},
+        "docker": {},
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "encoder_node": {"resources": {"CPU": 1, "encoder": 1}, "node_config": {}, "min_workers": 0,
+                             "max_workers": max_workers},
+        },
+        "head_node_type": "ray.head.default",
+        "file_mounts": {}, "cluster_synced_files": [], "file_mounts_sync_continuously": False,
+        "rsync_exclude": [], "rsync_filter": [], "initialization_commands": [], "setup_commands": [],
+        "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+    }
+
+
+def _stop_processes_naming(port: int, head) -> None:
+    """End the fake cluster: its head's process group and every process started for it (never `ray stop`)."""
+    import signal
+
+    import psutil
+
+    try:
+        os.killpg(head.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(f"127.0.0.1:{port}" in c or f"--gcs-address=127.0.0.1:{port}" in c for c in p.info["cmdline"] or []):
+                p.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    try:
+        head.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_job_on_an_empty_autoscaling_cluster_waits_for_nodes_and_finishes(tmp_path, tiny_checkpoint, caplog):
+    """No worker node at submission: the actors' demand makes the autoscaler add nodes, and every key lands once."""
+    import logging
+    import time
+
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    port = free_port()
+    cfg = tmp_path / "autoscaling.yaml"
+    cfg.write_text(yaml.safe_dump(_fake_autoscaling_config(port, max_workers=2)))
+    bin_dir = Path(sys.executable).parent
+    ray_exe = shutil.which("ray", path=str(bin_dir)) or "ray"
+    env = {**os.environ, **RAY_ENV, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([ray_exe, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                             "--num-cpus=0", f"--autoscaling-config={cfg}", "--disable-usage-stats", "--block"],
+                            env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(120):
+            try:
+                ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+                break
+            except Exception:
+                time.sleep(1)
+        assert ray.cluster_resources().get("encoder", 0) == 0  # nothing to run on yet
+        keys = _inputs(tmp_path / "in", 6)
+        spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp",
+                       target_value=1.0, model=tiny_checkpoint, shard_bytes=9_000)
+        caplog.set_level(logging.INFO, logger="pipeline")
+        summary = run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=1, max_actors=2)
+        assert summary["shards_failed"] == [] and summary["ok"] == 6
+        assert summary["shards_committed"] == summary["shards"] > 1
+        head_id = ray.get_runtime_context().get_node_id()
+        assert head_id not in summary["shards_by_node"]  # every shard ran on a node the autoscaler added
+        assert "encoder actors: 1 to 2" in caplog.text
+        verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
+    finally:
+        ray.shutdown()
+        _stop_processes_naming(port, head)
+
+
+@pytest.mark.slow
+def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
+    """A worker node removed while its actor encodes: that unit is redone elsewhere; every key exactly once."""
+    import threading
+    import time
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.update(RAY_ENV)
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = [cluster.add_node(num_cpus=1, resources={"encoder": 1}) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        (tmp_path / "in").mkdir()
+        for i in range(12):
+            (tmp_path / "in" / f"im{i}.png").write_bytes(png_bytes(300 + i, 256, 192))
+        keys = {f"im{i}" for i in range(12)}
+        spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="bpp",
+                       target_value=1.0, model=tiny_checkpoint, shard_bytes=100)  # one image per shard
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(
+            run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=0.5, max_actors=2)))
+        t.start()
+        man = tmp_path / "out" / "manifest"
+        deadline = time.time() + 180
+        while time.time() < deadline and not (man.exists() and any(man.iterdir())):
+            time.sleep(0.05)
+        from ray.util.state import list_actors
+
+        busy_nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                      if (a.name or "").startswith("msinn-encoder-")}
+        victim = next(n for n in nodes if n.node_id in busy_nodes)  # a node whose actor is encoding now
+        cluster.remove_node(victim, allow_graceful=False)
+        t.join(400)
+        assert not t.is_alive()
+        assert result["shards_failed"] == [] and result["actors_lost"] >= 1
+        assert result["shards_committed"] == result["shards"] == 12 and result["ok"] == 12
+        rows = verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
+        assert sorted(rows) == sorted(keys)  # each key once
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
