@@ -9,6 +9,7 @@ system registered with DuckDB, so no DuckDB extension is downloaded.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import duckdb
@@ -111,15 +112,30 @@ def check_predicate(where: str, view: str = "manifest") -> str:
 
 def select(con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest") -> list[dict[str, Any]]:
     """Rows of a view matching a SQL predicate (``None``: all rows), ordered by key."""
+    return [r for batch in iter_select(con, where, view) for r in batch]
+
+
+def iter_select(
+    con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest", batch: int = 4096,
+    sample: int | None = None, seed: int = 0,
+) -> Iterator[list[dict[str, Any]]]:
+    """The same rows in batches, so a driver never holds a whole archive's manifest; ``sample`` keeps a
+    reproducible random subset of that many rows (reservoir sampling in DuckDB)."""
     if where:
         check_predicate(where, view)
-    sql = f"SELECT * FROM {view}" + (f" WHERE ({where})" if where else "") + " ORDER BY key"
+    sql = f"SELECT * FROM {view}" + (f" WHERE ({where})" if where else "")
+    if sample:
+        sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
     try:
-        cur = con.execute(sql)
+        cur = con.execute(sql + " ORDER BY key")
     except duckdb.Error as exc:
         raise ArchiveError(f"invalid selection {where!r}: {exc}") from exc
     cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    while True:
+        rows = cur.fetchmany(batch)
+        if not rows:
+            return
+        yield [dict(zip(cols, r)) for r in rows]
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple]]:

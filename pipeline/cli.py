@@ -190,11 +190,21 @@ def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
     return 0
 
 
-def _selection(args: argparse.Namespace) -> list[dict]:
-    from .archive import select
+def _selection(args: argparse.Namespace, sample: int | None = None, seed: int = 0):
+    """The ok rows a --where selects, in batches; each reads its bitstream from this archive's shards only."""
+    from .archive import iter_select
 
-    # rows read their bitstreams from this archive's shards only, whatever their tar_uri says
-    return [dict(r, archive_root=args.archive) for r in select(_connect(args), args.where) if r["status"] == "ok"]
+    where = "status = 'ok'" + (f" AND ({args.where})" if args.where else "")  # checked whole, as one condition
+    for batch in iter_select(_connect(args), where, sample=sample, seed=seed):
+        yield [dict(r, archive_root=args.archive) for r in batch]
+
+
+def _first_batch(batches):
+    """Run the selection's query now, so a bad --where or archive fails before any task starts."""
+    import itertools
+
+    first = next(batches, [])
+    return itertools.chain([first], batches)
 
 
 def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
@@ -212,23 +222,21 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     args = _canonical_args(p.parse_args(argv))
     setup_logging()
     try:
-        rows = _selection(args)
+        batches = _first_batch(_selection(args))
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    results = run_decode_jobs(
-        rows, storage_options_from_env(args.archive, args.storage_options), args.model, args.device, args.dest,
+    report = run_decode_jobs(
+        batches, storage_options_from_env(args.archive, args.storage_options), args.model, args.device, args.dest,
         storage_options_from_env(args.dest, args.dest_storage_options), args.format,
     )
-    failed = [r for r in results if not r["ok"]]
-    print(json.dumps({"selected": len(rows), "restored": len(results) - len(failed),
-                      "failed": [{"key": r["key"], "error": r["error"]} for r in failed]}, indent=2))
-    return 1 if failed else 0
+    print(json.dumps({"selected": report.checked, "restored": report.ok, "failed": report.failed}, indent=2))
+    return 1 if report.failed else 0
 
 
 def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     from .archive import ArchiveError
-    from .restore import run_decode_jobs, sample_rows
+    from .restore import run_decode_jobs
 
     p = _archive_parser(prog, "Decode a selection (or a random sample) and check every hash.")
     p.add_argument("--where", help="SQL predicate over the manifest")
@@ -240,15 +248,14 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     args = _canonical_args(p.parse_args(argv))
     setup_logging()
     try:
-        rows = sample_rows(_selection(args), args.sample, args.seed)
+        batches = _first_batch(_selection(args, args.sample, args.seed))
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    results = run_decode_jobs(rows, storage_options_from_env(args.archive, args.storage_options), args.model,
-                              args.device, None, None, "png")
-    bad = [{"key": r["key"], "error": r["error"]} for r in results if not r["ok"]]
-    print(json.dumps({"checked": len(results), "ok": len(results) - len(bad), "mismatches": bad}, indent=2))
-    return 1 if bad else 0
+    report = run_decode_jobs(batches, storage_options_from_env(args.archive, args.storage_options), args.model,
+                             args.device, None, None, "png")
+    print(json.dumps({"checked": report.checked, "ok": report.ok, "mismatches": report.failed}, indent=2))
+    return 1 if report.failed else 0
 
 
 def reencode_parser(prog: str) -> argparse.ArgumentParser:

@@ -9,8 +9,9 @@ hardware". Both run as Ray tasks over chunks of rows.
 from __future__ import annotations
 
 import io
-import random
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage
@@ -59,8 +60,20 @@ def decode_rows(
     return out
 
 
+@dataclass
+class DecodeReport:
+    """What a restore or verify run found: counts and the failures (never every row)."""
+
+    checked: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> int:
+        return self.checked - len(self.failed)
+
+
 def run_decode_jobs(
-    rows: list[dict],
+    batches: Iterable[list[dict]],
     archive_options: dict | None,
     models: str | list[str] | None,
     device: str,
@@ -68,7 +81,14 @@ def run_decode_jobs(
     dest_options: dict | None,
     image_format: str,
     chunk: int = 16,
-) -> list[dict]:
+    in_flight: int | None = None,
+) -> DecodeReport:
+    """Decode rows as Ray tasks of ``chunk`` rows, with at most ``in_flight`` tasks submitted at a time.
+
+    Rows arrive in batches from the manifest and results are reduced as they
+    come, so the driver's memory and the object store stay bounded whatever
+    the archive's size.
+    """
     import ray
 
     from .cluster import init_ray
@@ -76,14 +96,22 @@ def run_decode_jobs(
     init_ray()
     opts: dict[str, Any] = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}
     task = ray.remote(decode_rows).options(max_retries=3, **opts)
-    refs = [
-        task.remote(rows[i : i + chunk], archive_options, models, device, dest, dest_options, image_format)
-        for i in range(0, len(rows), chunk)
-    ]
-    return [r for part in ray.get(refs) for r in part]
+    limit = in_flight or max(2, 2 * int(ray.cluster_resources().get("GPU" if device == "cuda" else "CPU", 1)))
+    report = DecodeReport()
+    pending: list = []
 
+    def collect(ready: list) -> None:
+        for part in ray.get(ready):
+            report.checked += len(part)
+            report.failed += [{"key": r["key"], "error": r["error"]} for r in part if not r["ok"]]
 
-def sample_rows(rows: list[dict], n: int | None, seed: int = 0) -> list[dict]:
-    if not n or n >= len(rows):
-        return rows
-    return sorted(random.Random(seed).sample(rows, n), key=lambda r: r["key"])
+    for batch in batches:
+        for i in range(0, len(batch), chunk):
+            if len(pending) >= limit:
+                ready, pending = ray.wait(pending, num_returns=1)
+                collect(ready)
+            pending.append(task.remote(batch[i : i + chunk], archive_options, models, device, dest, dest_options,
+                                       image_format))
+    if pending:
+        collect(pending)
+    return report

@@ -21,36 +21,61 @@ from typing import Any, TypeVar
 
 import fsspec
 
-from msinn.imageio import full_uri, is_local
+from msinn.imageio import full_uri, is_local, protocol_of
 
 log = logging.getLogger("pipeline.storage")
 T = TypeVar("T")
 
 # Errors that say the request can never succeed: retrying would only delay the report.
 PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, ValueError, TypeError)
+# Credential and configuration errors look like any other exception from botocore; they are never transient.
+PERMANENT_NAMES = {"NoCredentialsError", "PartialCredentialsError", "NoRegionError", "CredentialRetrievalError",
+                   "InvalidConfigError", "ProfileNotFound"}
+PERMANENT_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+                   "AllAccessDisabled", "NoSuchBucket", "InvalidBucketName"}
+# Clients that retry transient errors themselves, with backoff (botocore under s3fs, gcsfs, adlfs):
+# a loop of ours on top would multiply their attempts.
+SELF_RETRYING = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+
+
+def attempts_for(fs: fsspec.AbstractFileSystem) -> int:
+    return 1 if protocol_of(fs) in SELF_RETRYING else 6
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True for errors that another try cannot fix: missing objects, refused or missing credentials, bad input."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, PERMANENT) or type(exc).__name__ in PERMANENT_NAMES:
+            return True
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code") if isinstance(
+            getattr(exc, "response", None), dict) else None
+        if code in PERMANENT_CODES:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def storage_options_from_env(uri: str, given: dict | None) -> dict:
-    """Explicit options win; for s3:// without them, carry the driver's AWS settings to workers."""
+    """Explicit options win; for s3:// without them, the driver's endpoint and region, never its keys.
+
+    Credentials stay where the storage's own configuration puts them: each
+    worker resolves them itself (environment, ~/.aws, an instance profile)
+    and refreshes temporary ones, which a copy of the driver's keys taken at
+    submission would not (STS tokens expire during long jobs).
+    """
     if given:
         return dict(given)
     if not uri.startswith(("s3://", "s3a://")):
         return {}
-    opts: dict[str, Any] = {}
     env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
-        opts["key"] = env["AWS_ACCESS_KEY_ID"]
-        opts["secret"] = env["AWS_SECRET_ACCESS_KEY"]
-        if env.get("AWS_SESSION_TOKEN"):
-            opts["token"] = env["AWS_SESSION_TOKEN"]
     client: dict[str, Any] = {}
     if env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"):
         client["endpoint_url"] = env.get("AWS_ENDPOINT_URL_S3") or env["AWS_ENDPOINT_URL"]
     if env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"):
         client["region_name"] = env.get("AWS_REGION") or env["AWS_DEFAULT_REGION"]
-    if client:
-        opts["client_kwargs"] = client
-    return opts
+    return {"client_kwargs": client} if client else {}
 
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential")
@@ -143,10 +168,8 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
     for i in range(attempts):
         try:
             return fn()
-        except PERMANENT:
-            raise
         except Exception as exc:  # storage clients raise many transient kinds
-            if i == attempts - 1:
+            if is_permanent(exc) or i == attempts - 1:
                 raise
             delay = base_delay * (2**i) * (0.5 + random.random())
             log.warning(
@@ -159,8 +182,9 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
 def read_bytes(uri: str, options: dict | None = None, start: int | None = None, end: int | None = None) -> bytes:
     fs, path = filesystem(uri, options)
     if start is None:
-        return with_retries(lambda: fs.cat_file(path), f"read {uri}")
-    return with_retries(lambda: fs.cat_file(path, start=start, end=end), f"read {uri}[{start}:{end}]")
+        return with_retries(lambda: fs.cat_file(path), f"read {uri}", attempts=attempts_for(fs))
+    return with_retries(lambda: fs.cat_file(path, start=start, end=end), f"read {uri}[{start}:{end}]",
+                        attempts=attempts_for(fs))
 
 
 def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
@@ -182,38 +206,38 @@ def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
         else:
             fs.pipe_file(path, data)
 
-    with_retries(put, f"write {uri}")
+    with_retries(put, f"write {uri}", attempts=attempts_for(fs))
 
 
 def exists(uri: str, options: dict | None = None) -> bool:
     fs, path = filesystem(uri, options)
-    return with_retries(lambda: fs.exists(path), f"stat {uri}")
+    return with_retries(lambda: fs.exists(path), f"stat {uri}", attempts=attempts_for(fs))
 
 
 def list_files(uri: str, options: dict | None = None) -> list[str]:
     """Every file under a prefix (recursive), as full URIs, sorted."""
     fs, path = filesystem(uri, options)
-    if not with_retries(lambda: fs.exists(path), f"stat {uri}"):
+    if not with_retries(lambda: fs.exists(path), f"stat {uri}", attempts=attempts_for(fs)):
         return []
-    if with_retries(lambda: fs.isfile(path), f"stat {uri}"):
+    if with_retries(lambda: fs.isfile(path), f"stat {uri}", attempts=attempts_for(fs)):
         found = [path]
     else:
-        found = with_retries(lambda: fs.find(path), f"list {uri}")
+        found = with_retries(lambda: fs.find(path), f"list {uri}", attempts=attempts_for(fs))
     return sorted(full_uri(fs, p) for p in found)
 
 
 def file_sizes(uri: str, options: dict | None = None) -> dict[str, int]:
     """Sizes of every file under a prefix, from one listing call (no per-object requests)."""
     fs, path = filesystem(uri, options)
-    if with_retries(lambda: fs.isfile(path), f"stat {uri}"):
-        info = with_retries(lambda: fs.info(path), f"stat {uri}")
+    if with_retries(lambda: fs.isfile(path), f"stat {uri}", attempts=attempts_for(fs)):
+        info = with_retries(lambda: fs.info(path), f"stat {uri}", attempts=attempts_for(fs))
         items = {path: info}
     else:
-        items = with_retries(lambda: fs.find(path, detail=True), f"list {uri}")
+        items = with_retries(lambda: fs.find(path, detail=True), f"list {uri}", attempts=attempts_for(fs))
     return {full_uri(fs, p): int(i.get("size") or 0) for p, i in sorted(items.items())
             if i.get("type", "file") == "file"}
 
 
 def delete(uri: str, options: dict | None = None) -> None:
     fs, path = filesystem(uri, options)
-    with_retries(lambda: fs.rm(path), f"delete {uri}")
+    with_retries(lambda: fs.rm(path), f"delete {uri}", attempts=attempts_for(fs))

@@ -172,8 +172,12 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> str:
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray cluster of 2 CPUs for one test module."""
+def local_ray(s3_server):
+    """A local Ray cluster of 2 CPUs for one test module.
+
+    Started after the S3 endpoint, so its workers find their own credentials in
+    their environment, as a cluster's nodes do (the driver never copies keys).
+    """
     import os
 
     os.environ.update(RAY_ENV)

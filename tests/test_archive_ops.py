@@ -252,3 +252,26 @@ def test_secrets_never_ride_on_the_command_line(archive, tmp_path, capsys):
     assert main(["stats", str(archive), "--json", "--storage-options", f"@{opts}"]) == 0
     assert main(["stats", str(archive), "--json", "--storage-options", '{"auto_mkdir": true}']) == 0
     assert "wJalrXUtnFEMI" not in json.dumps(redact(secret))
+
+
+def test_decoding_streams_batches_with_few_tasks_in_flight(archive, tiny_checkpoint, monkeypatch):
+    """Rows come from the manifest in batches and at most `in_flight` tasks wait at once, whatever the size."""
+    import ray
+
+    from pipeline.archive import connect, iter_select
+    from pipeline.restore import run_decode_jobs
+
+    batches = [[dict(r, archive_root=str(archive)) for r in b]
+               for b in iter_select(connect(str(archive)), "status = 'ok'", batch=2)]
+    assert len(batches) >= 3 and all(len(b) <= 2 for b in batches)
+    most = []
+    real_wait = ray.wait
+
+    def counting_wait(refs, **kw):
+        most.append(len(refs))
+        return real_wait(refs, **kw)
+
+    monkeypatch.setattr(ray, "wait", counting_wait)
+    report = run_decode_jobs(iter(batches), None, tiny_checkpoint, "cpu", None, None, "png", chunk=1, in_flight=2)
+    assert report.checked == sum(len(b) for b in batches) and report.failed == []
+    assert most and max(most) <= 2

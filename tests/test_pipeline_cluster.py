@@ -86,12 +86,23 @@ def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
 
 
 def test_cluster_launcher_config_is_valid():
-    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
-    assert cfg["head_node_type"] in cfg["available_node_types"]
-    worker = cfg["available_node_types"]["gpu_worker"]
+    """Checked with the launcher's own schema, as `ray up` does, plus what the schema cannot know."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    raw = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(raw))
+    types = raw["available_node_types"]
+    assert raw["head_node_type"] in types and types["head"]["resources"] == {"CPU": 0}
+    worker = types["gpu_worker"]
     assert worker["max_workers"] >= 1 and worker["min_workers"] == 0
-    assert any("pip install" in c and "-e ." in c for c in cfg["setup_commands"])
-    assert cfg["available_node_types"]["head"]["resources"] == {"CPU": 0}
+    assert all(t["node_config"]["IamInstanceProfile"]["Name"] for t in types.values())
+    # Python 3.11 everywhere, and the image's Ray is the one the lock file pins
+    lock = (REPO / "requirements-lock.txt").read_text()
+    ray_pin = next(line.split("==")[1] for line in lock.splitlines() if line.startswith("ray["))
+    for image in (raw["docker"]["image"], raw["docker"]["head_image"]):
+        assert image.startswith(f"rayproject/ray:{ray_pin}-py311-"), image
+    assert any("pip install" in c and "-e ." in c for c in raw["setup_commands"])
+    assert "secret" not in (REPO / "cluster.yaml").read_text().lower().replace("nothing secret", "")
 
 
 @pytest.mark.parametrize("argv", [["--help"]])
