@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
@@ -22,7 +23,7 @@ from msinn.metrics import ms_ssim_uint8
 
 from .manifest import ManifestRow
 from .shards import commit
-from .sources import InputRecord, read_unit
+from .sources import InputRecord, refuse_duplicates, stream_unit
 from .spec import JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
@@ -157,10 +158,10 @@ class UnitEncoder:
 
     def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
         """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it."""
-        records = read_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
+        records = stream_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
         return self.process(unit, records, spec)
 
-    def process(self, unit: WorkUnit, records: list[InputRecord], spec: JobSpec) -> dict:
+    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec) -> dict:
         """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last).
 
         With ``overlap`` (the default on a GPU) the network half of record i+1
@@ -184,6 +185,9 @@ class UnitEncoder:
                 finished = [f.result() for f in results]
         else:
             finished = [self.encode_record(rec, spec, unit) for rec in records]
+        # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
+        rows_only = refuse_duplicates([row for row, _ in finished], lambda row, why: row.fail(why))
+        finished = [(row, data if row.status == "ok" else None) for row, (_, data) in zip(rows_only, finished)]
         rows = commit(spec, unit, finished)
         ok = [r for r in rows if r.status == "ok"]
         return {  # what the driver's progress line needs; statistics are read from the manifest

@@ -103,8 +103,16 @@ class ManifestRow:
     numerics: str | None = None
 
     def fail(self, error: str) -> ManifestRow:
+        """Mark the row failed; an error row carries no bitstream, size or quality figures."""
         self.status, self.error = "error", error
+        for name in RESULT_FIELDS:
+            setattr(self, name, None)
         return self
+
+
+RESULT_FIELDS = ("width", "height", "bytes", "bpp", "psnr", "qp", "tar_uri", "offset", "length", "source_format",
+                 "mode", "source_mode", "bit_depth", "target_met", "in_range", "probes", "ms_ssim", "encode_seconds",
+                 "profile", "numerics")
 
 
 ROW_FIELDS = tuple(f.name for f in fields(ManifestRow))

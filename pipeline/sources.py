@@ -12,8 +12,9 @@ import io
 import posixpath
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from msinn.imageio import IMAGE_EXTENSIONS
 
@@ -98,29 +99,32 @@ def read_files(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
 
 
 def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
+    """Image members of one tar, streamed: one member in memory at a time, whatever the shard's size.
+
+    A shard damaged part-way yields its members up to the damage, then one
+    error record that says where reading stopped.
+    """
     uri = unit.uris[0]
-    blob = storage.read_bytes(uri, options)
+    seen = 0
     try:
-        tf = tarfile.open(fileobj=io.BytesIO(blob), mode="r:*")
-        members = tf.getmembers()
+        with storage.open_read(uri, options) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            for m in tf:
+                seen += 1
+                if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                key = webdataset_key(m.name)
+                src = f"{uri}#{m.name}"
+                member = tf.extractfile(m)
+                data = member.read() if member is not None else None
+                if data is None or len(data) != m.size:
+                    yield InputRecord(key, src, None, "unreadable tar member: member truncated")
+                    return
+                yield InputRecord(key, src, data)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        # a broken shard: report what can still be listed
-        yield InputRecord(f"{_relative(uri, unit.root)}", uri, None, f"unreadable tar shard: {exc}")
-        return
-    for m in members:
-        if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
-            continue
-        key = webdataset_key(m.name)
-        src = f"{uri}#{m.name}"
-        try:
-            f = tf.extractfile(m)
-            data = f.read() if f is not None else None
-            if data is None or len(data) != m.size:
-                raise EOFError("member truncated")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            yield InputRecord(key, src, None, f"unreadable tar member: {exc}")
-            continue
-        yield InputRecord(key, src, data)
+        if isinstance(exc, FileNotFoundError | PermissionError):
+            raise  # the shard itself cannot be read: the unit fails and is reported
+        where = f" after {seen} members" if seen else ""
+        yield InputRecord(f"{_relative(uri, unit.root)}", uri, None, f"unreadable tar shard{where}: {exc}")
 
 
 def read_parquet(
@@ -129,8 +133,13 @@ def read_parquet(
     import pyarrow.parquet as pq
 
     uri = unit.uris[0]
-    blob = storage.read_bytes(uri, options)
-    pf = pq.ParquetFile(io.BytesIO(blob))
+    with storage.open_read(uri, options) as f:  # ranged reads: one row group in memory at a time
+        yield from _parquet_records(pq.ParquetFile(f), uri, unit, key_column, image_column, target_column)
+
+
+def _parquet_records(
+    pf, uri: str, unit: WorkUnit, key_column: str, image_column: str, target_column: str | None
+) -> Iterator[InputRecord]:
     names = pf.schema_arrow.names
     columns = [key_column, image_column] + ([target_column] if target_column else [])
     for col in columns:
@@ -179,47 +188,80 @@ def read_source(source_uri: str, options: dict | None, key_column: str = "key", 
         return f.read()
 
 
+UNSAFE_KEY = ("unsafe key {key!r} (absolute path, '.' or '..', control characters, or a name too long for a "
+              "file system)")
+
+
+def stream_unit(
+    unit: WorkUnit,
+    options: dict | None,
+    key_column: str = "key",
+    image_column: str = "image",
+    target_column: str | None = None,
+) -> Iterator[InputRecord]:
+    """A unit's records one at a time, each with bytes or with an error; unsafe keys already refused.
+
+    Keys shared by several records are not refused here (that needs every
+    key): the consumer applies ``refuse_duplicates`` to what it keeps.
+    """
+    if unit.kind == "rows":
+        records: Iterator[InputRecord] = iter(read_archived(unit, options, key_column, image_column))
+    elif unit.kind == "files":
+        records = read_files(unit, options)
+    elif unit.kind == "tar":
+        records = read_tar(unit, options)
+    else:
+        records = read_parquet(unit, options, key_column, image_column, target_column)
+    for r in records:
+        if safe_key(r.key) is None:
+            r.error, r.data = UNSAFE_KEY.format(key=r.key[:80]), None
+            r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
+        yield r
+
+
+Keyed = TypeVar("Keyed")  # an InputRecord or a ManifestRow: anything with .key and .source_uri
+
+
+def refuse_duplicates(items: list[Keyed], fail: Callable[[Keyed, str], None]) -> list[Keyed]:
+    """A key shared by several inputs names none of them: every one is failed with the same reason.
+
+    The first keeps the key, the others become ``key~dupN``, so no image is
+    archived under another's name and no ``source_uri`` (``tar#member``
+    resolves to the last member of that name) points at other bytes. Items
+    are input records or manifest rows: anything with ``key`` and ``source_uri``.
+    """
+    sharing: dict[str, list[Any]] = {}
+    for it in items:
+        sharing.setdefault(it.key, []).append(it)
+    taken = set(sharing)
+    for key, group in sharing.items():
+        if len(group) < 2:
+            continue
+        where = ", ".join(str(g.source_uri) for g in group[:4]) + (" ..." if len(group) > 4 else "")
+        for i, it in enumerate(group):
+            fail(it, f"duplicate key {key!r}: {len(group)} inputs share it ({where}); none is archived")
+            if i:
+                n = i + 1
+                while f"{key}~dup{n}" in taken:
+                    n += 1
+                it.key = f"{key}~dup{n}"
+                taken.add(it.key)
+    return items
+
+
+def _fail_record(r: InputRecord, message: str) -> None:
+    r.error, r.data = message, None
+
+
 def read_unit(
     unit: WorkUnit,
     options: dict | None,
     key_column: str = "key",
     image_column: str = "image",
     target_column: str | None = None,
-):
-    """All records of a unit, each either with bytes or with an error."""
-    if unit.kind == "rows":
-        return read_archived(unit, options, key_column, image_column)  # re-encodes carry no per-image targets
-    if unit.kind == "files":
-        records = list(read_files(unit, options))
-    elif unit.kind == "tar":
-        records = list(read_tar(unit, options))
-    else:
-        records = list(read_parquet(unit, options, key_column, image_column, target_column))
-    for r in records:
-        if safe_key(r.key) is None:
-            r.error, r.data = (f"unsafe key {r.key[:80]!r} (absolute path, '.' or '..', control characters, or a "
-                               f"name too long for a file system)", None)
-            r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
-    # A key shared by several inputs names none of them: every one gets an error row (the first keeps
-    # the key, the others become key~dupN), so no image is archived under another's name and no
-    # source_uri (tar#member resolves to the last member of that name) points at other bytes.
-    sharing: dict[str, list[InputRecord]] = {}
-    for r in records:
-        sharing.setdefault(r.key, []).append(r)
-    taken = set(sharing)
-    for key, group in sharing.items():
-        if len(group) < 2:
-            continue
-        where = ", ".join(g.source_uri for g in group[:4]) + (" ..." if len(group) > 4 else "")
-        for i, r in enumerate(group):
-            r.error, r.data = f"duplicate key {key!r}: {len(group)} inputs share it ({where}); none is archived", None
-            if i:
-                n = i + 1
-                while f"{key}~dup{n}" in taken:
-                    n += 1
-                r.key = f"{key}~dup{n}"
-                taken.add(r.key)
-    return records
+) -> list[InputRecord]:
+    """All records of a unit at once, duplicates refused: for tools and tests; the encoder streams."""
+    return refuse_duplicates(list(stream_unit(unit, options, key_column, image_column, target_column)), _fail_record)
 
 
 def read_archived(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:

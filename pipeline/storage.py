@@ -187,6 +187,13 @@ def read_bytes(uri: str, options: dict | None = None, start: int | None = None, 
                         attempts=attempts_for(fs))
 
 
+def open_read(uri: str, options: dict | None = None):
+    """A file object for streaming reads (ranged requests on object stores); opening is retried, reading is not:
+    a stream that breaks fails its unit, which is tried again as a whole."""
+    fs, path = filesystem(uri, options)
+    return with_retries(lambda: fs.open(path, "rb"), f"open {uri}", attempts=attempts_for(fs))
+
+
 def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
     """Whole-object write that readers never see half done.
 

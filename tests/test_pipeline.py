@@ -369,3 +369,39 @@ def test_no_resource_shape_deadlocks_two_jobs_on_two_cpus(tmp_path, local_ray, t
         futures = [pool.submit(run_job, s, None, None, 2.0) for s in specs]
         summaries = [f.result(timeout=400) for f in futures]
     assert [s["ok"] for s in summaries] == [3, 3] and all(s["shards_failed"] == [] for s in summaries)
+
+
+def test_tar_shards_are_streamed_one_member_at_a_time(tmp_path):
+    """A 64 MB member that is not an image is never held; a shard cut short keeps the members before the cut."""
+    import io
+    import tarfile
+    import tracemalloc
+
+    from pipeline.sources import stream_unit
+    from pipeline.spec import WorkUnit
+
+    def add(tf, name, data):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+
+    path = tmp_path / "big.tar"
+    with tarfile.open(path, "w") as tf:
+        add(tf, "a.png", png_bytes(1))
+        add(tf, "blob.bin", bytes(64 << 20))
+        add(tf, "b.png", png_bytes(2))
+    unit = WorkUnit("000000", "tar", (str(path),), path.stat().st_size, str(tmp_path))
+    tracemalloc.start()
+    keys = [(r.key, r.data is not None) for r in stream_unit(unit, None)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert keys == [("a", True), ("b", True)]
+    assert peak < 16 << 20, f"peak {peak >> 20} MB while streaming a {path.stat().st_size >> 20} MB shard"
+    # cut inside the last member: the first image survives, then one error record says where reading stopped
+    cut = tmp_path / "cut.tar"
+    with tarfile.open(path) as tf:
+        b = tf.getmember("b.png")
+    cut.write_bytes(path.read_bytes()[: b.offset_data + b.size // 2])
+    recs = list(stream_unit(WorkUnit("000001", "tar", (str(cut),), 1, str(tmp_path)), None))
+    assert recs[0].key == "a" and recs[0].data == png_bytes(1)
+    assert recs[-1].data is None and "unreadable" in recs[-1].error
