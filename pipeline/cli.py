@@ -292,6 +292,11 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    return _report_reencode(summary, prog)
+
+
+def _report_reencode(summary: dict, prog: str) -> int:
+    """Print a re-encode's summary; exit code 1 when shards failed or gc refused to run."""
     print(json.dumps(summary, indent=2))
     if summary.get("gc", {}).get("refused"):
         print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
@@ -317,11 +322,7 @@ def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> in
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
-    print(json.dumps(summary, indent=2))
-    if summary.get("gc", {}).get("refused"):
-        print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
-        return 1
-    return 1 if summary.get("shards_failed") else 0
+    return _report_reencode(summary, prog)
 
 
 COMMANDS = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -28,19 +29,30 @@ def _inputs(root: Path, n: int) -> set[str]:
     return {f"im{i}" for i in range(n)}
 
 
-@pytest.mark.slow
-def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
-    os.environ.update(RAY_ENV)
+@contextlib.contextmanager
+def _simulated_cluster(*nodes: dict):
+    """A multi-node Ray cluster in this machine's processes (``ray.cluster_utils.Cluster``): a 1-CPU head
+    and the given worker nodes; yields (cluster, worker nodes) with this process connected to it."""
     import ray
     from ray.cluster_utils import Cluster
 
+    os.environ.update(RAY_ENV)
     if ray.is_initialized():
         ray.shutdown()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
-        gpu_nodes = [cluster.add_node(num_cpus=1, resources={"gpu_like": 1}) for _ in range(2)]
+        added = [cluster.add_node(**n) for n in nodes]
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
+        yield cluster, added
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
+    with _simulated_cluster(*[{"num_cpus": 1, "resources": {"gpu_like": 1}}] * 2) as (_, gpu_nodes):
         keys = _inputs(tmp_path / "in", 6)
         spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp",
                        target_value=1.0, model=tiny_checkpoint, shard_bytes=9_000)
@@ -49,9 +61,6 @@ def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
         assert set(summary["shards_by_node"]) <= gpu_ids
         assert sum(summary["shards_by_node"].values()) == summary["shards"] > 1
         verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.mark.slow
@@ -209,17 +218,7 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
     import threading
     import time
 
-    import ray
-    from ray.cluster_utils import Cluster
-
-    os.environ.update(RAY_ENV)
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        nodes = [cluster.add_node(num_cpus=1, resources={"encoder": 1}) for _ in range(2)]
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
+    with _simulated_cluster(*[{"num_cpus": 1, "resources": {"encoder": 1}}] * 2) as (cluster, nodes):
         (tmp_path / "in").mkdir()
         for i in range(12):
             (tmp_path / "in" / f"im{i}.png").write_bytes(png_bytes(300 + i, 256, 192))
@@ -228,7 +227,7 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
                        target_value=1.0, model=tiny_checkpoint, shard_bytes=100)  # one image per shard
         result: dict = {}
         t = threading.Thread(target=lambda: result.update(
-            run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=0.5, max_actors=2)))
+            run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=0.5, max_actors=2)), daemon=True)
         t.start()
         man = tmp_path / "out" / "manifest"
         deadline = time.time() + 180
@@ -246,6 +245,77 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
         assert result["shards_committed"] == result["shards"] == 12 and result["ok"] == 12
         rows = verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
         assert sorted(rows) == sorted(keys)  # each key once
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_a_job_without_capacity_says_what_it_waits_for_then_runs_when_a_node_joins(
+    tmp_path, tiny_checkpoint, caplog, monkeypatch
+):
+    import logging
+    import threading
+    import time
+
+    from pipeline import pool
+
+    monkeypatch.setattr(pool, "WAIT_LOG_SECONDS", 1.0)
+    monkeypatch.setattr(pool, "UNSCHEDULABLE_WARNING_SECONDS", 3.0)
+    with _simulated_cluster() as (cluster, _):
+        keys = _inputs(tmp_path / "in", 3)
+        spec = JobSpec(input=str(tmp_path / "in"), output=str(tmp_path / "out"), target_kind="qp",
+                       target_value=1.0, model=tiny_checkpoint)
+        caplog.set_level(logging.INFO, logger="pipeline")
+        result: dict = {}
+        t = threading.Thread(target=lambda: result.update(
+            run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=0.5, max_actors=1)), daemon=True)
+        t.start()
+        deadline = time.time() + 60
+        while time.time() < deadline and "no node offers" not in caplog.text:
+            time.sleep(0.2)
+        assert "waiting for encoder actors" in caplog.text and "'encoder': 1.0" in caplog.text
+        assert "no node offers" in caplog.text and t.is_alive()  # it says why, and keeps waiting
+        cluster.add_node(num_cpus=1, resources={"encoder": 1})
+        t.join(300)
+        assert not t.is_alive() and result["ok"] == 3 and result["shards_failed"] == []
+        verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
+
+
+def _scripts_named(command: str) -> list[str]:
+    return [w for w in command.replace('"', " ").split() if w.startswith("jobs/") and w.endswith(".py")]
+
+
+def test_kubernetes_files_name_entrypoints_that_exist_and_a_spec_that_loads(tmp_path):
+    """KubeRay RayCluster, RayJob and the scheduled CronJob: parsed, cross-checked, their scripts and spec real."""
+    from pipeline.cli import transcode_parser
+    from pipeline.scheduled import load_spec
+
+    docs = {}
+    for path in sorted((REPO / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[(doc["kind"], doc["metadata"]["name"])] = doc
+    cluster = docs[("RayCluster", "msinn")]
+    lock = (REPO / "requirements-lock.txt").read_text()
+    ray_pin = next(line.split("==")[1] for line in lock.splitlines() if line.startswith("ray["))
+    assert cluster["spec"]["rayVersion"] == ray_pin and cluster["spec"]["enableInTreeAutoscaling"] is True
+    gpu = cluster["spec"]["workerGroupSpecs"][0]
+    assert gpu["minReplicas"] == 0 and gpu["maxReplicas"] >= 1
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    images = {c["image"] for spec in [cluster["spec"]["headGroupSpec"], gpu]
+              for c in spec["template"]["spec"]["containers"]}
+    # the RayJob: its script exists and its arguments parse
+    job = docs[("RayJob", "msinn-transcode")]
+    assert job["spec"]["clusterSelector"]["ray.io/cluster"] == "msinn"
+    words = job["spec"]["entrypoint"].split()
+    assert words[:2] == ["python", "jobs/transcode.py"] and (REPO / words[1]).exists()
+    assert transcode_parser().parse_args(words[2:]).device == "cuda"
+    # the CronJob: its script exists, the head service is the cluster's, the ConfigMap's spec loads
+    cron = docs[("CronJob", "msinn-nightly")]
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(container["command"])
+    assert _scripts_named(command) == ["jobs/scheduled.py"] and (REPO / "jobs" / "scheduled.py").exists()
+    assert "http://msinn-head-svc:8265" in command and container["image"] in images
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(docs[("ConfigMap", "msinn-nightly")]["data"]["nightly.toml"])
+    assert load_spec(spec)["target"] == {"kind": "bpp", "value": 0.5}
+    # the image those files run is this repository on Ray's image at the pinned version
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray_pin}-py311-gpu" in dockerfile and "pip install --no-cache-dir -r" in dockerfile
