@@ -4,7 +4,7 @@
 
 Both sides encode the same images to the same target with the same number of
 threads. The loop reads files, encodes and keeps the bytes; the pipeline
-additionally plans, reads in Ray tasks, writes tar and manifest shards and a
+additionally plans, reads inside the actor, writes tar and manifest shards and a
 summary. Reported: both rates, and the pipeline's share of the loop's, with
 and without the one-off start (Ray, actor start and model load).
 """

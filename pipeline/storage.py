@@ -17,7 +17,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import fsspec
 
@@ -58,24 +58,16 @@ def is_permanent(exc: BaseException) -> bool:
 
 
 def storage_options_from_env(uri: str, given: dict | None) -> dict:
-    """Explicit options win; for s3:// without them, the driver's endpoint and region, never its keys.
+    """The options that travel with tasks: only what the user passed explicitly.
 
-    Credentials stay where the storage's own configuration puts them: each
-    worker resolves them itself (environment, ~/.aws, an instance profile)
-    and refreshes temporary ones, which a copy of the driver's keys taken at
-    submission would not (STS tokens expire during long jobs).
+    Everything else stays where the storage's own configuration puts it and
+    is resolved on each node: credentials (environment, ~/.aws, an instance
+    profile or service account, refreshed when temporary; a copy of the
+    driver's keys taken at submission would expire in a long job), the
+    endpoint (``AWS_ENDPOINT_URL``) and the region.
     """
-    if given:
-        return dict(given)
-    if not uri.startswith(("s3://", "s3a://")):
-        return {}
-    env = os.environ
-    client: dict[str, Any] = {}
-    if env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL"):
-        client["endpoint_url"] = env.get("AWS_ENDPOINT_URL_S3") or env["AWS_ENDPOINT_URL"]
-    if env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"):
-        client["region_name"] = env.get("AWS_REGION") or env["AWS_DEFAULT_REGION"]
-    return {"client_kwargs": client} if client else {}
+    del uri  # kept for callers: the options no longer depend on the URI
+    return dict(given) if given else {}
 
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential")
@@ -133,9 +125,18 @@ def redact(options: dict | None) -> dict:
     return out
 
 
+S3_RETRIES = {"retries": {"mode": "adaptive", "max_attempts": 10}}  # botocore's own backoff, client-side throttling
+
+
 def filesystem(uri: str, options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The file system for a URI. Listing caches are dropped: Ray workers write behind its back."""
-    fs, path = fsspec.core.url_to_fs(uri, **(options or {}))
+    """The file system for a URI. Listing caches are dropped: Ray workers write behind its back.
+
+    S3 clients retry in botocore's adaptive mode unless the options say otherwise.
+    """
+    options = dict(options or {})
+    if uri.startswith(("s3://", "s3a://")) and "config_kwargs" not in options:
+        options["config_kwargs"] = S3_RETRIES
+    fs, path = fsspec.core.url_to_fs(uri, **options)
     fs.invalidate_cache()
     return fs, path
 

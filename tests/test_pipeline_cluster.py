@@ -235,9 +235,13 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
             time.sleep(0.05)
         from ray.util.state import list_actors
 
-        busy_nodes = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
-                      if (a.name or "").startswith("msinn-encoder-")}
-        victim = next(n for n in nodes if n.node_id in busy_nodes)  # a node whose actor is encoding now
+        victim = None
+        while victim is None and time.time() < deadline:  # a node whose actor is alive (the state API may lag)
+            alive = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                     if (a.name or "").startswith("msinn-encoder-")}
+            victim = next((n for n in nodes if n.node_id in alive), None)
+            time.sleep(0.1)
+        assert victim is not None and t.is_alive(), "no encoder actor to lose before the run ended"
         cluster.remove_node(victim, allow_graceful=False)
         t.join(400)
         assert not t.is_alive()
