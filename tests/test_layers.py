@@ -87,3 +87,18 @@ def test_light_commands_start_without_torch_or_ray(tmp_path, command):
     assert "RC 0 HEAVY []" in out, out[-2000:]
     if command[0] == "stats" and "--json" in command:
         assert '"images": 2' in out and '"bad image": 1' in out
+
+
+def test_each_module_imports_only_from_the_rows_above_it_in_the_architecture_map():
+    """docs/architecture.md lists the pipeline's modules lowest first; the imports must agree with it."""
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = text[text.index("## `pipeline/`"):text.index("## Words")]
+    rows = [re.findall(r"`(\w+)\.py`", line) for line in section.splitlines() if line.startswith("| `")]
+    level = {m: i for i, mods in enumerate(rows) for m in mods}
+    graph = _graph()
+    assert set(level) == set(graph), f"map and package differ: {set(level) ^ set(graph)}"
+    for m, deps in graph.items():
+        upward = {d for d in deps if level[d] >= level[m] and d not in rows[level[m]]}
+        assert not upward, f"{m} imports {upward}, listed below it in docs/architecture.md"
