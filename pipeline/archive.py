@@ -70,16 +70,15 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
 
 
 def connect_tables(tables: list) -> duckdb.DuckDBPyConnection:
-    """The same two views over manifest shards already read (through the retrying storage layer)."""
+    """The same two views over manifest shards already read (through the retrying storage layer); none: no rows."""
     import pyarrow as pa
+
+    from .manifest import SCHEMA
 
     con = duckdb.connect()
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")
-    if tables:
-        con.register("all_rows", pa.concat_tables(tables, promote_options="default"))
-    else:
-        con.execute("CREATE VIEW all_rows AS SELECT * FROM read_parquet([]) WHERE false")
+    con.register("all_rows", pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table())
     con.execute(CURRENT_VIEW_SQL)
     con.execute("SET enable_external_access=false")
     return con

@@ -186,8 +186,8 @@ class UnitEncoder:
         else:
             finished = [self.encode_record(rec, spec, unit) for rec in records]
         # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
-        rows_only = refuse_duplicates([row for row, _ in finished], lambda row, why: row.fail(why))
-        finished = [(row, data if row.status == "ok" else None) for row, (_, data) in zip(rows_only, finished)]
+        refuse_duplicates([row for row, _ in finished], ManifestRow.fail)
+        finished = [(row, data if row.status == "ok" else None) for row, data in finished]
         rows = commit(spec, unit, finished)
         ok = [r for r in rows if r.status == "ok"]
         return {  # what the driver's progress line needs; statistics are read from the manifest

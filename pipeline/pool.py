@@ -56,9 +56,7 @@ class PoolSettings:
 
 @dataclass
 class PoolResult:
-    results: list[dict] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # unit ids that failed every attempt
-    errors: dict[str, str] = field(default_factory=dict)
     actors_started: int = 0
     actors_lost: int = 0
     first_actor_seconds: float | None = None
@@ -184,10 +182,8 @@ def run_pool(
             else:
                 log.error("unit %s failed %d times: %s", unit.unit_id, settings.attempts, message)
                 out.failed.append(unit.unit_id)
-                out.errors[unit.unit_id] = message
             idle.append((n, handle))
             continue
-        out.results.append(res)
         on_result(unit, res)
         idle.append((n, handle))
     for _, handle in idle:

@@ -154,9 +154,7 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
     committed = committed_units(spec, units)  # one listing instead of a stat per shard
     tables = [from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options))
               for u in units if u.unit_id in committed]
-    s = run_stats(connect_tables(tables), spec.run_id) if tables else {
-        "images": 0, "ok": 0, "errors": 0, "errors_by_cause": {}, "bytes_in": 0, "bytes_out": 0, "mean_bpp": None,
-        "mean_psnr": None, "target_met": 0, "duplicate_keys": [], "models": []}
+    s = run_stats(connect_tables(tables), spec.run_id)
     # keys read from different shards (two tars with a member of one name): both rows stay, both
     # say where they came from, and the run says so loudly: the current view shows only the later
     duplicates = s["duplicate_keys"]
