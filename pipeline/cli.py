@@ -14,7 +14,7 @@ import logging
 import sys
 
 from .spec import JobSpec
-from .storage import options_arg, storage_options_from_env
+from .storage import options_arg
 
 
 def add_target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -71,8 +71,9 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
 
 def spec_from_args(args: argparse.Namespace) -> JobSpec:
     kind, value = target_of(args)
-    in_opts = storage_options_from_env(args.input, args.storage_options)
-    out_opts = storage_options_from_env(args.output, args.output_storage_options or args.storage_options)
+    # only options the user passed travel with tasks: credentials, endpoint and region resolve on each node
+    in_opts = dict(args.storage_options or {})
+    out_opts = dict(args.output_storage_options or args.storage_options or {})
     return JobSpec(
         input=args.input,
         output=args.output,
@@ -135,7 +136,7 @@ def _canonical_args(args: argparse.Namespace) -> argparse.Namespace:
 def _connect(args: argparse.Namespace, locked: bool = True):
     from .archive import connect
 
-    return connect(args.archive, storage_options_from_env(args.archive, args.storage_options), locked=locked)
+    return connect(args.archive, args.storage_options, locked=locked)
 
 
 def cmd_stats(argv: list[str], prog: str = "msinn-pipeline stats") -> int:
@@ -227,8 +228,8 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     report = run_decode_jobs(
-        batches, storage_options_from_env(args.archive, args.storage_options), args.model, args.device, args.dest,
-        storage_options_from_env(args.dest, args.dest_storage_options), args.format,
+        batches, args.storage_options, args.model, args.device, args.dest,
+        args.dest_storage_options, args.format,
     )
     print(json.dumps({"selected": report.checked, "restored": report.ok, "failed": report.failed}, indent=2))
     return 1 if report.failed else 0
@@ -252,7 +253,7 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    report = run_decode_jobs(batches, storage_options_from_env(args.archive, args.storage_options), args.model,
+    report = run_decode_jobs(batches, args.storage_options, args.model,
                              args.device, None, None, "png")
     print(json.dumps({"checked": report.checked, "ok": report.ok, "mismatches": report.failed}, indent=2))
     return 1 if report.failed else 0
@@ -283,7 +284,7 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     args = _canonical_args(reencode_parser(prog).parse_args(argv))
     setup_logging()
     kind, value = target_of(args)
-    opts = storage_options_from_env(args.archive, args.storage_options)
+    opts = args.storage_options
     try:
         summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
                                args.decode_model, args.rows_per_shard, args.actors, device=args.device)
@@ -306,7 +307,7 @@ def _report_reencode(summary: dict, prog: str) -> int:
 
 def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> int:
     from .archive import ArchiveError
-    from .scheduled import load_spec, run_scheduled
+    from .scheduled import run_scheduled
     from .spec import JobError
 
     p = argparse.ArgumentParser(
@@ -317,8 +318,7 @@ def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> in
     args = p.parse_args(argv)
     setup_logging()
     try:
-        load_spec(args.spec)  # a bad spec is reported in one line, before anything heavy starts
-        summary = run_scheduled(args.spec)
+        summary = run_scheduled(args.spec)  # a bad spec is reported in one line, before anything heavy starts
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

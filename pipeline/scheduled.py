@@ -23,8 +23,6 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .storage import storage_options_from_env
-
 REQUIRED = ("archive", "target")
 
 
@@ -46,10 +44,10 @@ def load_spec(path: str | Path) -> dict[str, Any]:
 
 
 def run_scheduled(path: str | Path) -> dict[str, Any]:
+    spec = load_spec(path)
     from .reencode import gc_shards, run_reencode  # after the spec is read: a bad spec fails without torch
 
-    spec = load_spec(path)
-    opts = storage_options_from_env(spec["archive"], spec.get("storage_options"))
+    opts = spec.get("storage_options")
     summary = run_reencode(
         spec["archive"], spec.get("where"), spec["target"]["kind"], float(spec["target"]["value"]),
         spec.get("model"), spec.get("from", "auto"), opts, spec.get("decode_model"),

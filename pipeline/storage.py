@@ -42,6 +42,11 @@ def attempts_for(fs: fsspec.AbstractFileSystem) -> int:
     return 1 if protocol_of(fs) in SELF_RETRYING else 6
 
 
+def _retried(fs: fsspec.AbstractFileSystem, fn: Callable[[], T], what: str) -> T:
+    """``fn`` on ``fs``, retried by us only where the file system's client does not retry by itself."""
+    return with_retries(fn, what, attempts=attempts_for(fs))
+
+
 def is_permanent(exc: BaseException) -> bool:
     """True for errors that another try cannot fix: missing objects, refused or missing credentials, bad input."""
     seen: set[int] = set()
@@ -55,19 +60,6 @@ def is_permanent(exc: BaseException) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-def storage_options_from_env(uri: str, given: dict | None) -> dict:
-    """The options that travel with tasks: only what the user passed explicitly.
-
-    Everything else stays where the storage's own configuration puts it and
-    is resolved on each node: credentials (environment, ~/.aws, an instance
-    profile or service account, refreshed when temporary; a copy of the
-    driver's keys taken at submission would expire in a long job), the
-    endpoint (``AWS_ENDPOINT_URL``) and the region.
-    """
-    del uri  # kept for callers: the options no longer depend on the URI
-    return dict(given) if given else {}
 
 
 SECRET_WORDS = ("secret", "key", "token", "password", "credential")
@@ -183,16 +175,15 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 6, base_delay: 
 def read_bytes(uri: str, options: dict | None = None, start: int | None = None, end: int | None = None) -> bytes:
     fs, path = filesystem(uri, options)
     if start is None:
-        return with_retries(lambda: fs.cat_file(path), f"read {uri}", attempts=attempts_for(fs))
-    return with_retries(lambda: fs.cat_file(path, start=start, end=end), f"read {uri}[{start}:{end}]",
-                        attempts=attempts_for(fs))
+        return _retried(fs, lambda: fs.cat_file(path), f"read {uri}")
+    return _retried(fs, lambda: fs.cat_file(path, start=start, end=end), f"read {uri}[{start}:{end}]")
 
 
 def open_read(uri: str, options: dict | None = None):
     """A file object for streaming reads (ranged requests on object stores); opening is retried, reading is not:
     a stream that breaks fails its unit, which is tried again as a whole."""
     fs, path = filesystem(uri, options)
-    return with_retries(lambda: fs.open(path, "rb"), f"open {uri}", attempts=attempts_for(fs))
+    return _retried(fs, lambda: fs.open(path, "rb"), f"open {uri}")
 
 
 def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
@@ -214,38 +205,38 @@ def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
         else:
             fs.pipe_file(path, data)
 
-    with_retries(put, f"write {uri}", attempts=attempts_for(fs))
+    _retried(fs, put, f"write {uri}")
 
 
 def exists(uri: str, options: dict | None = None) -> bool:
     fs, path = filesystem(uri, options)
-    return with_retries(lambda: fs.exists(path), f"stat {uri}", attempts=attempts_for(fs))
+    return _retried(fs, lambda: fs.exists(path), f"stat {uri}")
 
 
 def list_files(uri: str, options: dict | None = None) -> list[str]:
     """Every file under a prefix (recursive), as full URIs, sorted."""
     fs, path = filesystem(uri, options)
-    if not with_retries(lambda: fs.exists(path), f"stat {uri}", attempts=attempts_for(fs)):
+    if not _retried(fs, lambda: fs.exists(path), f"stat {uri}"):
         return []
-    if with_retries(lambda: fs.isfile(path), f"stat {uri}", attempts=attempts_for(fs)):
+    if _retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
         found = [path]
     else:
-        found = with_retries(lambda: fs.find(path), f"list {uri}", attempts=attempts_for(fs))
+        found = _retried(fs, lambda: fs.find(path), f"list {uri}")
     return sorted(full_uri(fs, p) for p in found)
 
 
 def file_sizes(uri: str, options: dict | None = None) -> dict[str, int]:
     """Sizes of every file under a prefix, from one listing call (no per-object requests)."""
     fs, path = filesystem(uri, options)
-    if with_retries(lambda: fs.isfile(path), f"stat {uri}", attempts=attempts_for(fs)):
-        info = with_retries(lambda: fs.info(path), f"stat {uri}", attempts=attempts_for(fs))
+    if _retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
+        info = _retried(fs, lambda: fs.info(path), f"stat {uri}")
         items = {path: info}
     else:
-        items = with_retries(lambda: fs.find(path, detail=True), f"list {uri}", attempts=attempts_for(fs))
+        items = _retried(fs, lambda: fs.find(path, detail=True), f"list {uri}")
     return {full_uri(fs, p): int(i.get("size") or 0) for p, i in sorted(items.items())
             if i.get("type", "file") == "file"}
 
 
 def delete(uri: str, options: dict | None = None) -> None:
     fs, path = filesystem(uri, options)
-    with_retries(lambda: fs.rm(path), f"delete {uri}", attempts=attempts_for(fs))
+    _retried(fs, lambda: fs.rm(path), f"delete {uri}")

@@ -16,7 +16,6 @@ from msinn.codec import decode_image
 from pipeline.cli import main
 from pipeline.runner import run_job
 from pipeline.spec import JobSpec
-from pipeline.storage import storage_options_from_env
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +139,8 @@ def test_stats_and_restore_on_s3(s3_bucket, local_ray, tiny_checkpoint, tmp_path
         fs.pipe(f"{bucket}/in/{i}.png", png_bytes(300 + i))
     src, out = f"s3://{bucket}/in", f"s3://{bucket}/arch"
     run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
-                    input_options=storage_options_from_env(src, None),
-                    output_options=storage_options_from_env(out, None)), actors=1)
+                    input_options={},
+                    output_options={}), actors=1)
     assert main(["stats", out, "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     fs.invalidate_cache()

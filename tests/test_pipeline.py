@@ -132,10 +132,8 @@ def test_webdataset_tars_on_s3(s3_bucket, local_ray, tiny_checkpoint):
         fs.pipe(f"{bucket}/in/shard-{shard:03d}.tar", _tar(members))
     spec = JobSpec(input=f"s3://{bucket}/in", output=f"s3://{bucket}/out", target_kind="qp", target_value=1.5,
                    model=tiny_checkpoint)
-    from pipeline.storage import storage_options_from_env
-
-    spec = JobSpec(**{**spec.__dict__, "input_options": storage_options_from_env(spec.input, None),
-                      "output_options": storage_options_from_env(spec.output, None)})
+    spec = JobSpec(**{**spec.__dict__, "input_options": {},
+                      "output_options": {}})
     summary = run_job(spec, actors=1)
     fs.invalidate_cache()
     verify_archive(fs, f"{bucket}/out", keys, tiny_checkpoint)

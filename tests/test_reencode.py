@@ -153,13 +153,11 @@ def test_scheduled_spec(tmp_path, local_ray, tiny_checkpoint):
 
 def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys):
     from pipeline.cli import main
-    from pipeline.storage import storage_options_from_env
-
     fs, bucket = s3_bucket
     for i in range(3):
         fs.pipe(f"{bucket}/in/{i}.png", png_bytes(500 + i))
     src, out = f"s3://{bucket}/in", f"s3://{bucket}/arch"
-    opts = storage_options_from_env(out, None)
+    opts = {}
     run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
                     input_options=opts, output_options=opts), actors=1)
     first = {r["tar_uri"].rsplit("/", 1)[1] for r in _current_s3(out, opts).values()}

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import json
+
 import fsspec
 import pytest
 
 from pipeline import storage
 
 
-def test_workers_get_only_the_options_the_user_passed(monkeypatch):
+def test_workers_get_only_the_options_the_user_passed(monkeypatch, tmp_path):
+    from pipeline.cli import spec_from_args, transcode_parser
+
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLE")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "FwoGZXIvYXdzEXAMPLE")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    assert storage.storage_options_from_env("s3://bucket/x", None) == {}  # each node resolves its own
+    argv = ["--input", "s3://bucket/in", "--output", "s3://bucket/out", "--qp", "2"]
+    spec = spec_from_args(transcode_parser().parse_args(argv))
+    assert spec.input_options == {} and spec.output_options == {}  # each node resolves its own
     given = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
-    assert storage.storage_options_from_env("s3://bucket/x", given) == given  # what the user passed travels
+    (tmp_path / "opts.json").write_text(json.dumps(given))
+    spec = spec_from_args(transcode_parser().parse_args(argv + ["--storage-options", f"@{tmp_path / 'opts.json'}"]))
+    assert spec.input_options == given == spec.output_options  # what the user passed travels
+    assert "wJalr" not in repr(spec) and "AKIA" not in repr(spec) and "FwoG" not in repr(spec)
     fs, _ = storage.filesystem("s3://bucket/x", {"anon": True})
     assert fs.config_kwargs == storage.S3_RETRIES  # botocore's adaptive retries, not a loop of ours
 
