@@ -22,9 +22,14 @@ PLAN_FILE = "_plan/plan.parquet"
 LISTED_KINDS = tuple(k for k in INPUT_KINDS if k != "rows")  # what an input listing can be planned as
 
 
+def relative_path(uri: str, root: str) -> str:
+    """A listed file's path under the input root (its base name if it lies elsewhere)."""
+    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+
+
 def file_key(uri: str, root: str) -> str:
     """A loose file's key: its path under the input root, without its extension."""
-    rel = uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+    rel = relative_path(uri, root)
     base, dot, ext = rel.rpartition(".")
     return base if dot and "/" not in ext else rel
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
-from .plan import file_key
+from .plan import file_key, relative_path
 from .spec import ArchivedRow, WorkUnit
 
 
@@ -83,10 +83,6 @@ def webdataset_key(member: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
-def _relative(uri: str, root: str) -> str:
-    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
-
-
 def read_files(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
     for uri in unit.uris:
         key = file_key(uri, unit.root)
@@ -124,7 +120,7 @@ def read_tar(unit: WorkUnit, options: dict | None) -> Iterator[InputRecord]:
         if isinstance(exc, FileNotFoundError | PermissionError):
             raise  # the shard itself cannot be read: the unit fails and is reported
         where = f" after {seen} members" if seen else ""
-        yield InputRecord(f"{_relative(uri, unit.root)}", uri, None, f"unreadable tar shard{where}: {exc}")
+        yield InputRecord(relative_path(uri, unit.root), uri, None, f"unreadable tar shard{where}: {exc}")
 
 
 def read_parquet(
@@ -156,7 +152,7 @@ def _parquet_records(
             if isinstance(v, dict):  # e.g. the {bytes, path} struct of HF datasets
                 v = v.get("bytes")
             if k is None:
-                yield InputRecord(f"{_relative(uri, unit.root)}#row={row - 1}", src, None, "missing key")
+                yield InputRecord(f"{relative_path(uri, unit.root)}#row={row - 1}", src, None, "missing key")
             elif v is None:
                 yield InputRecord(str(k), src, None, "missing image bytes")
             else:
@@ -205,7 +201,7 @@ def stream_unit(
     key): the consumer applies ``refuse_duplicates`` to what it keeps.
     """
     if unit.kind == "rows":
-        records: Iterator[InputRecord] = iter(read_archived(unit, options, key_column, image_column))
+        records: Iterator[InputRecord] = read_archived(unit, options, key_column, image_column)
     elif unit.kind == "files":
         records = read_files(unit, options)
     elif unit.kind == "tar":
@@ -264,9 +260,11 @@ def read_unit(
     return refuse_duplicates(list(stream_unit(unit, options, key_column, image_column, target_column)), _fail_record)
 
 
-def read_archived(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> list[InputRecord]:
-    """Inputs of a re-encode unit: the original image if readable (and asked for), else the decoded bitstream."""
-    return [_read_archived_row(row, unit.root, options, key_column, image_column) for row in unit.rows]
+def read_archived(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> Iterator[InputRecord]:
+    """Inputs of a re-encode unit, one at a time: the original image if readable (and asked for), else the
+    decoded bitstream (decoded only when the encoder gets to it, as tar members are read)."""
+    for row in unit.rows:
+        yield _read_archived_row(row, unit.root, options, key_column, image_column)
 
 
 def _read_archived_row(
