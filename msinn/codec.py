@@ -35,7 +35,7 @@ from .images import (
     to_pil,
 )
 from .metrics import psnr_uint8
-from .model import MSINN
+from .model import MSINN, tile_symbols
 from .pixels import to_padded_tensor, to_uint8
 from .ratecontrol import RateSearch, Target, window_for
 from .version import __version__
@@ -445,13 +445,13 @@ def check_limits(header: Header, model: MSINN, source: str, max_pixels: int, max
         raise BitstreamError(f"{source}: {header.width}x{header.height} is over the limit of {max_pixels} pixels")
     min_bits = model.tables().min_bits_per_symbol()
     for i, t in enumerate(header.tiles):
-        padded = t.latent_shape[0] * 16 * t.latent_shape[1] * 16
-        if padded > max_tile_pixels:
-            raise BitstreamError(f"{source}: tile {i} claims {padded} pixels, over the limit of {max_tile_pixels}")
-        need = math.ceil(3 * padded * min_bits / 8)  # 3 latent values per padded pixel
-        if t.length < need:
+        symbols = tile_symbols(t.latent_shape)
+        pixels = symbols // 3  # of the padded tile
+        if pixels > max_tile_pixels:
+            raise BitstreamError(f"{source}: tile {i} claims {pixels} pixels, over the limit of {max_tile_pixels}")
+        if t.length < math.ceil(symbols * min_bits / 8):
             raise BitstreamError(
-                f"{source}: tile {i}'s {t.length}-byte stream cannot hold the {3 * padded} symbols its size claims"
+                f"{source}: tile {i}'s {t.length}-byte stream cannot hold the {symbols} symbols its size claims"
             )
 
 

@@ -508,12 +508,17 @@ def likelihood_bits(likelihoods: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return sum(-torch.log2(lik).sum() for lik in likelihoods.values())
 
 
+def tile_symbols(latent_shape: Sequence[int]) -> int:
+    """Symbols coded for a tile whose coarsest latent is h0 x w0: 3 per pixel of the 16*h0 x 16*w0 padded tile."""
+    return 3 * int(latent_shape[0]) * 16 * int(latent_shape[1]) * 16
+
+
 def open_stream(tables: RansTables, data: bytes, latent_shape: Sequence[int]):
     """(h0, w0, rANS stream decoder) for a tile whose coarsest latent is h0 x w0."""
     h0, w0 = int(latent_shape[0]), int(latent_shape[1])
     if h0 < 1 or w0 < 1:
         raise ValueError(f"invalid latent shape {tuple(latent_shape)}")
-    return h0, w0, tables.decoder(data, max_symbols=3 * h0 * w0 * 256)  # 3 latents per padded pixel
+    return h0, w0, tables.decoder(data, max_symbols=tile_symbols(latent_shape))
 
 
 def _is_derived(key: str) -> bool:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 
 from . import storage
 from .archive import connect, select
-from .bitstreams import SHARD_NAME, UntrustedReference, shard_name
+from .bitstreams import UntrustedReference, as_model_list, shard_name
 from .cluster import init_ray, new_run_id
 from .plan import read_plan
 from .runner import check_model, execute_units
@@ -41,19 +40,12 @@ def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict,
             table = pq.read_table(io.BytesIO(storage.read_bytes(f, options)))
             job = json.loads((table.schema.metadata or {}).get(b"msinn.reencode", b"{}"))
             job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
-            job["model"] = _local_file(job.get("model"))
+            job["model"] = storage.canonical_model(job.get("model"))
             units = [WorkUnit(r["unit_id"], "rows", (), r["input_bytes"], archive,
                               tuple(ArchivedRow.from_json(x) for x in r["rows"]))
                      for r in table.to_pylist()]
             out.append((job["run_id"], job, units))
     return sorted(out, key=lambda t: t[0])
-
-
-def _local_file(model: str | None) -> str | None:
-    """A model given as a local file, by its absolute path (registry names and URIs as they are)."""
-    if model and "://" not in model and os.path.exists(model):
-        return storage.canonical(model)
-    return model
 
 
 def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], options: dict | None) -> None:
@@ -86,10 +78,10 @@ def run_reencode(
     if source_mode not in SOURCE_MODES:
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
     archive = storage.canonical(archive)  # workers run in other directories
-    model = _local_file(model)
+    model = storage.canonical_model(model)
     check_model(model)  # a bad --model fails here, before a plan is frozen
     if decode_model:
-        decode_model = [_local_file(m) for m in ([decode_model] if isinstance(decode_model, str) else decode_model)]
+        decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]
     t0 = time.time()
     job = {"archive": archive, "where": where, "target_kind": target_kind, "target_value": float(target_value),
            "model": model, "from": source_mode}
@@ -158,9 +150,10 @@ def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0
         return {**result, "refused": f"not collecting garbage: a current row's {exc}"}
     listed = {}
     for uri in storage.list_files(folder, options):
-        parts = uri.rstrip("/").rsplit("/", 2)
-        if len(parts) == 3 and parts[1] == "bitstreams" and SHARD_NAME.fullmatch(parts[2]):
-            listed[parts[2]] = uri
+        try:
+            listed[shard_name(uri)] = uri
+        except UntrustedReference:  # not a shard (a temp file, something a user left): never deleted
+            continue
     missing = sorted(referenced - set(listed))
     if missing:
         return {**result, "refused": f"not collecting garbage: {len(missing)} shard(s) that current rows reference "

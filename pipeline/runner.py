@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 import time
 from dataclasses import replace
@@ -31,10 +30,8 @@ log = logging.getLogger("pipeline")
 
 def canonical_spec(spec: JobSpec) -> JobSpec:
     """Input, output and a model file as absolute canonical URIs: workers do not share the driver's directory."""
-    model = spec.model
-    if model and "://" not in model and os.path.exists(model):
-        model = storage.canonical(model)
-    return replace(spec, input=storage.canonical(spec.input), output=storage.canonical(spec.output), model=model)
+    return replace(spec, input=storage.canonical(spec.input), output=storage.canonical(spec.output),
+                   model=storage.canonical_model(spec.model))
 
 
 def check_model(model: str | None) -> None:
@@ -56,8 +53,7 @@ def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
         for k in ("input", "output"):  # plans frozen before URIs were made canonical
             if job.get(k):
                 job[k] = storage.canonical(job[k])
-        if job.get("model") and "://" not in job["model"] and os.path.exists(job["model"]):
-            job["model"] = storage.canonical(job["model"])
+        job["model"] = storage.canonical_model(job.get("model"))
         if job.get("model") != spec.model:  # allowed: committed shards keep theirs, the rest use this one
             log.warning("model changed from %s to %s: shards not yet committed will use %s",
                         job.get("model"), spec.model, spec.model)

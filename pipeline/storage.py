@@ -152,6 +152,13 @@ def canonical(uri: str) -> str:
     return f"{protocol.lower()}://{norm}"
 
 
+def canonical_model(model: str | None) -> str | None:
+    """A model given as a local file, by its canonical path; registry names and URIs as they are."""
+    if model and "://" not in model and os.path.exists(model):
+        return canonical(model)
+    return model
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
