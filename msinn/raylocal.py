@@ -8,9 +8,9 @@ RAY_ENV_DEFAULTS = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep local clusters on 127.0.0.1
     "RAY_AUTH_MODE": "disabled",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # Ray kills idle workers beyond one per CPU after 1 s. A read task per shard then starts a
-    # fresh worker process each time (seconds of CPU taken from the encoder on a small machine);
-    # kept for a minute, one reader process serves the whole job.
+    # Ray kills idle workers beyond one per CPU after 1 s. A task per chunk of rows (restore,
+    # verify) then starts a fresh worker process each time (seconds of CPU on a
+    # small machine); kept for a minute, one worker process serves the whole job.
     "RAY_idle_worker_killing_time_threshold_ms": "60000",
 }
 

@@ -48,8 +48,8 @@ def _node_id() -> str | None:
 def _raise_priority() -> None:
     """Undo Ray's worker niceness (15) for the encoder, where the permissions allow.
 
-    At nice 15 any ordinary process (Ray's own services, the read tasks'
-    neighbours) preempts the encoder's threads, and one stalled OpenMP thread
+    At nice 15 any ordinary process (Ray's own services, other jobs'
+    workers) preempts the encoder's threads, and one stalled OpenMP thread
     stalls them all.
     """
     import os

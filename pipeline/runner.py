@@ -1,9 +1,8 @@
 """Running a transcode job on Ray: plan, skip committed units, encode the rest, summarise.
 
-CPU tasks fetch each unit's inputs while encoder actors (one per GPU, or CPU
-actors without GPUs) work on earlier units; Ray's ActorPool hands units to
-idle actors. Actors restart after a crash and Ray retries the interrupted
-call; a unit rewrites its whole shard, so retries never duplicate rows.
+Units go to an elastic pool of encoder actors (``pool.py``) that read,
+encode and commit them. A lost actor's unit is redone by another; a unit
+rewrites its whole shard, so a retry never duplicates rows.
 """
 
 from __future__ import annotations
