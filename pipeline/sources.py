@@ -245,21 +245,6 @@ def refuse_duplicates(items: list[Keyed], fail: Callable[[Keyed, str], None]) ->
     return items
 
 
-def _fail_record(r: InputRecord, message: str) -> None:
-    r.error, r.data = message, None
-
-
-def read_unit(
-    unit: WorkUnit,
-    options: dict | None,
-    key_column: str = "key",
-    image_column: str = "image",
-    target_column: str | None = None,
-) -> list[InputRecord]:
-    """All records of a unit at once, duplicates refused: for tools and tests; the encoder streams."""
-    return refuse_duplicates(list(stream_unit(unit, options, key_column, image_column, target_column)), _fail_record)
-
-
 def read_archived(unit: WorkUnit, options: dict | None, key_column: str, image_column: str) -> Iterator[InputRecord]:
     """Inputs of a re-encode unit, one at a time: the original image if readable (and asked for), else the
     decoded bitstream (decoded only when the encoder gets to it, as tar members are read)."""

@@ -78,3 +78,13 @@ def verify_archive(fs, root: str, expected_keys: set[str], model_path: str) -> d
                 members |= {m.name for m in tf.getmembers()}
     assert members == {f"{k}.msinn" for k in streams}, "tar members and manifest rows differ"
     return streams
+
+
+def read_unit(unit, options=None) -> list:
+    """A unit's records as the encoder sees them: streamed, then keys shared within the unit refused."""
+    from pipeline.sources import refuse_duplicates, stream_unit
+
+    def fail(record, why: str) -> None:
+        record.error, record.data = why, None
+
+    return refuse_duplicates(list(stream_unit(unit, options)), fail)

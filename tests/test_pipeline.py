@@ -16,7 +16,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, verify_archive
+from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, read_unit, verify_archive
 
 from pipeline.cluster import RAY_ENV_DEFAULTS
 from pipeline.manifest import COLUMNS
@@ -261,7 +261,6 @@ def test_canonical_uris(tmp_path, monkeypatch):
 def test_duplicate_keys_get_error_rows_never_another_image(tmp_path, local_ray, tiny_checkpoint):
     """Two tar members named dup.png, a.png beside a.jpg, two Parquet rows with one key: none archived."""
     from pipeline.plan import build_plan
-    from pipeline.sources import read_unit
     from pipeline.spec import WorkUnit
 
     src = tmp_path / "tars"
@@ -301,7 +300,7 @@ def test_webdataset_keys_are_the_basename_up_to_its_first_dot(tmp_path):
     import io
     import tarfile
 
-    from pipeline.sources import read_unit, webdataset_key
+    from pipeline.sources import webdataset_key
     from pipeline.spec import WorkUnit
 
     assert webdataset_key("d/a.b.png") == "d/a" and webdataset_key("x.png") == "x"
@@ -328,7 +327,6 @@ def test_a_prefix_with_tars_and_loose_files_plans_both_and_names_the_rest(tmp_pa
     import tarfile
 
     from pipeline.plan import build_plan
-    from pipeline.sources import read_unit
 
     src = tmp_path / "in"
     src.mkdir()
