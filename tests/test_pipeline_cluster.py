@@ -233,18 +233,19 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
             run_job(spec, actor_resources={"encoder": 1}, cpus_per_actor=0.5, max_actors=2)), daemon=True)
         t.start()
         man = tmp_path / "out" / "manifest"
-        deadline = time.time() + 180
-        while time.time() < deadline and not (man.exists() and any(man.iterdir())):
-            time.sleep(0.05)
         from ray.util.state import list_actors
 
-        victim = None
-        while victim is None and time.time() < deadline:  # a node whose actor is alive (the state API may lag)
+        # as soon as both actors are up (each takes a unit at once), lose one of their nodes: with 12 units
+        # queued the lost actor is holding, or about to be given, a unit
+        deadline = time.time() + 180
+        alive: set = set()
+        while len(alive) < 2 and time.time() < deadline:
             alive = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
                      if (a.name or "").startswith("msinn-encoder-")}
-            victim = next((n for n in nodes if n.node_id in alive), None)
-            time.sleep(0.1)
-        assert victim is not None and t.is_alive(), "no encoder actor to lose before the run ended"
+            time.sleep(0.05)
+        victim = next((n for n in nodes if n.node_id in alive), None)
+        done_before = len(list(man.iterdir())) if man.exists() else 0
+        assert victim is not None and t.is_alive() and done_before < 12, "no encoder actor to lose mid-run"
         cluster.remove_node(victim, allow_graceful=False)
         t.join(400)
         assert not t.is_alive()
