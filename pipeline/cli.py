@@ -51,6 +51,8 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
                         "(default: the storage's own configuration)")
     p.add_argument("--output-storage-options", type=options_arg, default=None)
     p.add_argument("--shard-bytes", type=int, default=256 << 20, help="loose files: input bytes per shard")
+    p.add_argument("--read-ahead-bytes", type=int, default=64 << 20,
+                   help="input bytes each actor reads ahead of its encoder (the actor's input memory bound)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--actors", type=int, default=None,
                    help="a fixed number of encoder actors (sets both --min-actors and --max-actors)")
@@ -87,6 +89,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         image_column=args.image_column,
         target_column=args.target_column,
         shard_bytes=args.shard_bytes,
+        read_ahead_bytes=args.read_ahead_bytes,
         max_pixels=args.max_pixels,
         tile_pixels=args.tile_pixels,
         ms_ssim=args.ms_ssim,

@@ -23,7 +23,7 @@ from msinn.metrics import ms_ssim_uint8
 
 from .manifest import ManifestRow
 from .shards import commit
-from .sources import InputRecord, refuse_duplicates, stream_unit
+from .sources import InputRecord, read_ahead, refuse_duplicates, stream_unit
 from .spec import JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
@@ -157,9 +157,13 @@ class UnitEncoder:
         return row, res.data
 
     def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
-        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it."""
+        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it.
+
+        A read-ahead thread fetches and hashes the next records while the
+        model encodes this one, holding at most ``spec.read_ahead_bytes``.
+        """
         records = stream_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
-        return self.process(unit, records, spec)
+        return self.process(unit, read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init), spec)
 
     def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec) -> dict:
         """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last).
@@ -174,17 +178,31 @@ class UnitEncoder:
             # OpenMP thread counts are per calling thread; Ray may run methods on another thread than __init__
             torch.set_num_threads(self.threads)
         t0 = time.perf_counter()
+        network_s = [0.0]  # written by this thread only
+        coder_s = [0.0]  # written by the coder thread only (or this one, without overlap)
+
+        def plan(rec: InputRecord) -> tuple[ManifestRow, PlannedEncode | None]:
+            t = time.perf_counter()
+            out = self.plan_record(rec, spec, unit)
+            network_s[0] += time.perf_counter() - t
+            return out
+
+        def finish(row: ManifestRow, planned: PlannedEncode | None) -> tuple[ManifestRow, bytes | None]:
+            t = time.perf_counter()
+            out = self.finish_record(row, planned, spec.ms_ssim)
+            coder_s[0] += time.perf_counter() - t
+            return out
+
         if self.overlap:
             results: list[Future] = []
             with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as pool:
                 for rec in records:
                     if len(results) >= PIPELINE_DEPTH:  # one coder thread finishes in order
                         wait([results[-PIPELINE_DEPTH]])
-                    row, planned = self.plan_record(rec, spec, unit)
-                    results.append(pool.submit(self.finish_record, row, planned, spec.ms_ssim))
+                    results.append(pool.submit(finish, *plan(rec)))
                 finished = [f.result() for f in results]
         else:
-            finished = [self.encode_record(rec, spec, unit) for rec in records]
+            finished = [finish(*plan(rec)) for rec in records]
         # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
         refuse_duplicates([row for row, _ in finished], ManifestRow.fail)
         finished = [(row, data if row.status == "ok" else None) for row, data in finished]
@@ -197,6 +215,7 @@ class UnitEncoder:
             "bytes_in": sum(r.source_bytes or 0 for r in rows),
             "bytes_out": sum(r.bytes or 0 for r in ok),
             "seconds": time.perf_counter() - t0,
+            "codec_seconds": network_s[0] + coder_s[0],  # decoding and coding images: the rest is the pipeline's
             "device": self.device_name,
             "node_id": _node_id(),
         }

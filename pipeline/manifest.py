@@ -135,5 +135,5 @@ def to_parquet(rows: list[ManifestRow] | list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def from_parquet(data: bytes) -> pa.Table:
-    return pq.read_table(io.BytesIO(data))
+def from_parquet(data: bytes, columns: list[str] | None = None) -> pa.Table:
+    return pq.read_table(io.BytesIO(data), columns=columns)

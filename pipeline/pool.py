@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,20 +72,57 @@ def _request(bundles: list[dict[str, float]]) -> None:
         log.debug("request_resources: %s", exc)
 
 
+class UnitQueue:
+    """Units still to hand out: returned units first, then the rest pulled lazily from the plan.
+
+    The plan is read as the pool asks for units, so the driver never holds a
+    big job's units at once; its length is known from the plan's count.
+    """
+
+    def __init__(self, units: Iterable[WorkUnit], total: int):
+        self.fresh: Iterator[WorkUnit] = iter(units)
+        self.untaken = total
+        self.again: deque[WorkUnit] = deque()
+
+    def __len__(self) -> int:
+        return len(self.again) + self.untaken
+
+    def take(self) -> WorkUnit:
+        if self.again:
+            return self.again.popleft()
+        self.untaken -= 1
+        try:
+            return next(self.fresh)
+        except StopIteration:
+            self.untaken = 0
+            raise RuntimeError("the plan held fewer units than it was counted to hold") from None
+
+    def put_front(self, unit: WorkUnit) -> None:
+        self.again.appendleft(unit)
+
+    def put_back(self, unit: WorkUnit) -> None:
+        self.again.append(unit)
+
+
 def run_pool(
-    units: list[WorkUnit],
+    units: Iterable[WorkUnit],
+    total: int,
     make_actor: Callable[[int], Any],
     call: Callable[[Any, WorkUnit], Any],
     settings: PoolSettings,
     on_result: Callable[[WorkUnit, dict], None] = lambda u, r: None,
     on_tick: Callable[[], None] = lambda: None,
 ) -> PoolResult:
-    """Run ``call(actor, unit)`` for every unit on an elastic set of actors; never raises for a unit's failure."""
+    """Run ``call(actor, unit)`` for each of the ``total`` units on an elastic set of actors.
+
+    Never raises for a unit's failure; units are pulled from ``units`` only
+    when an actor is free to take one.
+    """
     import ray
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
     out = PoolResult()
-    queue: deque[WorkUnit] = deque(units)
+    queue = UnitQueue(units, total)
     tries: Counter[str] = Counter()
     starting: dict[Any, tuple[int, Any]] = {}  # ready() ref -> (actor number, handle)
     busy: dict[Any, tuple[int, Any, WorkUnit]] = {}  # process ref -> (actor number, handle, unit)
@@ -113,7 +150,7 @@ def run_pool(
     while queue or busy:
         while idle and queue:
             n, handle = idle.pop()
-            unit = queue.popleft()
+            unit = queue.take()
             busy[call(handle, unit)] = (n, handle, unit)
         if not queue:  # release what is idle or still pending: the autoscaler may take its node back
             for _, handle in idle + list(starting.values()):
@@ -168,7 +205,7 @@ def run_pool(
             out.actors_lost += 1
             log.warning("encoder actor %d lost while on unit %s (%s); the unit goes back to the queue",
                         n, unit.unit_id, str(exc).strip().splitlines()[0][:200])
-            queue.appendleft(unit)
+            queue.put_front(unit)
             if len(starting) + len(busy) + len(idle) < wanted():
                 start_one()
             continue
@@ -178,7 +215,7 @@ def run_pool(
             if tries[unit.unit_id] < settings.attempts:
                 log.warning("unit %s failed (%s); try %d of %d", unit.unit_id, message, tries[unit.unit_id] + 1,
                             settings.attempts)
-                queue.append(unit)
+                queue.put_back(unit)
             else:
                 log.error("unit %s failed %d times: %s", unit.unit_id, settings.attempts, message)
                 out.failed.append(unit.unit_id)

@@ -86,7 +86,7 @@ def run_reencode(
     job = {"archive": archive, "where": where, "target_kind": target_kind, "target_value": float(target_value),
            "model": model, "from": source_mode}
     found = read_plan(archive, options)
-    base_job = found[1] if found else {}
+    base_job = found.job if found else {}
     resume = [p for p in _reencode_plans(archive, options) if {k: p[1].get(k) for k in job} == job]
     unfinished = None
     for run_id, pjob, units in resume:

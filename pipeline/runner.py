@@ -7,6 +7,7 @@ rewrites its whole shard, so a retry never duplicates rows.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,9 +20,9 @@ from typing import Any
 from . import storage
 from .cluster import init_ray, new_run_id
 from .encoder import UnitEncoder
-from .plan import build_plan, read_plan, write_plan
+from .plan import Plan, plan_input, read_plan
 from .pool import PoolSettings, run_pool
-from .shards import committed_units
+from .shards import committed_shards, is_committed
 from .spec import JobError, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline")
@@ -43,11 +44,11 @@ def check_model(model: str | None) -> None:
         raise JobError(f"cannot use model {model or '(default)'}: {exc}") from None
 
 
-def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
-    """Read the frozen plan under the output, or list the input once and freeze it."""
+def prepare_plan(spec: JobSpec) -> tuple[JobSpec, Plan]:
+    """Read the frozen plan under the output, or list the input once and freeze it (streaming, a part at a time)."""
     found = read_plan(spec.output, spec.output_options)
     if found is not None:
-        units, job = found
+        job = found.job
         spec = replace(spec, run_id=job.get("run_id", spec.run_id))
         for k in ("input", "output"):  # plans frozen before URIs were made canonical
             if job.get(k):
@@ -61,11 +62,12 @@ def prepare_plan(spec: JobSpec) -> tuple[JobSpec, list[WorkUnit]]:
         if mine != theirs:
             diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
             raise JobError(f"{spec.output} already holds a plan for another job (planned vs asked: {diff})")
-        return spec, units
+        return spec, found
     spec = replace(spec, run_id=spec.run_id or new_run_id())
-    units = build_plan(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes)
-    write_plan(spec.output, units, spec.job_dict(), spec.output_options)
-    return spec, units
+    plan = plan_input(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes, spec.output,
+                      spec.job_dict(), spec.output_options)
+    log.info("plan frozen: %d units, %.1f MB of input", len(plan), plan.input_bytes / 1e6)
+    return spec, plan
 
 
 def pool_settings(spec: JobSpec, min_actors: int | None, max_actors: int | None, resources: dict | None,
@@ -139,16 +141,20 @@ class Progress:
             self.bar.close()
 
 
-def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int, failed: list[str]) -> dict[str, Any]:
+SUMMARY_COLUMNS = ["key", "run_id", "status", "error", "source_bytes", "bytes", "bpp", "psnr", "target_met", "model",
+                   "created_at"]  # what run_stats reads: a big run's summary need not hold whole manifests
+
+
+def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: list[str]) -> dict[str, Any]:
     """Totals over every row this run's plan has committed (read back through DuckDB), plus this run's speed."""
     from .archive import connect_tables
     from .manifest import from_parquet
     from .shards import manifest_uri
     from .stats import run_stats
 
-    committed = committed_units(spec, units)  # one listing instead of a stat per shard
-    tables = [from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options))
-              for u in units if u.unit_id in committed]
+    shards = committed_shards(spec)  # one listing instead of a stat per shard
+    tables = [from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options), SUMMARY_COLUMNS)
+              for u in plan if is_committed(u, shards)]
     s = run_stats(connect_tables(tables), spec.run_id)
     # keys read from different shards (two tars with a member of one name): both rows stay, both
     # say where they came from, and the run says so loudly: the current view shows only the later
@@ -161,8 +167,8 @@ def summarise(spec: JobSpec, units: list[WorkUnit], wall: float, processed: int,
         "output": spec.output,
         "target": {"kind": spec.target_kind, "value": spec.target_value},
         "model": s["models"][0] if len(s["models"]) == 1 else spec.model,  # the name rows record
-        "shards": len(units),
-        "shards_committed": len(committed),
+        "shards": len(plan),
+        "shards_committed": len(tables),
         "shards_failed": failed,
         **{k: s[k] for k in ("images", "ok", "errors", "errors_by_cause", "bytes_in", "bytes_out", "mean_bpp",
                              "mean_psnr", "target_met")},
@@ -187,9 +193,9 @@ def run_job(
     init_ray()
     spec = canonical_spec(spec)
     check_model(spec.model)  # before anything is frozen: a bad --model must not pin the plan
-    spec, units = prepare_plan(spec)
-    stats = execute_units(spec, units, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
-    summary = summarise(spec, units, time.time() - t0, stats["processed"], stats["failed"])
+    spec, plan = prepare_plan(spec)
+    stats = execute_units(spec, plan, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
+    summary = summarise(spec, plan, time.time() - t0, stats["processed"], stats["failed"])
     summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed")})
     body = json.dumps(summary, indent=2).encode()
     storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
@@ -199,7 +205,7 @@ def run_job(
 
 def execute_units(
     spec: JobSpec,
-    units: list[WorkUnit],
+    units: Plan | list[WorkUnit],
     actors: int | None = None,
     actor_resources: dict | None = None,
     cpus_per_actor: float = 1.0,
@@ -209,28 +215,34 @@ def execute_units(
 ) -> dict[str, Any]:
     """Encode every unit that has no manifest shard yet, on an elastic pool of encoder actors (``pool.py``).
 
-    ``actors`` fixes the pool's size (both bounds); ``min_actors`` and
-    ``max_actors`` let it grow and shrink with the cluster.
+    ``units`` is a frozen plan (read a part at a time, twice: once to count
+    what is left, once as the pool asks for units) or a list. ``actors``
+    fixes the pool's size (both bounds); ``min_actors`` and ``max_actors``
+    let it grow and shrink with the cluster.
     """
     import ray
 
     init_ray()
-    done = committed_units(spec, units)
-    pending = [u for u in units if u.unit_id not in done]
-    if max_units is not None:  # stop early, as an interrupted run would (used by tests)
-        pending = pending[:max_units]
-    log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), len(done),
-             len(pending))
+    shards = committed_shards(spec)
+    todo = todo_bytes = done = 0
+    for u in units:
+        if is_committed(u, shards):
+            done += 1
+        elif max_units is None or todo < max_units:  # max_units: stop early, as an interrupted run would (tests)
+            todo += 1
+            todo_bytes += u.input_bytes
+    pending = itertools.islice((u for u in units if not is_committed(u, shards)), todo)
+    log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), done, todo)
     stats: dict[str, Any] = {"processed": 0, "failed": [], "shards_by_node": {}, "actors": 0,
-                             "actor_start_seconds": 0.0, "encode_seconds_total": 0.0, "actors_lost": 0}
-    if not pending:
+                             "actor_start_seconds": 0.0, "encode_seconds_total": 0.0, "codec_seconds_total": 0.0,
+                             "actors_lost": 0}
+    if not todo:
         return stats
-    settings = pool_settings(spec, actors or min_actors, actors or max_actors, actor_resources, cpus_per_actor,
-                             len(pending))
+    settings = pool_settings(spec, actors or min_actors, actors or max_actors, actor_resources, cpus_per_actor, todo)
     threads = max(1, math.ceil(cpus_per_actor))
     actor_cls = ray.remote(UnitEncoder)
     options = {"max_restarts": 0, "max_task_retries": 0, **settings.shape}
-    progress = Progress(len(units), sum(u.input_bytes for u in pending), len(done))
+    progress = Progress(len(units), todo_bytes, done)
     nodes: dict[str, int] = {}
 
     def on_result(unit: WorkUnit, res: dict) -> None:
@@ -238,11 +250,13 @@ def execute_units(
         nodes[str(res["node_id"])] = nodes.get(str(res["node_id"]), 0) + 1
         stats["processed"] += res["images"]
         stats["encode_seconds_total"] += res["seconds"]
+        stats["codec_seconds_total"] += res["codec_seconds"]
         progress.log()
 
     log.info("encoder actors: %d to %d, each %s", settings.min_actors, settings.max_actors, settings.bundle())
     result = run_pool(
         pending,
+        todo,
         lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
             spec.model, spec.device, threads),
         lambda actor, unit: actor.process_unit.remote(unit, spec),
@@ -252,8 +266,8 @@ def execute_units(
     )
     progress.log(force=True)
     progress.close()
-    failed = sorted({u.unit_id for u in pending} - committed_units(spec, units)) if result.failed else []
-    stats.update(failed=failed, shards_by_node=nodes, actors=result.actors_started, actors_lost=result.actors_lost,
-                 actor_start_seconds=round(result.first_actor_seconds or 0.0, 3),
-                 encode_seconds_total=round(stats["encode_seconds_total"], 3))
+    stats.update(failed=sorted(result.failed), shards_by_node=nodes, actors=result.actors_started,
+                 actors_lost=result.actors_lost, actor_start_seconds=round(result.first_actor_seconds or 0.0, 3),
+                 encode_seconds_total=round(stats["encode_seconds_total"], 3),
+                 codec_seconds_total=round(stats["codec_seconds_total"], 3))
     return stats

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from collections.abc import Iterable
 
 from . import manifest, storage
 from .manifest import ManifestRow
@@ -58,8 +59,17 @@ def commit(spec: JobSpec, unit: WorkUnit, results: list[tuple[ManifestRow, bytes
     return rows
 
 
-def committed_units(spec: JobSpec, units: list[WorkUnit]) -> set[str]:
-    """Units whose manifest shard exists: done by an earlier run."""
+def committed_shards(spec: JobSpec) -> set[str]:
+    """Names of the manifest shards under the output (one listing, not a stat per unit)."""
     listing = storage.list_files(storage.join(spec.output, "manifest"), spec.output_options)
-    names = {u.rsplit("/", 1)[-1] for u in listing}
-    return {u.unit_id for u in units if f"{u.shard_name}.parquet" in names}
+    return {u.rsplit("/", 1)[-1] for u in listing}
+
+
+def is_committed(unit: WorkUnit, shards: set[str]) -> bool:
+    return f"{unit.shard_name}.parquet" in shards
+
+
+def committed_units(spec: JobSpec, units: Iterable[WorkUnit]) -> set[str]:
+    """Units whose manifest shard exists: done by an earlier run."""
+    shards = committed_shards(spec)
+    return {u.unit_id for u in units if is_committed(u, shards)}

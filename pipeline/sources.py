@@ -12,8 +12,11 @@ import io
 import posixpath
 import re
 import tarfile
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, TypeVar
 
 from msinn.imageio import IMAGE_EXTENSIONS
@@ -34,8 +37,9 @@ class InputRecord:
     original_sha256: str | None = None
     target_value: float | None = None  # per-image target from an input column, overriding the job's
 
-    @property
+    @cached_property
     def sha256(self) -> str | None:
+        """Computed once, by whoever asks first (the read-ahead thread, off the encoder's critical path)."""
         if self.original_sha256 is not None:
             return self.original_sha256
         return hashlib.sha256(self.data).hexdigest() if self.data is not None else None
@@ -213,6 +217,73 @@ def stream_unit(
             r.error, r.data = UNSAFE_KEY.format(key=r.key[:80]), None
             r.key = "unsafe-" + hashlib.sha256(r.key.encode("utf-8", "replace")).hexdigest()[:16]
         yield r
+
+
+def read_ahead(records: Iterator[InputRecord], max_bytes: int, max_records: int = 256,
+               init: Callable[[], None] | None = None) -> Iterator[InputRecord]:
+    """The same records, read (and hashed) on a background thread while the consumer encodes earlier ones.
+
+    Reading a shard from object storage is network time the encoder would
+    otherwise wait for. At most ``max_bytes`` of image data (and
+    ``max_records`` records) wait in memory: back-pressure by bytes, so a
+    shard of huge images holds no more than one of small ones (a single
+    record larger than the budget still passes, alone). An exception in the
+    reader is raised to the consumer after the records read before it, as a
+    plain loop would; a consumer that stops early stops the reader. ``init``
+    runs first on the reader thread (the encoder sets its torch thread count
+    there: re-encodes decode bitstreams while reading).
+    """
+    cond = threading.Condition()
+    waiting: deque[tuple[InputRecord, int]] = deque()
+    state = {"held": 0, "done": False, "stop": False, "error": None}
+
+    def produce() -> None:
+        try:
+            if init is not None:
+                init()
+            for rec in records:
+                size = len(rec.data or b"")
+                rec.sha256  # noqa: B018 - hash here, on this thread
+                with cond:
+                    while not state["stop"] and waiting and (
+                            state["held"] + size > max_bytes or len(waiting) >= max_records):
+                        cond.wait()
+                    if state["stop"]:
+                        return
+                    waiting.append((rec, size))
+                    state["held"] += size
+                    cond.notify_all()
+        except BaseException as exc:  # handed to the consumer, raised there
+            state["error"] = exc
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()
+            with cond:
+                state["done"] = True
+                cond.notify_all()
+
+    reader = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            with cond:
+                while not waiting and not state["done"]:
+                    cond.wait()
+                if waiting:
+                    rec, size = waiting.popleft()
+                    state["held"] -= size
+                    cond.notify_all()
+                elif state["error"] is not None:
+                    raise state["error"]
+                else:
+                    return
+            yield rec
+    finally:
+        with cond:
+            state["stop"] = True
+            cond.notify_all()
+        reader.join()
 
 
 Keyed = TypeVar("Keyed")  # an InputRecord or a ManifestRow: anything with .key and .source_uri

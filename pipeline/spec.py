@@ -32,6 +32,7 @@ class JobSpec:
     image_column: str = "image"
     target_column: str | None = None  # Parquet inputs: per-image target values of target_kind
     shard_bytes: int = 256 << 20
+    read_ahead_bytes: int = 64 << 20  # input an actor reads ahead of its encoder, at most
     max_pixels: int = 256 << 20
     tile_pixels: int = 1 << 21
     ms_ssim: bool = False

@@ -16,7 +16,7 @@ import posixpath
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import fsspec
@@ -242,6 +242,77 @@ def file_sizes(uri: str, options: dict | None = None) -> dict[str, int]:
         items = _retried(fs, lambda: fs.find(path, detail=True), f"list {uri}")
     return {full_uri(fs, p): int(i.get("size") or 0) for p, i in sorted(items.items())
             if i.get("type", "file") == "file"}
+
+
+LIST_PAGE = 1000  # objects pulled from a paged listing per call into the file system's event loop
+
+
+class ListingOrderError(RuntimeError):
+    """The store listed keys out of order (S3 directory buckets do): a streamed plan cannot rely on it."""
+
+
+def iter_file_sizes(uri: str, options: dict | None = None) -> Iterator[tuple[str, int]]:
+    """Every file under a prefix with its size, in sorted URI order, a page or a folder at a time.
+
+    The listing is never held whole, so a prefix of tens of millions of
+    objects can stream into a plan. S3 is listed flat, page by page (each
+    page retried by botocore); other file systems are walked folder by
+    folder, each folder sorted so the walk yields the same order as a sorted
+    flat listing (``a.png`` before ``a/x.png``, because ``.`` < ``/``). An
+    object store that returns keys out of order raises ``ListingOrderError``.
+    """
+    fs, path = filesystem(uri, options)
+    if _retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
+        info = _retried(fs, lambda: fs.info(path), f"stat {uri}")
+        yield full_uri(fs, path), int(info.get("size") or 0)
+        return
+    if protocol_of(fs) in ("s3", "s3a"):
+        pages = _s3_pages(fs, path)
+    else:
+        pages = _walk_sorted(fs, path, uri)
+    previous = None
+    for name, size in pages:
+        if previous is not None and name <= previous:
+            raise ListingOrderError(f"{uri}: the store listed {name!r} after {previous!r}")
+        previous = name
+        yield full_uri(fs, name), size
+
+
+def _s3_pages(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[str, int]]:
+    """A flat S3 listing (no delimiter), pulled a page at a time through s3fs's own paginated iterator."""
+    from fsspec.asyn import sync
+
+    bucket, _, key = path.partition("/")
+    prefix = key.rstrip("/") + "/" if key else ""
+    pages = fs._iterdir(bucket, delimiter="", prefix=prefix)
+
+    async def take(n: int) -> list[dict]:
+        out: list[dict] = []
+        try:
+            while len(out) < n:
+                out.append(await pages.__anext__())
+        except StopAsyncIteration:
+            pass
+        return out
+
+    while batch := sync(fs.loop, take, LIST_PAGE):
+        for info in batch:
+            if info.get("type") == "file" and not info["name"].endswith("/"):
+                yield info["name"], int(info.get("size") or 0)
+
+
+def _walk_sorted(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> Iterator[tuple[str, int]]:
+    """Depth first, one folder listed at a time; memory grows with the widest folder, not the tree."""
+    entries = _retried(fs, lambda: fs.ls(path, detail=True), f"list {uri}")
+    ordered = sorted(
+        (e["name"].rstrip("/") + ("/" if e.get("type") == "directory" else ""), e) for e in entries
+        if e["name"].rstrip("/") != path.rstrip("/")  # some file systems list the folder itself
+    )
+    for name, e in ordered:
+        if e.get("type") == "directory":
+            yield from _walk_sorted(fs, name.rstrip("/"), uri)
+        elif e.get("type", "file") == "file":
+            yield e["name"], int(e.get("size") or 0)
 
 
 def delete(uri: str, options: dict | None = None) -> None:

@@ -79,17 +79,22 @@ def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tin
             want.status, want.bytes, want.qp, want.error)
 
 
-def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_checkpoint):
+def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_checkpoint, monkeypatch):
+    from pipeline import plan
+
+    monkeypatch.setattr(plan, "PART_UNITS", 2)  # the plan is frozen in several parts, read back in turn
     keys = _write_tree(tmp_path / "in")
     out = tmp_path / "out"
     spec = JobSpec(input=str(tmp_path / "in"), output=str(out), target_kind="qp", target_value=2.0,
                    model=tiny_checkpoint, shard_bytes=20_000)
     summary = run_job(spec, actors=1)
+    assert len(list((out / "_plan").glob("units-*.parquet"))) == -(-summary["shards"] // 2) > 1
     fs = fsspec.filesystem("file")
     verify_archive(fs, str(out), keys, tiny_checkpoint)
     assert summary["images"] == len(keys) and summary["errors"] == 3 and summary["ok"] == len(keys) - 3
     assert summary["shards"] > 1 and summary["shards_committed"] == summary["shards"]
     assert summary["bytes_out"] > 0 and summary["mean_bpp"] > 0 and summary["mean_psnr"] > 0
+    assert 0 < summary["codec_seconds_total"] < summary["encode_seconds_total"]  # the actors' time, split
     assert set(summary["errors_by_cause"]) == {"bad image"}
     rows = {r["key"]: r for r in read_manifest(fs, str(out))}
     assert rows["zero"]["status"] == "error" and "empty" in rows["zero"]["error"]
@@ -115,6 +120,36 @@ def _tar(members: dict[str, bytes]) -> bytes:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def test_the_pool_pulls_units_only_as_actors_free_up(local_ray):
+    """A big plan is read as the work goes, not loaded into the driver before it starts."""
+    import ray
+
+    from pipeline.pool import PoolSettings, run_pool
+    from pipeline.spec import WorkUnit
+
+    @ray.remote(num_cpus=0)
+    class Echo:
+        def ready(self) -> str:
+            return "ok"
+
+        def work(self, unit: WorkUnit) -> dict:
+            return {"unit_id": unit.unit_id}
+
+    pulled: list[int] = []
+
+    def units():
+        for i in range(30):
+            pulled.append(i)
+            yield WorkUnit(f"{i:06d}", "files", (f"/x/{i}.png",), 1, "/x")
+
+    seen: list[tuple[str, int]] = []
+    settings = PoolSettings(min_actors=0, max_actors=2, shape={"num_cpus": 0})
+    run_pool(units(), 30, lambda n: Echo.remote(), lambda actor, unit: actor.work.remote(unit), settings,
+             on_result=lambda unit, res: seen.append((res["unit_id"], len(pulled))))
+    assert sorted(u for u, _ in seen) == [f"{i:06d}" for i in range(30)]
+    assert all(n <= j + 2 for j, (_, n) in enumerate(seen, 1)), seen  # done + the two actors' units, no more
 
 
 def test_webdataset_tars_on_s3(s3_bucket, local_ray, tiny_checkpoint):
