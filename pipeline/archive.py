@@ -9,7 +9,7 @@ system registered with DuckDB, so no DuckDB extension is downloaded.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
@@ -69,16 +69,28 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
     return con
 
 
-def connect_tables(tables: list) -> duckdb.DuckDBPyConnection:
-    """The same two views over manifest shards already read (through the retrying storage layer); none: no rows."""
-    import pyarrow as pa
+def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """The same two views over manifest shards already read (through the retrying storage layer); none: no rows.
 
+    Shards are inserted one at a time, so only one is held as Arrow at once;
+    with a ``database`` file, DuckDB keeps the rows there and spills what
+    does not fit its memory limit, so a run of millions of rows is
+    summarised in bounded memory.
+    """
     from .manifest import SCHEMA
 
-    con = duckdb.connect()
+    con = duckdb.connect(database)
     con.execute("SET autoinstall_known_extensions=false")
     con.execute("SET autoload_known_extensions=false")
-    con.register("all_rows", pa.concat_tables(tables, promote_options="default") if tables else SCHEMA.empty_table())
+    if database != ":memory:":
+        con.execute("SET memory_limit='512MB'")
+    con.register("schema_rows", SCHEMA.empty_table())
+    con.execute("CREATE TABLE all_rows AS SELECT * FROM schema_rows")
+    con.unregister("schema_rows")
+    for table in tables:  # shards of older versions lack newer columns: those read as NULL
+        con.register("shard_rows", table)
+        con.execute("INSERT INTO all_rows BY NAME SELECT * FROM shard_rows")
+        con.unregister("shard_rows")
     con.execute(CURRENT_VIEW_SQL)
     con.execute("SET enable_external_access=false")
     return con

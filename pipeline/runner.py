@@ -11,7 +11,9 @@ import itertools
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -153,9 +155,20 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
     from .stats import run_stats
 
     shards = committed_shards(spec)  # one listing instead of a stat per shard
-    tables = [from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options), SUMMARY_COLUMNS)
-              for u in plan if is_committed(u, shards)]
-    s = run_stats(connect_tables(tables), spec.run_id)
+    committed = [0]
+
+    def tables():
+        for u in plan:
+            if is_committed(u, shards):
+                committed[0] += 1
+                yield from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options), SUMMARY_COLUMNS)
+
+    with tempfile.TemporaryDirectory(prefix="msinn-summary-") as folder:  # rows spill here, not to memory
+        con = connect_tables(tables(), os.path.join(folder, "rows.duckdb"))
+        try:
+            s = run_stats(con, spec.run_id)
+        finally:
+            con.close()
     # keys read from different shards (two tars with a member of one name): both rows stay, both
     # say where they came from, and the run says so loudly: the current view shows only the later
     duplicates = s["duplicate_keys"]
@@ -168,7 +181,7 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
         "target": {"kind": spec.target_kind, "value": spec.target_value},
         "model": s["models"][0] if len(s["models"]) == 1 else spec.model,  # the name rows record
         "shards": len(plan),
-        "shards_committed": len(tables),
+        "shards_committed": committed[0],
         "shards_failed": failed,
         **{k: s[k] for k in ("images", "ok", "errors", "errors_by_cause", "bytes_in", "bytes_out", "mean_bpp",
                              "mean_psnr", "target_met")},

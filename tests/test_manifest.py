@@ -36,3 +36,28 @@ def test_run_statistics_over_no_committed_shard_and_over_some():
     s = run_stats(connect_tables([from_parquet(to_parquet(rows))]), "r")
     assert (s["images"], s["ok"], s["errors"], s["bytes_out"], s["target_met"], s["models"]) == (2, 1, 1, 10, 1, ["m"])
     assert s["errors_by_cause"] == {"bad image": 1}
+
+
+def test_a_run_summary_reads_shards_one_at_a_time_into_a_spilling_database(tmp_path):
+    """Only the summary's columns, one shard at a time, into a DuckDB file: the same statistics as whole shards."""
+    from pipeline.runner import SUMMARY_COLUMNS
+
+    shards = []
+    for i in range(12):
+        rows = [ManifestRow(key=f"k{i}-{j}", status="ok", bytes=100 + j, bpp=0.1 * j, psnr=30.0 + j, run_id="r",
+                            model="m", target_met=j % 2 == 0, source_bytes=1000) for j in range(5)]
+        rows.append(ManifestRow(key=f"bad{i}", run_id="r", source_bytes=5).fail("bad image: truncated"))
+        shards.append(to_parquet(rows))
+    whole = run_stats(connect_tables([from_parquet(s) for s in shards]), "r")
+    pulled = []
+
+    def one_at_a_time():
+        for s in shards:
+            pulled.append(1)
+            yield from_parquet(s, SUMMARY_COLUMNS)
+
+    con = connect_tables(one_at_a_time(), str(tmp_path / "rows.duckdb"))
+    assert len(pulled) == 12 and (tmp_path / "rows.duckdb").exists()
+    assert run_stats(con, "r") == whole
+    assert whole["images"] == 72 and whole["ok"] == 60 and whole["bytes_in"] == 12 * 5005
+    con.close()

@@ -213,21 +213,22 @@ def test_transient_storage_errors_are_retried(tmp_path, local_ray, tiny_checkpoi
     verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
 
 
-def _reference(tmp_path, name, local_ray, checkpoint, n=8):
-    src = tmp_path / "in"
-    keys = _write_tree(src, n=n) if not src.exists() else None
-    spec = JobSpec(input=str(src), output=str(tmp_path / name), target_kind="qp", target_value=2.5,
-                   model=checkpoint, shard_bytes=6_000)
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, local_ray, tiny_checkpoint):
+    """One uninterrupted run, and what it archived, that the interrupted runs of this module must equal."""
+    root = tmp_path_factory.mktemp("reference")
+    keys = _write_tree(root / "in", n=8)
+    spec = JobSpec(input=str(root / "in"), output=str(root / "ref"), target_kind="qp", target_value=2.5,
+                   model=tiny_checkpoint, shard_bytes=6_000)
     run_job(spec, actors=1)
-    return spec, keys
+    return spec, keys, verify_archive(fsspec.filesystem("file"), spec.output, keys, tiny_checkpoint)
 
 
-def test_encoder_actor_killed_mid_run(tmp_path, local_ray, tiny_checkpoint):
+def test_encoder_actor_killed_mid_run(tmp_path, reference_run, tiny_checkpoint):
     import ray
 
-    ref_spec, keys = _reference(tmp_path, "ref", local_ray, tiny_checkpoint)
+    ref_spec, keys, reference = reference_run
     fs = fsspec.filesystem("file")
-    reference = verify_archive(fs, ref_spec.output, keys, tiny_checkpoint)
     spec = JobSpec(**{**ref_spec.__dict__, "output": str(tmp_path / "killed")})
     result = {}
     t = threading.Thread(target=lambda: result.update(run_job(spec, actors=1)))
@@ -256,10 +257,9 @@ def _named_encoders(ray) -> list[str]:
     return [a for a in list_named_actors() if a.startswith("msinn-encoder-")]
 
 
-def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, local_ray, tiny_checkpoint):
-    ref_spec, keys = _reference(tmp_path, "ref", local_ray, tiny_checkpoint)
+def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, reference_run, tiny_checkpoint):
+    ref_spec, keys, reference = reference_run
     fs = fsspec.filesystem("file")
-    reference = verify_archive(fs, ref_spec.output, keys, tiny_checkpoint)
     out = tmp_path / "driver"
     cmd = [sys.executable, str(REPO / "jobs" / "transcode.py"), "--input", ref_spec.input, "--output", str(out),
            "--qp", "2.5", "--model", tiny_checkpoint, "--shard-bytes", "6000", "--actors", "1"]
