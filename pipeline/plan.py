@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
-from .spec import INPUT_KINDS, WorkUnit
+from .spec import INPUT_KINDS, ArchivedRow, WorkUnit
 
 log = logging.getLogger("pipeline")
 
-PLAN_FILE = "_plan/plan.parquet"  # how earlier versions froze a plan: one file, still read
+LEGACY_PLAN = "plan.parquet"  # how earlier versions froze a plan: one file, still read
 LISTED_KINDS = tuple(k for k in INPUT_KINDS if k != "rows")  # what an input listing can be planned as
 
 
@@ -162,10 +162,10 @@ def build_plan(
         return list(iter_units(sorted_listing(input_uri, options), input_uri, kind, shard_bytes))
 
 
-PLAN_DIR = "_plan"
-PLAN_MARKER = "_plan/plan.json"  # written last: a plan is frozen once it exists
+PLAN_DIR = "_plan"  # under a transcode's output; a re-encode freezes its plan under _reencode/<run_id>/
+PLAN_MARKER = "plan.json"  # written last: a plan is frozen once it exists
 PART_UNITS = 4096  # units per plan part
-PART_URIS = 200_000  # input URIs per plan part: a part is read whole, so it stays small
+PART_ITEMS = 200_000  # input URIs or archived rows per plan part: a part is read whole, so it stays small
 
 
 def _part_table(units: list[WorkUnit]):
@@ -177,29 +177,27 @@ def _part_table(units: list[WorkUnit]):
         "uris": [list(u.uris) for u in units],
         "input_bytes": [u.input_bytes for u in units],
         "root": [u.root for u in units],
+        "rows": [[r.to_json() for r in u.rows] for u in units],
     })
 
 
-def _write_part(output: str, number: int, units: list[WorkUnit], options: dict | None) -> str:
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(_part_table(units), buf)
-    name = f"units-{number:06d}.parquet"
-    storage.write_bytes(storage.join(output, PLAN_DIR, name), buf.getvalue(), options)
-    return name
+def _unit_of(r: dict, root: str = "") -> WorkUnit:
+    rows = tuple(ArchivedRow.from_json(x) for x in r.get("rows") or ())
+    return WorkUnit(r["unit_id"], r.get("kind", "rows"), tuple(r.get("uris") or ()), r["input_bytes"],
+                    r.get("root") or root, rows)
 
 
 @dataclass
 class Plan:
     """A frozen plan: the job it belongs to, its size, and its units, read a part at a time."""
 
-    output: str
+    folder: str
     options: dict | None
     job: dict
     units: int
     input_bytes: int
-    parts: list[str]  # file names under _plan/
+    items: int  # input files and archived rows the units name (tars and Parquet files count once)
+    parts: list[str]  # file names in the folder
 
     def __len__(self) -> int:
         return self.units
@@ -208,59 +206,78 @@ class Plan:
         import pyarrow.parquet as pq
 
         for name in self.parts:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(self.output, PLAN_DIR, name),
-                                                                self.options)))
+            table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(self.folder, name), self.options)))
             for r in table.to_pylist():
-                yield WorkUnit(r["unit_id"], r["kind"], tuple(r["uris"]), r["input_bytes"], r["root"])
+                yield _unit_of(r)
 
 
-def freeze_plan(output: str, units: Iterable[WorkUnit], job: dict, options: dict | None) -> Plan:
+def freeze_plan(folder: str, units: Iterable[WorkUnit], job: dict, options: dict | None) -> Plan:
     """Write the units as they come, a part at a time, then the marker that makes the plan frozen.
 
     A listing that dies half way leaves parts but no marker, so the next run
     lists again and overwrites them; a frozen plan is never partial.
     """
+    import pyarrow.parquet as pq
+
     parts: list[str] = []
     batch: list[WorkUnit] = []
-    batch_uris = count = total = 0
+    batch_items = count = total = items = 0
+
+    def write() -> None:
+        buf = io.BytesIO()
+        pq.write_table(_part_table(batch), buf)
+        parts.append(f"units-{len(parts):06d}.parquet")
+        storage.write_bytes(storage.join(folder, parts[-1]), buf.getvalue(), options)
+
     for unit in units:
         batch.append(unit)
-        batch_uris += len(unit.uris)
+        size = len(unit.uris) + len(unit.rows)
+        batch_items += size
+        items += size
         count += 1
         total += unit.input_bytes
-        if len(batch) >= PART_UNITS or batch_uris >= PART_URIS:
-            parts.append(_write_part(output, len(parts), batch, options))
-            batch, batch_uris = [], 0
+        if len(batch) >= PART_UNITS or batch_items >= PART_ITEMS:
+            write()
+            batch, batch_items = [], 0
     if batch:
-        parts.append(_write_part(output, len(parts), batch, options))
-    marker = {"format": 2, "job": job, "units": count, "input_bytes": total, "parts": parts}
-    storage.write_bytes(storage.join(output, PLAN_MARKER), json.dumps(marker, sort_keys=True).encode(), options)
-    return Plan(output, options, job, count, total, parts)
+        write()
+    marker = {"format": 2, "job": job, "units": count, "input_bytes": total, "items": items, "parts": parts}
+    storage.write_bytes(storage.join(folder, PLAN_MARKER), json.dumps(marker, sort_keys=True).encode(), options)
+    return Plan(folder, options, job, count, total, items, parts)
 
 
 def plan_input(spec_input: str, input_options: dict | None, kind: str, shard_bytes: int, output: str, job: dict,
                output_options: dict | None) -> Plan:
     """List the input and freeze its plan, streaming; a store that lists out of order is listed again, sorted."""
+    folder = storage.join(output, PLAN_DIR)
     try:
-        return freeze_plan(output, iter_units(list_input(spec_input, input_options), spec_input, kind, shard_bytes),
+        return freeze_plan(folder, iter_units(list_input(spec_input, input_options), spec_input, kind, shard_bytes),
                            job, output_options)
     except storage.ListingOrderError:
-        return freeze_plan(output, iter_units(sorted_listing(spec_input, input_options), spec_input, kind,
+        return freeze_plan(folder, iter_units(sorted_listing(spec_input, input_options), spec_input, kind,
                                               shard_bytes), job, output_options)
 
 
-def read_plan(output: str, options: dict | None) -> Plan | None:
-    """The frozen plan under an output, or None; plans of earlier versions (one ``plan.parquet``) read too."""
+def read_frozen(folder: str, options: dict | None, legacy_key: str = "msinn.job", legacy_root: str = "") -> Plan | None:
+    """The plan frozen in a folder, or None; plans of earlier versions (one ``plan.parquet``, the job in its
+    metadata under ``legacy_key``; a re-encode's units without a root: ``legacy_root``) read too."""
     import pyarrow.parquet as pq
 
-    marker = storage.join(output, PLAN_MARKER)
+    marker = storage.join(folder, PLAN_MARKER)
     if storage.exists(marker, options):
         m = json.loads(storage.read_bytes(marker, options))
-        return Plan(output, options, m["job"], int(m["units"]), int(m["input_bytes"]), list(m["parts"]))
-    legacy = storage.join(output, PLAN_FILE)
+        return Plan(folder, options, m["job"], int(m["units"]), int(m["input_bytes"]), int(m["items"]),
+                    list(m["parts"]))
+    legacy = storage.join(folder, LEGACY_PLAN)
     if not storage.exists(legacy, options):
         return None
     table = pq.read_table(io.BytesIO(storage.read_bytes(legacy, options)))
-    job = json.loads((table.schema.metadata or {}).get(b"msinn.job", b"{}"))
-    return Plan(output, options, job, table.num_rows, int(sum(table.column("input_bytes").to_pylist())),
-                [PLAN_FILE.split("/", 1)[1]])
+    job = json.loads((table.schema.metadata or {}).get(legacy_key.encode(), b"{}"))
+    units = [_unit_of(r, legacy_root) for r in table.to_pylist()]
+    return Plan(folder, options, job, len(units), sum(u.input_bytes for u in units),
+                sum(len(u.uris) + len(u.rows) for u in units), [LEGACY_PLAN])
+
+
+def read_plan(output: str, options: dict | None) -> Plan | None:
+    """A transcode's frozen plan under its output, or None."""
+    return read_frozen(storage.join(output, PLAN_DIR), options)

@@ -10,53 +10,62 @@ current row references, after a retention period.
 
 from __future__ import annotations
 
-import io
+import itertools
 import json
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from . import storage
-from .archive import connect, select
+from .archive import connect, iter_select
 from .bitstreams import UntrustedReference, as_model_list, shard_name
 from .cluster import init_ray, new_run_id
-from .plan import read_plan
+from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, freeze_plan, read_frozen, read_plan
 from .runner import check_model, execute_units
-from .shards import committed_units
+from .shards import committed_shards, is_committed
 from .spec import ArchivedRow, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.reencode")
 SOURCE_MODES = ("auto", "source", "bitstream")
 
 
-def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, dict, list[WorkUnit]]]:
+def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, Plan]]:
+    """Every re-encode plan frozen in the archive, oldest first (only their markers are read)."""
     out = []
-    for f in storage.list_files(storage.join(archive, "_reencode"), options):
-        if f.endswith("/plan.parquet"):
-            table = pq.read_table(io.BytesIO(storage.read_bytes(f, options)))
-            job = json.loads((table.schema.metadata or {}).get(b"msinn.reencode", b"{}"))
-            job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
-            job["model"] = storage.canonical_model(job.get("model"))
-            units = [WorkUnit(r["unit_id"], "rows", (), r["input_bytes"], archive,
-                              tuple(ArchivedRow.from_json(x) for x in r["rows"]))
-                     for r in table.to_pylist()]
-            out.append((job["run_id"], job, units))
+    folders = {f.rsplit("/", 1)[0] for f in storage.list_files(storage.join(archive, "_reencode"), options)
+               if f.endswith(("/" + PLAN_MARKER, "/" + LEGACY_PLAN))}
+    for folder in folders:
+        plan = read_frozen(folder, options, legacy_key="msinn.reencode", legacy_root=archive)
+        if plan is None:
+            continue
+        job = plan.job
+        job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
+        job["model"] = storage.canonical_model(job.get("model"))
+        out.append((job["run_id"], plan))
     return sorted(out, key=lambda t: t[0])
 
 
-def _write_plan(archive: str, run_id: str, job: dict, units: list[WorkUnit], options: dict | None) -> None:
-    table = pa.table({
-        "unit_id": [u.unit_id for u in units],
-        "rows": [[r.to_json() for r in u.rows] for u in units],
-        "input_bytes": [u.input_bytes for u in units],
-    }).replace_schema_metadata({"msinn.reencode": json.dumps(job, sort_keys=True)})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    storage.write_bytes(storage.join(archive, "_reencode", run_id, "plan.parquet"), buf.getvalue(), options)
+def _units(batches: Iterable[list[dict]], archive: str, run_id: str, source_mode: str,
+           decode_model: list[str] | None, rows_per_shard: int) -> Iterator[WorkUnit]:
+    """Selected rows, as DuckDB hands them over in batches, in units of ``rows_per_shard``."""
+    chunk: list[ArchivedRow] = []
+    count = 0
+
+    def unit() -> WorkUnit:
+        return WorkUnit(f"{run_id}-{count:06d}", "rows", (), sum(int(r.source_bytes or 0) for r in chunk), archive,
+                        tuple(chunk))
+
+    for batch in batches:
+        for r in batch:
+            chunk.append(ArchivedRow.from_manifest(r, source_mode, decode_model))
+            if len(chunk) >= rows_per_shard:
+                yield unit()
+                count += 1
+                chunk = []
+    if chunk:
+        yield unit()
 
 
 def run_reencode(
@@ -87,33 +96,29 @@ def run_reencode(
            "model": model, "from": source_mode}
     found = read_plan(archive, options)
     base_job = found.job if found else {}
-    resume = [p for p in _reencode_plans(archive, options) if {k: p[1].get(k) for k in job} == job]
+    resume = [p for p in _reencode_plans(archive, options) if {k: p[1].job.get(k) for k in job} == job]
     unfinished = None
-    for run_id, pjob, units in resume:
-        spec = _spec(archive, pjob, base_job, options, run_id, device)
-        if committed_units(spec, units) != {u.unit_id for u in units}:
-            unfinished = (run_id, units)
+    for run_id, plan in resume:
+        shards = committed_shards(_spec(archive, plan.job, base_job, options, run_id, device))
+        if not all(is_committed(u, shards) for u in plan):
+            unfinished = (run_id, plan)
             break
     if unfinished:
-        run_id, units = unfinished
+        run_id, plan = unfinished
         log.info("resuming re-encode %s", run_id)
     else:
-        rows = select(connect(archive, options), where)
-        if not rows:
+        batches = iter_select(connect(archive, options), where)
+        first = next(batches, None)
+        if not first:
             return {"run_id": None, "selected": 0, "note": "nothing selected: no-op"}
         run_id = new_run_id()
-        units = []
-        for i in range(0, len(rows), rows_per_shard):
-            chunk = rows[i : i + rows_per_shard]
-            archived = tuple(ArchivedRow.from_manifest(r, source_mode, decode_model) for r in chunk)
-            units.append(WorkUnit(f"{run_id}-{len(units):06d}", "rows", (), sum(int(r.source_bytes or 0)
-                                  for r in archived), archive, archived))
-        _write_plan(archive, run_id, {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()},
-                    units, options)
+        units = _units(itertools.chain([first], batches), archive, run_id, source_mode, decode_model, rows_per_shard)
+        plan = freeze_plan(storage.join(archive, "_reencode", run_id), units,
+                           {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()}, options)
     spec = _spec(archive, job, base_job, options, run_id, device)
     init_ray()
-    stats = execute_units(spec, units, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
-    summary = {"run_id": run_id, "selected": sum(len(u.rows) for u in units), "shards": len(units),
+    stats = execute_units(spec, plan, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
+    summary = {"run_id": run_id, "selected": plan.items, "shards": len(plan),
                "images_this_run": stats["processed"], "shards_failed": stats["failed"],
                "wall_seconds": round(time.time() - t0, 3)}
     storage.write_bytes(storage.join(archive, "_runs", f"{run_id}.json"), json.dumps(summary).encode(), options)

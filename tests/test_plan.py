@@ -68,7 +68,7 @@ def test_units_stream_out_before_the_listing_ends():
 
 def test_freezing_a_big_listing_holds_a_part_not_the_listing(tmp_path, monkeypatch):
     """Peak memory while freezing 100,000 files stays a small fraction of holding their listing."""
-    monkeypatch.setattr(plan, "PART_URIS", 10_000)
+    monkeypatch.setattr(plan, "PART_ITEMS", 10_000)
     n = 100_000
     tracemalloc.start()
     held = list(synthetic_listing(n))
@@ -76,11 +76,12 @@ def test_freezing_a_big_listing_holds_a_part_not_the_listing(tmp_path, monkeypat
     del held
     tracemalloc.reset_peak()
     before, _ = tracemalloc.get_traced_memory()
-    frozen = freeze_plan(str(tmp_path / "out"), iter_units(synthetic_listing(n), "/data/in", shard_bytes=50_000),
+    frozen = freeze_plan(str(tmp_path / "out" / "_plan"), iter_units(synthetic_listing(n), "/data/in",
+                                                                     shard_bytes=50_000),
                          {"input": "/data/in"}, None)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert len(frozen) == n // 500 and frozen.input_bytes == n * 100 and len(frozen.parts) == 10
+    assert len(frozen) == n // 500 and frozen.input_bytes == n * 100 and len(frozen.parts) == 10 and frozen.items == n
     assert peak - before < listing_peak / 4, (peak - before, listing_peak)
     again = read_plan(str(tmp_path / "out"), None)
     assert again is not None and len(again) == len(frozen) and again.job == {"input": "/data/in"}
@@ -90,7 +91,7 @@ def test_freezing_a_big_listing_holds_a_part_not_the_listing(tmp_path, monkeypat
 
 
 def test_a_listing_that_dies_half_way_leaves_no_frozen_plan(tmp_path, monkeypatch):
-    monkeypatch.setattr(plan, "PART_URIS", 1_000)
+    monkeypatch.setattr(plan, "PART_ITEMS", 1_000)
 
     def dying():
         yield from synthetic_listing(5_000)
@@ -98,10 +99,11 @@ def test_a_listing_that_dies_half_way_leaves_no_frozen_plan(tmp_path, monkeypatc
 
     out = str(tmp_path / "out")
     with pytest.raises(ConnectionError):
-        freeze_plan(out, iter_units(dying(), "/data/in", shard_bytes=10_000), {}, None)
+        freeze_plan(out + "/_plan", iter_units(dying(), "/data/in", shard_bytes=10_000), {}, None)
     assert list((tmp_path / "out" / "_plan").iterdir())  # parts were written as the listing streamed
     assert read_plan(out, None) is None  # but no plan is frozen: the next run lists again
-    frozen = freeze_plan(out, iter_units(synthetic_listing(3_000), "/data/in", shard_bytes=10_000), {}, None)
+    frozen = freeze_plan(out + "/_plan", iter_units(synthetic_listing(3_000), "/data/in", shard_bytes=10_000), {},
+                         None)
     assert len(read_plan(out, None)) == len(frozen) == 30
 
 

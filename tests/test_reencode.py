@@ -109,10 +109,36 @@ def test_reencode_with_a_new_model_from_bitstreams(tmp_path, local_ray, tiny_che
         k: s["run_id"] for k in ok}
 
 
-def test_interrupted_reencode_resumes_exactly_once(tmp_path, local_ray, tiny_checkpoint):
+def _as_plan_of_earlier_versions(folder: Path) -> None:
+    """Rewrite a frozen re-encode plan as versions before streamed plans wrote it: one plan.parquet."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.plan import read_frozen
+
+    plan = read_frozen(str(folder), None)
+    units = list(plan)
+    table = pa.table({"unit_id": [u.unit_id for u in units], "rows": [[r.to_json() for r in u.rows] for u in units],
+                      "input_bytes": [u.input_bytes for u in units]})
+    buf = io.BytesIO()
+    pq.write_table(table.replace_schema_metadata({"msinn.reencode": json.dumps(plan.job)}), buf)
+    for f in folder.iterdir():
+        f.unlink()
+    (folder / "plan.parquet").write_bytes(buf.getvalue())
+
+
+def test_interrupted_reencode_resumes_exactly_once(tmp_path, local_ray, tiny_checkpoint, monkeypatch):
+    from pipeline import plan
+
+    monkeypatch.setattr(plan, "PART_UNITS", 2)
     archive, keys = _archive(tmp_path, tiny_checkpoint, n=5)
     first = run_reencode(archive, "status = 'ok'", "qp", 2.5, model=tiny_checkpoint, rows_per_shard=1, max_units=2)
-    assert first["images_this_run"] == 2
+    assert first["images_this_run"] == 2 and first["selected"] == len(keys - {"broken"}) == first["shards"]
+    folder = Path(archive) / "_reencode" / first["run_id"]
+    assert len(list(folder.glob("units-*.parquet"))) == 3 and (folder / "plan.json").exists()  # frozen in parts
+    _as_plan_of_earlier_versions(folder)  # and a plan of an earlier version resumes the same
     second = run_reencode(archive, "status = 'ok'", "qp", 2.5, model=tiny_checkpoint, rows_per_shard=1)
     assert second["run_id"] == first["run_id"] and second["images_this_run"] == 3
     rows = [r for r in read_manifest(FS, archive) if r["run_id"] == first["run_id"]]
