@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -145,6 +147,7 @@ class Progress:
 
 SUMMARY_COLUMNS = ["key", "run_id", "status", "error", "source_bytes", "bytes", "bpp", "psnr", "target_met", "model",
                    "created_at"]  # what run_stats reads: a big run's summary need not hold whole manifests
+SUMMARY_READERS = 16  # manifest shards fetched at once for the summary
 
 
 def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: list[str]) -> dict[str, Any]:
@@ -157,11 +160,21 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
     shards = committed_shards(spec)  # one listing instead of a stat per shard
     committed = [0]
 
-    def tables():
+    def fetch(uris: list[str]) -> Iterator:
+        with ThreadPoolExecutor(SUMMARY_READERS) as pool:  # one GET per shard: tens of thousands on a big run
+            for data in pool.map(lambda uri: storage.read_bytes(uri, spec.output_options), uris):
+                yield from_parquet(data, SUMMARY_COLUMNS)
+
+    def tables() -> Iterator:
+        batch: list[str] = []
         for u in plan:
             if is_committed(u, shards):
                 committed[0] += 1
-                yield from_parquet(storage.read_bytes(manifest_uri(spec, u), spec.output_options), SUMMARY_COLUMNS)
+                batch.append(manifest_uri(spec, u))
+                if len(batch) >= 4 * SUMMARY_READERS:
+                    yield from fetch(batch)
+                    batch = []
+        yield from fetch(batch)
 
     with tempfile.TemporaryDirectory(prefix="msinn-summary-") as folder:  # rows spill here, not to memory
         con = connect_tables(tables(), os.path.join(folder, "rows.duckdb"))
