@@ -13,8 +13,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from msinn.imageio import IMAGE_EXTENSIONS
 
@@ -22,6 +23,7 @@ from . import storage
 from .spec import INPUT_KINDS, ArchivedRow, WorkUnit
 
 log = logging.getLogger("pipeline")
+T = TypeVar("T")
 
 LEGACY_PLAN = "plan.parquet"  # how earlier versions froze a plan: one file, still read
 LISTED_KINDS = tuple(k for k in INPUT_KINDS if k != "rows")  # what an input listing can be planned as
@@ -116,12 +118,10 @@ def iter_units(
     root = input_uri.rstrip("/")
     planner: _Planner | None = None
     previous = None
-    listed = 0
     for uri, size in listing:
         if previous is not None and uri <= previous:
             raise storage.ListingOrderError(f"{input_uri}: {uri!r} listed after {previous!r}")
         previous = uri
-        listed += 1
         if planner is None:
             if uri.rstrip("/") == root:  # a single file given directly
                 root = root.rsplit("/", 1)[0]
@@ -152,14 +152,21 @@ def sorted_listing(input_uri: str, options: dict | None) -> Iterator[tuple[str, 
     yield from sorted(storage.file_sizes(input_uri, options).items())
 
 
+def _planned(input_uri: str, options: dict | None, kind: str, shard_bytes: int,
+             consume: Callable[[Iterator[WorkUnit]], T]) -> T:
+    """``consume`` the input's units as the listing streams; a store that lists out of order is listed again,
+    sorted in memory, and consumed from the start."""
+    try:
+        return consume(iter_units(list_input(input_uri, options), input_uri, kind, shard_bytes))
+    except storage.ListingOrderError:
+        return consume(iter_units(sorted_listing(input_uri, options), input_uri, kind, shard_bytes))
+
+
 def build_plan(
     input_uri: str, options: dict | None, kind: str = "auto", shard_bytes: int = 256 << 20
 ) -> list[WorkUnit]:
-    """Every unit of an input, as a list (small inputs and tests; jobs stream them with ``freeze_plan``)."""
-    try:
-        return list(iter_units(list_input(input_uri, options), input_uri, kind, shard_bytes))
-    except storage.ListingOrderError:
-        return list(iter_units(sorted_listing(input_uri, options), input_uri, kind, shard_bytes))
+    """Every unit of an input, as a list (small inputs and tests; jobs stream them with ``plan_input``)."""
+    return _planned(input_uri, options, kind, shard_bytes, list)
 
 
 PLAN_DIR = "_plan"  # under a transcode's output; a re-encode freezes its plan under _reencode/<run_id>/
@@ -248,14 +255,10 @@ def freeze_plan(folder: str, units: Iterable[WorkUnit], job: dict, options: dict
 
 def plan_input(spec_input: str, input_options: dict | None, kind: str, shard_bytes: int, output: str, job: dict,
                output_options: dict | None) -> Plan:
-    """List the input and freeze its plan, streaming; a store that lists out of order is listed again, sorted."""
+    """List the input and freeze its plan under the output, streaming."""
     folder = storage.join(output, PLAN_DIR)
-    try:
-        return freeze_plan(folder, iter_units(list_input(spec_input, input_options), spec_input, kind, shard_bytes),
-                           job, output_options)
-    except storage.ListingOrderError:
-        return freeze_plan(folder, iter_units(sorted_listing(spec_input, input_options), spec_input, kind,
-                                              shard_bytes), job, output_options)
+    return _planned(spec_input, input_options, kind, shard_bytes,
+                    lambda units: freeze_plan(folder, units, job, output_options))
 
 
 def read_frozen(folder: str, options: dict | None, legacy_key: str = "msinn.job", legacy_root: str = "") -> Plan | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterable
 
 from . import manifest, storage
 from .manifest import ManifestRow
@@ -67,9 +66,3 @@ def committed_shards(spec: JobSpec) -> set[str]:
 
 def is_committed(unit: WorkUnit, shards: set[str]) -> bool:
     return f"{unit.shard_name}.parquet" in shards
-
-
-def committed_units(spec: JobSpec, units: Iterable[WorkUnit]) -> set[str]:
-    """Units whose manifest shard exists: done by an earlier run."""
-    shards = committed_shards(spec)
-    return {u.unit_id for u in units if is_committed(u, shards)}
