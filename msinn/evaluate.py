@@ -126,13 +126,15 @@ def evaluate(
                     "decode_s": dec_s,
                 }
             )
-        per_image.append({"image": uri, "width": w, "height": h, "points": points})
+        mine: dict[str, list[dict]] = {}
+        per_image.append({"image": uri, "width": w, "height": h, "points": points, "codecs": mine})
         for c in codecs:
             for q in CODEC_QUALITIES[c]:
-                nbytes, rec = code_classical(c, img, q)
-                codec_rows[c][q].append(
-                    {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec)}
-                )
+                nbytes, rec, seconds = code_classical(c, img, q)
+                row = {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec),
+                       "encode_s": seconds}
+                codec_rows[c][q].append(row)
+                mine.setdefault(c, []).append({"quality": q, "bytes": int(nbytes), **row})
         n = len(per_image)
         total = min(len(uris), limit) if limit is not None else len(uris)
         progress(f"[{n}/{total}] {uri} {w}x{h}: {time.perf_counter() - t_start:.1f} s")
@@ -157,6 +159,7 @@ def evaluate(
                 "bpp": _mean([r["bpp"] for r in rows]),
                 "psnr": _mean([r["psnr"] for r in rows]),
                 "ms_ssim": _mean([r["ms_ssim"] for r in rows]),
+                "encode_s": _mean([r["encode_s"] for r in rows]),
             }
             for q, rows in by_q.items()
         ]
@@ -221,18 +224,18 @@ def format_table(model_name: str, result: dict) -> str:
     for c, cps in result["codecs"].items():
         lines.append("")
         lines.append(f"{c}")
-        lines.append(f"{'quality':>7} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8}")
+        lines.append(f"{'quality':>7} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7}")
         for p in cps:
             lines.append(
                 f"{p['quality']:>7} {_fmt(p['bpp'], '.4f'):>8} {_fmt(p['psnr'], '.2f'):>8} "
-                f"{_fmt(p['ms_ssim'], '.4f'):>8}"
+                f"{_fmt(p['ms_ssim'], '.4f'):>8} {_fmt(p.get('encode_s'), '.3f'):>7}"
             )
     if result["bd_rate"]:
         lines.append("")
         lines.append("BD-rate of the model vs each codec (PSNR, negative = model saves bits)")
         for c, v in result["bd_rate"].items():
             why = result.get("bd_rate_reasons", {}).get(c)
-            lines.append(f"  {c:<6} {v:+8.2f} %" if v is not None else f"  {c:<6} None ({why})")
+            lines.append(f"  {c:<12} {v:+8.2f} %" if v is not None else f"  {c:<12} None ({why})")
     cmp = result.get("compare")
     if cmp:
         lines.append("")

@@ -127,7 +127,12 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     assert set(doc["codecs"]) == {"jpeg", "webp"}
     for name, pts in doc["codecs"].items():
         assert [p["quality"] for p in pts] == list(classical.CODEC_QUALITIES[name])
-        assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim"} and math.isfinite(p["psnr"]) for p in pts)
+        assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim", "encode_s"} and math.isfinite(p["psnr"])
+                   for p in pts)
+        for im in doc["per_image"]:  # each image's own points, for per-image analyses
+            mine = im["codecs"][name]
+            assert [p["quality"] for p in mine] == [p["quality"] for p in pts]
+            assert all(p["bpp"] == pytest.approx(p["bytes"] * 8 / (im["width"] * im["height"])) for p in mine)
         assert pts[-1]["bpp"] > pts[0]["bpp"]
     assert set(doc["bd_rate"]) == {"jpeg", "webp"}
     assert all(v is None or math.isfinite(v) for v in doc["bd_rate"].values())
