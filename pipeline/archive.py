@@ -68,18 +68,23 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
 # column, which reads NULL where no shard has it): a row without a profile is a float32 file, an ok row
 # without a codec a .msinn file.
 PAST_DEFAULTS = {
-    "profile": "COALESCE({c}, 'float32')",
+    "profile": "COALESCE({c}, CASE WHEN {codec} IS NULL OR {codec} = 'msinn' THEN 'float32' END)",
     "codec": "CASE WHEN {c} IS NULL AND status = 'ok' THEN 'msinn' ELSE {c} END",
 }
+
+
+def _past(column: str, present: set[str]) -> str:
+    """The expression for ``column`` over shards that hold ``present`` (absent columns read NULL)."""
+    expr = PAST_DEFAULTS.get(column, "{c}")
+    return expr.format(c=column if column in present else "NULL", codec="codec" if "codec" in present else "NULL")
 
 
 def _current_columns(present: set[str]) -> str:
     """A SELECT list giving every column of today's schema, whatever version wrote the shards."""
     from .manifest import SCHEMA
 
-    replace = [f"{PAST_DEFAULTS[c].format(c=c)} AS {c}" for c in PAST_DEFAULTS if c in present]
-    added = [f"({PAST_DEFAULTS.get(f.name, '{c}').format(c='NULL')})::{_duck_type(f.type)} AS {f.name}"
-             for f in SCHEMA if f.name not in present]
+    replace = [f"{_past(c, present)} AS {c}" for c in PAST_DEFAULTS if c in present]
+    added = [f"({_past(f.name, present)})::{_duck_type(f.type)} AS {f.name}" for f in SCHEMA if f.name not in present]
     head = f"SELECT * REPLACE ({', '.join(replace)})" if replace else "SELECT *"
     return head + "".join(", " + a for a in added)
 
@@ -121,8 +126,8 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
         con.register("shard_rows", table)
         con.execute("INSERT INTO all_rows BY NAME SELECT * FROM shard_rows")
         con.unregister("shard_rows")
-    for column, expr in PAST_DEFAULTS.items():
-        con.execute(f"UPDATE all_rows SET {column} = {expr.format(c=column)} WHERE {column} IS NULL")
+    for column in ("codec", "profile"):  # the codec first: a row's profile default depends on it
+        con.execute(f"UPDATE all_rows SET {column} = {_past(column, set(SCHEMA.names))} WHERE {column} IS NULL")
     con.execute(CURRENT_VIEW_SQL)
     con.execute("SET enable_external_access=false")
     return con
