@@ -235,10 +235,10 @@ def run_job(
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
-    init_ray()
     spec = canonical_spec(spec)
-    check_model(spec.model)  # before anything is frozen: a bad --model must not pin the plan
+    check_model(spec.model)  # before anything is frozen (or started): a bad --model must not pin the plan
     check_codecs(spec.codecs)
+    init_ray()
     spec, plan = prepare_plan(spec)
     stats = execute_units(spec, plan, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
     summary = summarise(spec, plan, time.time() - t0, stats["processed"], stats["failed"])

@@ -251,3 +251,22 @@ def test_msinn_encode_writes_the_winner_in_its_own_format(tmp_path, portable_tin
     assert codec_cli.main("decode", [str(written), str(tmp_path / "back.png")]) == 0 or out["codec"] == "msinn"
     assert codec_cli.main("encode", [str(src), str(tmp_path / "x.msinn"), "--qp", "1", "--codecs", "avif"]) == 2
     assert "needs msinn" in capsys.readouterr().err
+
+
+def test_a_codec_this_build_lacks_is_refused_at_the_start_in_one_line(tmp_path, monkeypatch, capsys):
+    """Not once per image: the job stops before it plans anything (Pillow builds without AVIF exist)."""
+    from pipeline.cli import main
+
+    real = classical.codec_available
+    monkeypatch.setattr(classical, "codec_available",
+                        lambda name: "KeyError: 'AVIF' (not in this build)" if name == "avif" else real(name))
+    (tmp_path / "in").mkdir()
+    Image.fromarray(_photo(64, 64).rgb).save(tmp_path / "in" / "a.png")
+    rc = main(["transcode", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--target-psnr", "30",
+               "--codecs", "msinn,avif"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "avif" in err[0] and "not in this build" in err[0]
+    assert not (tmp_path / "out").exists()
+    assert main(["transcode", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--qp", "2",
+                 "--codecs", "avif"]) == 2
+    assert "needs msinn" in capsys.readouterr().err

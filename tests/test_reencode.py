@@ -380,10 +380,17 @@ def test_an_archive_migrates_between_codec_sets_and_every_codec_verifies(tmp_pat
         from pipeline.manifest import to_parquet
 
         part.write_bytes(to_parquet(t))
+    # and an AVIF member damaged in its shard fails with its key and the cause, never silently
+    r0 = cur["x0"]
+    tar = copy / "bitstreams" / Path(r0["tar_uri"]).name
+    blob = bytearray(tar.read_bytes())
+    blob[r0["offset"] + r0["length"] // 2: r0["offset"] + r0["length"] // 2 + 64] = bytes(64)
+    tar.write_bytes(bytes(blob))
     assert main(["verify", str(copy), "--model", tiny_checkpoint]) == 1
-    bad = json.loads(capsys.readouterr().out)["mismatches"]
-    assert [m["key"] for m in bad] == ["x1"] and "differ from those recorded" in bad[0]["error"]
-    assert "libavif" in bad[0]["error"]
+    bad = {m["key"]: m["error"] for m in json.loads(capsys.readouterr().out)["mismatches"]}
+    assert set(bad) == {"x0", "x1"}
+    assert "differ from those recorded" in bad["x1"] and "libavif" in bad["x1"]
+    assert "x0" in bad["x0"] and ("does not decode" in bad["x0"] or "differ from those recorded" in bad["x0"])
     # back to the model (and AVIF), from the decoded AVIF files alone
     for f in (tmp_path / "in").iterdir():
         f.unlink()
