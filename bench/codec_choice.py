@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import msinn  # noqa: E402
 from msinn.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.choice import ChoiceOptions, choose, code_classical  # noqa: E402
-from msinn.codec import plan_encode  # noqa: E402
+from msinn.codec import prepare_encode  # noqa: E402
 from msinn.images import open_image  # noqa: E402
 from msinn.ratecontrol import Target  # noqa: E402
 
@@ -45,7 +45,7 @@ def code_floor(model, img, floor: float, effort: int, speed: int) -> dict:
     target = Target("psnr", floor)
     out = {}
     t0 = time.perf_counter()
-    res = plan_encode(model, img, target, effort=effort).finish() if effort else plan_encode(model, img,
+    res = prepare_encode(model, img, target, effort=effort).finish() if effort else prepare_encode(model, img,
                                                                                               target).finish()
     t_model = time.perf_counter() - t0
     out["msinn"] = {"bytes": len(res.data), "psnr": res.psnr, "probes": res.probes, "seconds": t_model}
@@ -88,7 +88,7 @@ def main() -> None:
             rec["floors"][str(floor)] = code_floor(model, img, floor, args.effort, args.avif_speed)
         for cap in _floats(args.caps):
             t = Target("bpp", cap)
-            res = plan_encode(model, img, t).finish()
+            res = prepare_encode(model, img, t).finish()
             ch = choose(img, t, ChoiceOptions(("msinn", "avif", "webp", "jpeg"), args.avif_speed), res)
             rec["caps"][str(cap)] = {c.codec: {"bpp": c.bytes * 8 / rec["pixels"], "psnr": c.psnr,
                                                "in_range": c.in_range} for c in ch.candidates}

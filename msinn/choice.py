@@ -269,7 +269,7 @@ def encode_best(
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``)."""
     result = None
     if MSINN in options.codecs:
-        from .codec import plan_encode
+        from .codec import prepare_encode
 
-        result = plan_encode(model, img, target, encode_options).finish()
+        result = prepare_encode(model, img, target, encode_options).finish()
     return choose(img, target, options, result)

@@ -37,7 +37,7 @@ from .images import (
 from .metrics import psnr_uint8
 from .model import MSINN, tile_symbols
 from .pixels import to_padded_tensor, to_uint8
-from .ratecontrol import RateSearch, Target, window_for
+from .ratecontrol import Target, keep_within_cap, search_rate
 from .version import __version__
 
 DEFAULT_TILE_PIXELS = 1 << 21  # images up to ~2 MP are coded whole
@@ -121,13 +121,22 @@ def tile_grid(width: int, height: int, options: EncodeOptions) -> list[tuple[int
 
 
 class _ImageSession:
-    """One image being encoded: tiles padded and analysed once, encodes cached per qp."""
+    """One image being encoded: tiles padded and analysed once, encodes cached per qp.
 
-    def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions):
+    It is the rate search's :class:`msinn.ratecontrol.RateProblem`: cheap
+    estimates on crops, real measurements on the whole image.
+    """
+
+    def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions, cap_bound: float | None):
         self.model = model
         self.img = img
         self.device = model.device
+        self.anchor_num = model.anchor_num
+        self.pixels = img.width * img.height
         self.tiles = tile_grid(img.width, img.height, options)
+        self.alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
+        # everything in the file but the tile streams, sized for the largest values a cap allows
+        self.overhead = _header_overhead(model, img, self.tiles, len(self.alpha_bytes), int(cap_bound or 1 << 32))
         self.latents = []
         with torch.inference_mode():
             for x0, y0, w, h in self.tiles:
@@ -170,6 +179,27 @@ class _ImageSession:
                 self._crop_latents = self.model.analyze(x)
         return self._crop_latents, self._crop_rgb
 
+    def estimate(self, q: float, kind: str) -> float:
+        """From the crops: the whole file's log size (``bytes``) or the decoded PSNR (``psnr``) at ``q``."""
+        crop_latents, crop_rgb = self.crop()  # crop_rgb: N x h x w x 3
+        if kind == "bytes":
+            bits, _ = self.model.estimate_bits(crop_latents, q)
+            crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
+            return math.log(max(bits / crop_pixels * self.pixels / 8, 1.0) + self.overhead)
+        _, x_hat = self.model.estimate_bits(crop_latents, q, reconstruct=True)
+        h, w = crop_rgb.shape[1:3]
+        rec = np.stack([to_uint8(x_hat[i : i + 1])[:h, :w] for i in range(x_hat.shape[0])])
+        return min(psnr_uint8(rec, crop_rgb), 100.0)
+
+    def measure(self, q: int | float, kind: str, exact: bool) -> tuple[float, tuple[list, np.ndarray | None]]:
+        """A real encode at ``q``: its log file size or PSNR, with (encodes, reconstruction if made)."""
+        encs = self.encode(q)
+        if kind == "bytes":
+            payload = sum(len(e.data) if exact else e.code_length() for e in encs)  # exact from the CDF tables
+            return math.log(payload + self.overhead), (encs, None)
+        rec = self.reconstruct(encs)
+        return min(psnr_uint8(rec, self.img.rgb), 100.0), (encs, rec)
+
 
 def _header_overhead(
     model: MSINN, img: PreparedImage, tiles: list[tuple[int, int, int, int]], alpha_len: int, payload_bound: int
@@ -196,7 +226,7 @@ def _header_overhead(
 
 
 @dataclass
-class PlannedEncode:
+class PendingEncode:
     """An encode whose rate is chosen and whose reconstruction is known.
 
     Everything that needs the network is done; what is left (rANS coding of
@@ -222,30 +252,23 @@ class PlannedEncode:
     def finish(self) -> EncodeResult:
         """Code the kept symbols and pack the ``.msinn`` file; a cap within reach is never exceeded."""
         t0 = time.perf_counter()
-        # the sizes a cap's search relied on (cached there, so free here)
-        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else None
+        # the sizes a cap's search relied on (cached there, so free here), read before coding replaces them
+        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else 0
         streams = [enc.data for enc in self.encs]
         result = self._pack(streams, t0)
-        if predicted is None or not self.in_range:
+        if not self.target.is_cap or not self.in_range:
             return result
-        cap = self.target.cap_bytes(self.img.width * self.img.height)
-        aim, pixels = self.target, self.img.width * self.img.height
-        tighten = predicted == sum(map(len, streams))  # sizes were right: only a lower aim helps
-        for _ in range(3):
-            if result.bytes <= cap:
-                break
-            # search again coding every probe: first at the target itself when a predicted size was
-            # wrong, then below each overshoot; the result reports the original target
-            if tighten:
-                aim = Target("bytes", max(aim.cap_bytes(pixels) - (result.bytes - cap), 1.0))
-            tighten = True
-            retry = _plan(self.model, self.img, aim, self.options, exact_sizes=True)
-            result = retry._pack([enc.data for enc in retry.encs], t0)
-            result.target = self.target
+
+        def search_again(aim: float) -> EncodeResult:
+            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, exact_sizes=True)
+            again = retry._pack([enc.data for enc in retry.encs], t0)
+            again.target = self.target  # the result reports the original target
             if not retry.in_range:
-                result.in_range, result.note = False, retry.note
-                break
-        return result
+                again.in_range, again.note = False, retry.note
+            return again
+
+        cap = self.target.cap_bytes(self.img.width * self.img.height)
+        return keep_within_cap(cap, result, predicted == sum(map(len, streams)), search_again)
 
     def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
         """The ``.msinn`` file from the coded streams; ``t0`` is when finishing began."""
@@ -298,13 +321,13 @@ class PlannedEncode:
         )
 
 
-def plan_encode(
+def prepare_encode(
     model: MSINN,
     source: bytes | str | os.PathLike | PreparedImage,
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
-) -> PlannedEncode:
+) -> PendingEncode:
     """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet."""
     options = options or EncodeOptions()
     target = target or Target("qp", (model.anchor_num - 1) / 2)
@@ -319,7 +342,7 @@ def plan_encode(
         img = open_image(data, name, options.max_pixels)
     if target.kind == "qp":
         model.check_qp(target.value)
-    return _plan(model, img, target, options)
+    return _prepare(model, img, target, options)
 
 
 def encode_image(
@@ -330,83 +353,28 @@ def encode_image(
     source_name: str | None = None,
 ) -> EncodeResult:
     """Encode one image to a complete ``.msinn`` file meeting ``target``."""
-    return plan_encode(model, source, target, options, source_name).finish()
+    return prepare_encode(model, source, target, options, source_name).finish()
 
 
-def _plan(
+def _prepare(
     model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False
-) -> PlannedEncode:
+) -> PendingEncode:
+    """Analysis once, then the rate: a fixed qp, or :func:`msinn.ratecontrol.search_rate` for caps and floors."""
     t0 = time.perf_counter()
-    session = _ImageSession(model, img, options)
-    alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
-    cap_bound = target.cap_bytes(img.width * img.height) if target.is_cap else 1 << 32
-    overhead = _header_overhead(model, img, session.tiles, len(alpha_bytes), int(cap_bound))
     pixels = img.width * img.height
-
-    def payload_bytes(encs: list) -> int:
-        # exact from the CDF tables; exact_sizes codes every probe (the fallback)
-        return sum(len(e.data) if exact_sizes else e.code_length() for e in encs)
-
-    estimates = measures = 0
-    in_range, note = True, ""
+    session = _ImageSession(model, img, options, target.cap_bytes(pixels) if target.is_cap else None)
     if target.kind == "qp":
         qp = model.snap_qp(int(target.value) if float(target.value).is_integer() else float(target.value))
-        encs = session.encode(qp)
-        measures = 1
-        recon = session.reconstruct(encs)
+        encs, recon = session.encode(qp), None
+        in_range, note, probes, estimates = True, "", 1, 0
     else:
-        crop_latents, crop_rgb = session.crop()  # crop_rgb: N x h x w x 3
-        crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
-        if target.is_cap:
-            cap = target.cap_bytes(pixels)
-
-            def estimate(q: float) -> float:
-                bits, _ = model.estimate_bits(crop_latents, q)
-                return math.log(max(bits / crop_pixels * pixels / 8, 1.0) + overhead)
-
-            def measure(q: int | float) -> tuple[float, Any]:
-                encs = session.encode(q)
-                return math.log(payload_bytes(encs) + overhead), encs
-
-            lo, hi, aim = window_for(Target("bytes", cap))
-        else:
-
-            def estimate(q: float) -> float:
-                _, x_hat = model.estimate_bits(crop_latents, q, reconstruct=True)
-                h, w = crop_rgb.shape[1:3]
-                rec = np.stack([to_uint8(x_hat[i : i + 1])[:h, :w] for i in range(x_hat.shape[0])])
-                return min(psnr_uint8(rec, crop_rgb), 100.0)
-
-            def measure(q: int | float) -> tuple[float, Any]:
-                encs = session.encode(q)
-                rec = session.reconstruct(encs)
-                return min(psnr_uint8(rec, img.rgb), 100.0), (encs, rec)
-
-            lo, hi, aim = window_for(target)
-        search = RateSearch(model.anchor_num, estimate, measure, lo, hi, aim, cap=target.is_cap)
-        res = search.run()
-        qp, in_range, note = model.snap_qp(res.qp), res.in_range, res.note
-        estimates, measures = res.estimates, res.measures
-        if target.is_cap:
-            encs = res.payload
-            recon = session.reconstruct(encs)
-        else:
-            encs, recon = res.payload
-    return PlannedEncode(
-        model=model,
-        img=img,
-        target=target,
-        options=options,
-        tiles=session.tiles,
-        encs=encs,
-        recon=recon,
-        qp=qp,
-        in_range=in_range,
-        note=note,
-        probes=measures,
-        estimates=estimates,
-        alpha_bytes=alpha_bytes,
-        seconds=time.perf_counter() - t0,
+        res = search_rate(session, target, exact_sizes)
+        qp, (encs, recon) = model.snap_qp(res.qp), res.payload
+        in_range, note, probes, estimates = res.in_range, res.note, res.measures, res.estimates
+    return PendingEncode(
+        model=model, img=img, target=target, options=options, tiles=session.tiles, encs=encs,
+        recon=session.reconstruct(encs) if recon is None else recon, qp=qp, in_range=in_range, note=note,
+        probes=probes, estimates=estimates, alpha_bytes=session.alpha_bytes, seconds=time.perf_counter() - t0,
     )
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 TARGET_KINDS = ("bpp", "bytes", "psnr", "qp")
 QP_STEP = 1 / 256  # chosen qps are multiples of this: exact in binary, short in headers and manifests
@@ -206,6 +206,63 @@ class RateSearch:
 
     def _result(self, m: Measurement, in_range: bool, note: str) -> SearchResult:
         return SearchResult(m.qp, m.payload, in_range, note, len(self.est), len(self.meas))
+
+
+class RateProblem(Protocol):
+    """What a rate search needs of the image being coded (``msinn.codec``'s session provides it).
+
+    ``kind`` is ``"bytes"`` (g is the log of the whole file's size) or
+    ``"psnr"``; ``estimate`` works on crops, ``measure`` on the whole image,
+    with every probe entropy-coded when ``exact`` (else sized from the CDF
+    tables, which is exact to the byte but skips the coder).
+    """
+
+    anchor_num: int
+    pixels: int
+
+    def estimate(self, q: float, kind: str) -> float: ...
+
+    def measure(self, q: int | float, kind: str, exact: bool) -> tuple[float, Any]: ...
+
+
+def search_rate(problem: RateProblem, target: Target, exact: bool = False) -> SearchResult:
+    """The qp that meets a cap or a floor for this image: the whole search, in one call."""
+    if target.kind == "qp":
+        raise ValueError("a qp target needs no search")
+    kind = "bytes" if target.is_cap else "psnr"
+    limit = Target("bytes", target.cap_bytes(problem.pixels)) if target.is_cap else target
+    lo, hi, aim = window_for(limit)
+    search = RateSearch(problem.anchor_num, lambda q: problem.estimate(q, kind),
+                        lambda q: problem.measure(q, kind, exact), lo, hi, aim, cap=target.is_cap)
+    return search.run()
+
+
+class Sized(Protocol):
+    bytes: int
+    in_range: bool
+
+
+S = TypeVar("S", bound=Sized)
+
+
+def keep_within_cap(cap: float, first: S, sizes_were_right: bool, search_again: Callable[[float], S],
+                    tries: int = 3) -> S:
+    """The final file within a cap its search judged reachable, searching again while it overshoots.
+
+    A search sizes probes from the CDF tables and the header from its
+    largest values, so the final file rarely differs; when it is over the
+    cap anyway, ``search_again(aim)`` (which codes every probe) runs first at
+    the cap itself if a predicted size was wrong, then below each overshoot.
+    """
+    result, aim, tighten = first, cap, sizes_were_right
+    for _ in range(tries):
+        if result.bytes <= cap or not result.in_range:
+            break
+        if tighten:  # sizes were right, so only a lower aim helps
+            aim = max(aim - (result.bytes - cap), 1.0)
+        tighten = True
+        result = search_again(aim)
+    return result
 
 
 def window_for(target: Target) -> tuple[float, float, float]:

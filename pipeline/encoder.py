@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from msinn.choice import MSINN, ChoiceOptions, choose, meets
-from msinn.codec import EncodeOptions, PlannedEncode, model_identity, plan_encode
+from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.metrics import ms_ssim_uint8
@@ -38,7 +38,7 @@ class PendingImage:
 
     img: PreparedImage
     target: Target
-    planned: PlannedEncode | None  # None when msinn is not among the job's codecs
+    planned: PendingEncode | None  # None when msinn is not among the job's codecs
 
 
 def _node_id() -> str | None:
@@ -125,7 +125,7 @@ class UnitEncoder:
             planned = None
             if MSINN in spec.codecs:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-                planned = plan_encode(self.model, img, target, opts)
+                planned = prepare_encode(self.model, img, target, opts)
         except ImageInputError as exc:
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:
