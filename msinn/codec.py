@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -38,6 +39,7 @@ from .metrics import psnr_uint8
 from .model import MSINN, tile_symbols
 from .pixels import to_padded_tensor, to_uint8
 from .ratecontrol import Target, keep_within_cap, search_rate
+from .refine import effort_of, refine_latents
 from .version import __version__
 
 DEFAULT_TILE_PIXELS = 1 << 21  # images up to ~2 MP are coded whole
@@ -144,6 +146,12 @@ class _ImageSession:
         self._crop_latents: list[torch.Tensor] | None = None
         self._crop_rgb: np.ndarray | None = None
 
+    def with_latents(self, latents: list[list[torch.Tensor]]) -> _ImageSession:
+        """The same image and crops, coded from other latents (refined ones)."""
+        other = copy.copy(self)
+        other.latents = latents
+        return other
+
     def encode(self, qp: int | float) -> list:
         """Symbols of every tile at ``qp``; the rANS streams are made only for the encode that is kept."""
         qp = self.model.snap_qp(qp)
@@ -248,6 +256,7 @@ class PendingEncode:
     estimates: int
     alpha_bytes: bytes
     seconds: float
+    effort: int = 0
 
     def finish(self) -> EncodeResult:
         """Code the kept symbols and pack the ``.msinn`` file; a cap within reach is never exceeded."""
@@ -260,7 +269,7 @@ class PendingEncode:
             return result
 
         def search_again(aim: float) -> EncodeResult:
-            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, exact_sizes=True)
+            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, True, self.effort)
             again = retry._pack([enc.data for enc in retry.encs], t0)
             again.target = self.target  # the result reports the original target
             if not retry.in_range:
@@ -327,8 +336,12 @@ def prepare_encode(
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
+    effort: int = 0,
 ) -> PendingEncode:
-    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet."""
+    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet.
+
+    ``effort`` > 0 refines the latents before coding (:mod:`msinn.refine`); the target still holds.
+    """
     options = options or EncodeOptions()
     target = target or Target("qp", (model.anchor_num - 1) / 2)
     if isinstance(source, PreparedImage):
@@ -342,7 +355,8 @@ def prepare_encode(
         img = open_image(data, name, options.max_pixels)
     if target.kind == "qp":
         model.check_qp(target.value)
-    return _prepare(model, img, target, options)
+    effort_of(effort)  # an unknown level fails before any work
+    return _prepare(model, img, target, options, effort=effort)
 
 
 def encode_image(
@@ -351,31 +365,74 @@ def encode_image(
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
+    effort: int = 0,
 ) -> EncodeResult:
     """Encode one image to a complete ``.msinn`` file meeting ``target``."""
-    return prepare_encode(model, source, target, options, source_name).finish()
+    return prepare_encode(model, source, target, options, source_name, effort).finish()
 
 
 def _prepare(
-    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False
+    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False,
+    effort: int = 0,
 ) -> PendingEncode:
-    """Analysis once, then the rate: a fixed qp, or :func:`msinn.ratecontrol.search_rate` for caps and floors."""
+    """Analysis once, then the rate: a fixed qp, or :func:`msinn.ratecontrol.search_rate` for caps and floors;
+    with ``effort``, refinement at that rate and the search again over the refined latents."""
     t0 = time.perf_counter()
     pixels = img.width * img.height
     session = _ImageSession(model, img, options, target.cap_bytes(pixels) if target.is_cap else None)
+    best = _choose_rate(session, target, exact_sizes)
+    if effort:
+        best = _refined(session, target, exact_sizes, best, effort)
+    qp, encs, recon, in_range, note, probes, estimates = best
+    return PendingEncode(
+        model=model, img=img, target=target, options=options, tiles=session.tiles, encs=encs, recon=recon, qp=qp,
+        in_range=in_range, note=note, probes=probes, estimates=estimates, alpha_bytes=session.alpha_bytes,
+        seconds=time.perf_counter() - t0, effort=effort,
+    )
+
+
+def _choose_rate(session: _ImageSession, target: Target, exact_sizes: bool) -> tuple:
+    """(qp, encodes, reconstruction, in_range, note, probes, estimates) for the target."""
+    model = session.model
     if target.kind == "qp":
         qp = model.snap_qp(int(target.value) if float(target.value).is_integer() else float(target.value))
-        encs, recon = session.encode(qp), None
-        in_range, note, probes, estimates = True, "", 1, 0
+        encs = session.encode(qp)
+        return qp, encs, session.reconstruct(encs), True, "", 1, 0
+    res = search_rate(session, target, exact_sizes)
+    encs, recon = res.payload
+    recon = session.reconstruct(encs) if recon is None else recon
+    return model.snap_qp(res.qp), encs, recon, res.in_range, res.note, res.measures, res.estimates
+
+
+def _refined(session: _ImageSession, target: Target, exact_sizes: bool, base: tuple, effort: int) -> tuple:
+    """Refine every tile's latents at the chosen qp, then meet the target again from them; keep whichever
+    file is better (a floor: smaller; a cap: higher PSNR; a qp: lower rate + lambda x distortion)."""
+    model, img = session.model, session.img
+    qp = base[0]
+    refined, lams = [], []
+    for (x0, y0, w, h), lat in zip(session.tiles, session.latents):
+        x = to_padded_tensor(img.rgb[y0 : y0 + h, x0 : x0 + w], session.device)
+        with torch.enable_grad():
+            lat, lam = refine_latents(model, lat, x, float(qp), effort_of(effort), region=(h, w))
+        refined.append(lat)
+        lams.append(lam or 0.0)
+    other = _choose_rate(session.with_latents(refined), target, exact_sizes)
+    probes, estimates = base[5] + other[5], base[6] + other[6]
+    if not other[3] and base[3]:  # the refined latents cannot meet a target the plain ones meet
+        return (*base[:5], probes, estimates)
+    size = lambda r: sum(e.code_length() for e in r[1])  # noqa: E731  (exact from the CDF tables)
+    quality = lambda r: psnr_uint8(r[2], img.rgb)  # noqa: E731
+    if target.is_cap:
+        better = quality(other) > quality(base)
+    elif target.kind == "psnr":
+        better = size(other) < size(base)
     else:
-        res = search_rate(session, target, exact_sizes)
-        qp, (encs, recon) = model.snap_qp(res.qp), res.payload
-        in_range, note, probes, estimates = res.in_range, res.note, res.measures, res.estimates
-    return PendingEncode(
-        model=model, img=img, target=target, options=options, tiles=session.tiles, encs=encs,
-        recon=session.reconstruct(encs) if recon is None else recon, qp=qp, in_range=in_range, note=note,
-        probes=probes, estimates=estimates, alpha_bytes=session.alpha_bytes, seconds=time.perf_counter() - t0,
-    )
+        lam = float(np.mean(lams))  # bpp per unit of MSE on [0, 1]
+        mse = lambda r: float(np.mean((r[2].astype(np.float64) - img.rgb) ** 2)) / 255**2  # noqa: E731
+        cost = lambda r: size(r) * 8 / session.pixels + lam * mse(r)  # noqa: E731
+        better = cost(other) < cost(base)
+    chosen = other if better else base
+    return (*chosen[:5], probes, estimates)
 
 
 def check_model(header: Header, model: MSINN, source: str = "input") -> None:

@@ -26,6 +26,8 @@ def _encode_parser() -> argparse.ArgumentParser:
                    help="codecs to choose from per image, comma-separated: msinn, avif, jpeg, webp, jxl (default "
                         "msinn). The best file at the target is written, the output's extension set to its format's")
     p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
+    p.add_argument("--effort", type=int, default=0,
+                   help="the model's encoder-side refinement level (0: none); see the README for each level's cost")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tile-pixels", type=int, help="images above this many pixels are coded as tiles")
     p.add_argument("--tile-size", type=int, help="tile side in pixels (multiple of 64)")
@@ -103,6 +105,9 @@ def cmd_encode(argv: list[str]) -> int:
         opts["max_pixels"] = args.max_pixels
     try:
         choice = ChoiceOptions(args.codecs, args.avif_speed)
+        from .refine import effort_of
+
+        effort_of(args.effort)
     except ValueError as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 2
@@ -125,7 +130,7 @@ def cmd_encode(argv: list[str]) -> int:
         if target.kind == "qp":
             model.check_qp(target.value)
         img = open_image(Path(args.input).read_bytes(), args.input, options.max_pixels)
-        result = encode_best(model, img, target, choice, options)
+        result = encode_best(model, img, target, choice, options, args.effort)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1

@@ -125,7 +125,7 @@ class UnitEncoder:
             planned = None
             if MSINN in spec.codecs:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-                planned = prepare_encode(self.model, img, target, opts)
+                planned = prepare_encode(self.model, img, target, opts, effort=spec.effort)
         except ImageInputError as exc:
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:

@@ -49,8 +49,9 @@ class JobSpec:
         object.__setattr__(self, "codecs", options.codecs)
         if self.target_kind == "qp" and MSINN not in options.codecs:
             raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
-        if self.effort < 0:
-            raise ValueError(f"effort must be 0 or more, got {self.effort}")
+        from msinn.refine import effort_of  # light: the levels, not torch
+
+        effort_of(self.effort)  # a level this version does not have is refused here
 
     @property
     def target(self) -> Target:

@@ -270,3 +270,56 @@ def test_a_codec_this_build_lacks_is_refused_at_the_start_in_one_line(tmp_path, 
     assert main(["transcode", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--qp", "2",
                  "--codecs", "avif"]) == 2
     assert "needs msinn" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ encoder-side refinement
+
+
+def test_refinement_keeps_the_target_and_the_portable_profile(portable_tiny, monkeypatch):
+    """Whatever refinement does, the file meets its target, decodes exactly, and is never worse than effort 0."""
+    from msinn import refine
+    from msinn.codec import decode_image, encode_image
+
+    monkeypatch.setitem(refine.EFFORTS, 9, refine.Effort(iterations=4, lr=0.02))
+    img = _photo(128, 96)
+    reach = encode_image(portable_tiny, img, Target("qp", 2))  # targets the tiny model reaches
+    for target in (Target("psnr", reach.psnr + 0.5), Target("bpp", reach.bpp * 1.1), Target("qp", 2)):
+        plain = encode_image(portable_tiny, img, target)
+        refined = encode_image(portable_tiny, img, target, effort=9)
+        assert refined.header.profile == "portable-1"
+        decoded = decode_image(refined.data, portable_tiny)
+        assert np.array_equal(decoded.pixels, refined.reconstruction)
+        assert refined.probes >= plain.probes
+        assert plain.in_range and refined.in_range
+        if target.kind == "psnr":
+            assert refined.psnr >= target.value and refined.bytes <= plain.bytes
+        elif target.kind == "bpp":
+            assert refined.bpp <= target.value and refined.psnr >= plain.psnr - 1e-9
+
+
+def test_soft_forward_with_rounding_is_the_coding_path():
+    """The refinement's differentiable model, with hard rounding, costs what the coder writes (to its tables)."""
+    import torch
+
+    import msinn
+    from msinn.pixels import to_padded_tensor
+
+    model = msinn.load()
+    img = _photo(128, 64)
+    x = to_padded_tensor(img.rgb, "cpu")
+    with torch.no_grad():
+        lat = model.analyze(x)
+        bits, x_hat = model.float_model.soft_forward(lat, 3.0, torch.round)
+    enc = model.encode_latents(lat, 3, keep_state=True, code=False)
+    coded = enc.code_length() * 8
+    assert abs(float(bits) - coded) / coded < 0.05  # the CDF tables cost a little more than the Gaussian
+    exact = model.to_uint8(enc.finish())
+    assert np.abs(exact.astype(int) - model.to_uint8(x_hat).astype(int)).mean() < 0.5  # the float twin
+
+
+def test_unknown_effort_levels_are_refused():
+    from msinn.refine import effort_of
+
+    assert effort_of(0) is None
+    with pytest.raises(ValueError, match="not a level"):
+        effort_of(99)
