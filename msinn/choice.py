@@ -204,7 +204,10 @@ def code_classical(
         return False
 
     lo, hi = c.quality_range
-    search = QualitySearch(lo, hi, measure, limit, cap, start, slope, decided if best is not None else None)
+    # accepted without a proof where the model's own rate control lands: 0.98-1.0 x a cap, floor + 0.1 dB
+    window = math.log(1 / 0.98) if cap else 0.1
+    search = QualitySearch(lo, hi, measure, limit, cap, start, slope, decided if best is not None else None,
+                           window=window)
     res = search.run()
     coded = res.payload
     return Candidate(

@@ -308,8 +308,10 @@ class QualitySearch:
         slope: float,
         decided: Callable[[QualitySearch], bool] | None = None,
         max_measures: int = 10,
+        window: float = 0.0,
     ):
         self.lo, self.hi, self.limit, self.cap = lo, hi, limit, cap
+        self.window = window
         self._measure_fn, self._decided = measure, decided
         self.start, self.slope, self.max_measures = start, max(slope, 1e-6), max_measures
         self.meas: dict[int, Measurement] = {}
@@ -339,8 +341,14 @@ class QualitySearch:
         bad = [m for m in self.meas.values() if not self.feasible(m) and (good is None or m.qp < good.qp)]
         return good, max(bad, key=lambda m: m.qp) if bad else None
 
+    def in_window(self, m: Measurement) -> bool:
+        """Feasible and as close to the limit as the model's own rate control lands: accepted without proof."""
+        return self.feasible(m) and abs(m.g - self.limit) <= self.window
+
     def _next(self) -> int | None:
         good, bad = self._bracket()
+        if good is not None and self.in_window(good):
+            return None
         if good is not None and bad is not None:
             a, b = sorted((good, bad), key=lambda m: m.qp)
             if b.qp - a.qp <= 1:
@@ -384,6 +392,7 @@ class QualitySearch:
             return self._result(m, False, f"target beyond the codec's {side}: returned quality {m.qp}", decided)
         good, bad = self._bracket()
         proven = (bad is not None and abs(bad.qp - good.qp) <= 1) or good.qp == (self.hi if self.cap else self.lo)
+        proven = proven or self.in_window(good)
         note = "" if proven else "stopped once another codec's file was known to win" if decided else \
             "closest feasible quality found"
         return self._result(best, True, note, decided)

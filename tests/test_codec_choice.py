@@ -104,6 +104,16 @@ def test_the_search_finds_the_boundary_and_proves_it(cap, limit, start, slope_gu
     assert res.measures == len(set(calls)) <= 6
 
 
+def test_a_file_within_the_window_needs_no_proof():
+    """As the model's rate control, a file within [floor, floor + window] is accepted without its neighbour."""
+    measure, calls = _curve(0.2, 30.0)  # 0.2 dB per quality step: quality 26 gives 35.2 dB
+    res = QualitySearch(0, 100, measure, 35.15, False, 26, 0.2, window=0.1).run()
+    assert (res.quality, res.measures, calls) == (26, 1, [26])  # 0.05 dB over the floor: taken as it is
+    calls.clear()
+    res = QualitySearch(0, 100, measure, 35.05, False, 26, 0.2, window=0.1).run()
+    assert (res.quality, calls) == (26, [26, 25])  # 0.15 dB over: its neighbour proves it the smallest
+
+
 def test_the_search_flags_a_target_beyond_the_codec():
     measure, _ = _curve(0.1, 30.0)  # PSNR 30 .. 40
     low = QualitySearch(0, 100, measure, 45.0, False, 50, 0.1).run()
