@@ -343,7 +343,7 @@ class QualitySearch:
 
     def in_window(self, m: Measurement) -> bool:
         """Feasible and as close to the limit as the model's own rate control lands: accepted without proof."""
-        return self.feasible(m) and abs(m.g - self.limit) <= self.window
+        return self.window > 0 and self.feasible(m) and abs(m.g - self.limit) <= self.window
 
     def _next(self) -> int | None:
         good, bad = self._bracket()
