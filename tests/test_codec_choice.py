@@ -333,3 +333,15 @@ def test_unknown_effort_levels_are_refused():
     assert effort_of(0) is None
     with pytest.raises(ValueError, match="not a level"):
         effort_of(99)
+
+
+def test_scheduled_specs_take_codecs_and_effort(tmp_path):
+    from pipeline.scheduled import load_spec
+
+    good = tmp_path / "good.toml"
+    good.write_text('archive = "a"\ncodecs = ["msinn", "AVIF"]\navif_speed = 4\n[target]\nkind = "psnr"\nvalue = 35\n')
+    assert load_spec(good)["codecs"] == ("msinn", "avif")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('archive = "a"\ncodecs = "msinn,gif"\n[target]\nkind = "psnr"\nvalue = 35\n')
+    with pytest.raises(ValueError, match=r"bad.toml: unknown codec\(s\) gif"):
+        load_spec(bad)

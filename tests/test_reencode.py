@@ -400,3 +400,9 @@ def test_an_archive_migrates_between_codec_sets_and_every_codec_verifies(tmp_pat
     cur = _current(archive)
     assert all(cur[k]["encoded_from"] == "bitstream" and cur[k]["codec"] in ("msinn", "avif") for k in ("x0", "x1"))
     assert main(["verify", archive, "--model", tiny_checkpoint]) == 0
+    capsys.readouterr()
+    # gc removes the shards no current row needs, whatever their members' formats; the plot shows every codec
+    assert gc_shards(archive, None, retention_hours=0.0)["deleted"]
+    assert main(["verify", archive, "--model", tiny_checkpoint]) == 0
+    assert main(["stats", archive, "--plot", str(tmp_path / "dist.png")]) == 0
+    assert Image.open(tmp_path / "dist.png").size[0] > 100
