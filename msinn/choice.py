@@ -35,6 +35,9 @@ from .version import __version__
 
 MSINN = "msinn"
 DEFAULT_CODECS = (MSINN,)
+# Larger images are not offered to classical codecs: their encoders hold the whole image, at several
+# bytes per pixel, where the model codes bounded tiles (and WebP stops at 16383 pixels a side).
+CLASSICAL_MAX_PIXELS = 40_000_000
 
 
 def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
@@ -156,6 +159,10 @@ def from_encode_result(res: Any) -> Candidate:
     )
 
 
+class Unsuitable(ValueError):
+    """A codec that cannot carry this image (alpha it would lose, a size it should not be given)."""
+
+
 def code_classical(
     codec: str,
     img: PreparedImage,
@@ -163,15 +170,17 @@ def code_classical(
     floor: float | None,
     speed: int | None,
     best: Candidate | None = None,
-) -> Candidate | None:
-    """A classical codec's best file for the target, or None when it cannot carry this image (alpha).
+) -> Candidate:
+    """A classical codec's best file for the target; :class:`Unsuitable` when it cannot carry this image.
 
     ``best`` is the leading candidate so far: the search stops once this
     codec can no longer beat it, or has beaten it by what it found.
     """
     c = classical.get(codec)
     if img.alpha is not None and not c.keeps_alpha:
-        return None
+        raise Unsuitable("cannot keep an alpha channel")
+    if img.width * img.height > CLASSICAL_MAX_PIXELS:
+        raise Unsuitable(f"images over {CLASSICAL_MAX_PIXELS} pixels are coded by the model alone")
     t0 = time.perf_counter()
     pixels = img.width * img.height
     cap = target.is_cap
@@ -251,14 +260,11 @@ def choose(
             break  # lossless at that qp: nothing can match it with fewer bytes by this rule
         leader = pick(cands, target, floor, pixels) if cands else None
         try:
-            cand = code_classical(codec, img, target, floor, options.speed(codec), leader)
-        except (ValueError, OSError) as exc:  # a library that fails on this image: the others still compete
+            cands.append(code_classical(codec, img, target, floor, options.speed(codec), leader))
+        except Unsuitable as exc:
+            failed[codec] = str(exc)
+        except (ValueError, OSError, MemoryError) as exc:  # a library that fails on this image: the others compete
             failed[codec] = f"{type(exc).__name__}: {exc}"
-            continue
-        if cand is None:
-            failed[codec] = "cannot keep an alpha channel"
-        else:
-            cands.append(cand)
     if not cands:
         why = "; ".join(f"{k}: {v}" for k, v in failed.items())
         raise ValueError(f"none of the codecs {', '.join(options.codecs)} could code this image ({why})")

@@ -345,3 +345,15 @@ def test_scheduled_specs_take_codecs_and_effort(tmp_path):
     bad.write_text('archive = "a"\ncodecs = "msinn,gif"\n[target]\nkind = "psnr"\nvalue = 35\n')
     with pytest.raises(ValueError, match=r"bad.toml: unknown codec\(s\) gif"):
         load_spec(bad)
+
+
+def test_images_a_codec_cannot_carry_go_to_the_others(monkeypatch):
+    """JPEG never takes an image with alpha; a large image goes to the model alone; the reasons are kept."""
+    from msinn import choice
+
+    rgba = _with_alpha(_photo(64, 48), "RGBA")
+    res = choose(rgba, Target("psnr", 30.0), ChoiceOptions(("jpeg", "webp")))
+    assert res.winner.codec == "webp" and "alpha" in res.failed["jpeg"]
+    monkeypatch.setattr(choice, "CLASSICAL_MAX_PIXELS", 64 * 48 - 1)
+    with pytest.raises(ValueError, match="none of the codecs"):
+        choose(_photo(64, 48), Target("psnr", 30.0), ChoiceOptions(("avif",)))
