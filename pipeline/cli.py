@@ -33,6 +33,16 @@ def target_of(args: argparse.Namespace) -> tuple[str, float]:
     raise SystemExit("a target is required")
 
 
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """Per-image limits (``pipeline/limits.py``, ``pipeline/pool.py``): defaults a user can raise."""
+    p.add_argument("--image-memory-mb", type=int, default=8192,
+                   help="working memory one image may need, estimated from its header before decoding; larger "
+                        "images get an error row (default 8192)")
+    p.add_argument("--image-timeout", type=float, default=3600.0,
+                   help="seconds one image may take to read or to encode before its actor is stopped; an image "
+                        "that costs two actors gets an error row (default 3600)")
+
+
 def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Archive an image dataset with MS-INN on Ray.")
     p.add_argument("--input", required=True, help="fsspec URI: folder/prefix of images, *.tar shards or *.parquet")
@@ -68,6 +78,7 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--max-pixels", type=int, default=256 << 20)
     p.add_argument("--tile-pixels", type=int, default=1 << 21)
     p.add_argument("--ms-ssim", action="store_true", help="also compute MS-SSIM per image")
+    add_limit_args(p)
     return p
 
 
@@ -94,6 +105,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         tile_pixels=args.tile_pixels,
         ms_ssim=args.ms_ssim,
         device=args.device,
+        image_memory=args.image_memory_mb << 20,
+        image_seconds=args.image_timeout,
     )
 
 
@@ -115,7 +128,7 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
-    return 1 if summary["shards_failed"] else 0
+    return 1 if summary["shards_failed"] or summary["errors"] or summary.get("pool_error") else 0
 
 
 def _archive_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -198,8 +211,8 @@ def _selection(args: argparse.Namespace, sample: int | None = None, seed: int = 
     """The ok rows a --where selects, in batches; each reads its bitstream from this archive's shards only."""
     from .archive import iter_select
 
-    where = "status = 'ok'" + (f" AND ({args.where})" if args.where else "")  # checked whole, as one condition
-    for batch in iter_select(_connect(args), where, sample=sample, seed=seed):
+    # the user's condition is checked and re-rendered alone, then put inside the guard: it cannot widen it
+    for batch in iter_select(_connect(args), args.where, sample=sample, seed=seed, guard="status = 'ok'"):
         yield [dict(r, archive_root=args.archive) for r in batch]
 
 
@@ -276,6 +289,10 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--gc", action="store_true", help="afterwards, delete shards no current row references")
     p.add_argument("--retention-hours", type=float, default=168.0, help="gc keeps unreferenced shards this long")
+    p.add_argument("--source-prefix", default=None,
+                   help="read originals only under this prefix (default: the input the archive was made from, as "
+                        "its _plan/plan.json records); rows elsewhere are re-encoded from their bitstreams or fail")
+    add_limit_args(p)
     return p
 
 
@@ -290,7 +307,9 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     opts = args.storage_options
     try:
         summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
-                               args.decode_model, args.rows_per_shard, args.actors, device=args.device)
+                               args.decode_model, args.rows_per_shard, args.actors, device=args.device,
+                               source_prefix=args.source_prefix, image_memory=args.image_memory_mb << 20,
+                               image_seconds=args.image_timeout)
         if args.gc:
             summary["gc"] = gc_shards(args.archive, opts, args.retention_hours)
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
@@ -300,12 +319,12 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
 
 
 def _report_reencode(summary: dict, prog: str) -> int:
-    """Print a re-encode's summary; exit code 1 when shards failed or gc refused to run."""
+    """Print a re-encode's summary; exit code 1 when shards or images failed or gc refused to run."""
     print(json.dumps(summary, indent=2))
     if summary.get("gc", {}).get("refused"):
         print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
         return 1
-    return 1 if summary.get("shards_failed") else 0
+    return 1 if summary.get("shards_failed") or summary.get("errors_this_run") or summary.get("pool_error") else 0
 
 
 def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 
@@ -21,10 +21,14 @@ from msinn.errors import ImageInputError
 from msinn.images import open_image
 from msinn.metrics import ms_ssim_uint8
 
+from .inputs import stream_unit
+from .keys import refuse_duplicates
+from .limits import memory_refusal
 from .manifest import ManifestRow
+from .readahead import read_ahead
 from .shards import commit
-from .sources import InputRecord, read_ahead, refuse_duplicates, stream_unit
-from .spec import JobSpec, WorkUnit
+from .sources import InputRecord
+from .spec import Attempt, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
 
@@ -62,6 +66,37 @@ def _raise_priority() -> None:
 
 
 PIPELINE_DEPTH = 2  # planned records allowed to wait for the entropy coder
+
+
+def _reported(records: Iterable[InputRecord], unit: WorkUnit, attempt: Attempt) -> Iterator[InputRecord]:
+    """The records, each reported to the pool's ledger before it is read and before it is encoded.
+
+    Careful attempts wait for each report, so a ledger that outlives this
+    actor knows which record it was on when it died; otherwise reports only
+    feed the pool's time limit and are not waited for.
+    """
+    import ray
+
+    def mark(index: int | None, stage: str) -> None:
+        try:
+            ref = attempt.ledger.mark.remote(unit.unit_id, attempt.number, index, stage)
+            if attempt.careful:
+                ray.get(ref, timeout=30)
+        except Exception as exc:  # reports only sharpen the pool's verdicts: never fail a unit for one
+            log.debug("progress report: %s", exc)
+
+    it = iter(records)
+    index = 0
+    while True:
+        mark(index, "read")
+        try:
+            rec = next(it)
+        except StopIteration:
+            break
+        mark(index, "encode")
+        yield rec
+        index += 1
+    mark(None, "commit")
 
 
 class UnitEncoder:
@@ -114,6 +149,9 @@ class UnitEncoder:
         )
         if rec.error is not None:
             return row.fail(rec.error), None
+        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels)
+        if refusal is not None:  # judged from the header: nothing decoded yet
+            return row.fail(f"refused: {refusal}"), None
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
@@ -156,16 +194,26 @@ class UnitEncoder:
         row.encode_seconds = res.seconds
         return row, res.data
 
-    def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
+    def process_unit(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> dict:
         """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it.
 
         A read-ahead thread fetches and hashes the next records while the
-        model encodes this one, holding at most ``spec.read_ahead_bytes``.
+        model encodes this one, holding at most ``spec.read_ahead_bytes``. A
+        careful ``attempt`` (the unit cost an actor before) reads and encodes
+        one record at a time on this thread, so the pool's ledger knows which
+        one this actor was on if it dies too; records in ``attempt.skip`` get
+        their error rows unread.
         """
-        records = stream_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
-        return self.process(unit, read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init), spec)
+        attempt = attempt or Attempt()
+        records: Iterable[InputRecord] = stream_unit(unit, spec, dict(attempt.skip))
+        if not attempt.careful:
+            records = read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init)
+        if attempt.ledger is not None:
+            records = _reported(records, unit, attempt)
+        return self.process(unit, records, spec, overlap=False if attempt.careful else None)
 
-    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec) -> dict:
+    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec,
+                overlap: bool | None = None) -> dict:
         """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last).
 
         With ``overlap`` (the default on a GPU) the network half of record i+1
@@ -193,7 +241,7 @@ class UnitEncoder:
             coder_s[0] += time.perf_counter() - t
             return out
 
-        if self.overlap:
+        if self.overlap if overlap is None else overlap:
             results: list[Future] = []
             with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as pool:
                 for rec in records:

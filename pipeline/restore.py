@@ -16,7 +16,7 @@ from typing import Any
 
 from . import storage
 from .bitstreams import model_for_row, read_member
-from .sources import safe_key
+from .keys import safe_key
 
 
 def decode_rows(

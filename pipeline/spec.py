@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from msinn.ratecontrol import Target
 
@@ -38,6 +39,16 @@ class JobSpec:
     ms_ssim: bool = False
     run_id: str = ""
     device: str = "cpu"
+    image_memory: int = 8 << 30  # estimated working memory one image may need (limits.py); larger are refused
+    image_seconds: float = 3600.0  # one image's read or encode, at most: then its actor is stopped (pool.py)
+    source_root: str | None = None  # re-encodes: originals are read only under this prefix
+    source_mode: str = "auto"  # re-encodes: "auto", "source" or "bitstream" (the command's, never a plan's)
+    decode_models: tuple[str, ...] = ()  # re-encodes: checkpoints the user passed for old bitstreams
+
+    @property
+    def max_input_bytes(self) -> int:
+        """One input file's size, at most: half the image memory budget (its bytes are held while it decodes)."""
+        return self.image_memory // 2
 
     @property
     def target(self) -> Target:
@@ -125,6 +136,16 @@ class WorkUnit:
     def images(self) -> int | None:
         """How many images the unit holds, where that is known before reading it."""
         return len(self.rows) if self.kind == "rows" else len(self.uris) if self.kind == "files" else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How the pool hands a unit out this time: decided by the driver, never read from storage."""
+
+    skip: tuple[tuple[int, str], ...] = ()  # record numbers refused unread, with their rows' errors
+    careful: bool = False  # no read-ahead, no overlap, each record reported before it is read and encoded
+    ledger: Any = None  # the pool's progress ledger (a Ray actor handle) or None
+    number: int = 1  # the unit's how-many-th attempt: ledger reports name it
 
 
 class JobError(RuntimeError):
