@@ -9,6 +9,7 @@ arguments, an unreadable spec or archive, a model that does not load).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -115,6 +116,12 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def quiet_stdout() -> contextlib.AbstractContextManager:
+    """While a job runs, anything printed goes to stderr: Ray prints its raylets' messages (a worker that died)
+    on stdout, which carries only the JSON result."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> int:
     from .runner import run_job
     from .spec import JobError
@@ -122,8 +129,10 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
     args = transcode_parser(prog).parse_args(argv)
     setup_logging()
     try:
-        summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
-                          cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors)
+        with quiet_stdout():
+            summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
+                              cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors,
+                              max_actors=args.max_actors)
     except (JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -243,10 +252,9 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    report = run_decode_jobs(
-        batches, args.storage_options, args.model, args.device, args.dest,
-        args.dest_storage_options, args.format,
-    )
+    with quiet_stdout():
+        report = run_decode_jobs(batches, args.storage_options, args.model, args.device, args.dest,
+                                 args.dest_storage_options, args.format)
     print(json.dumps({"selected": report.checked, "restored": report.ok, "failed": report.failed}, indent=2))
     return 1 if report.failed else 0
 
@@ -269,8 +277,8 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    report = run_decode_jobs(batches, args.storage_options, args.model,
-                             args.device, None, None, "png")
+    with quiet_stdout():
+        report = run_decode_jobs(batches, args.storage_options, args.model, args.device, None, None, "png")
     print(json.dumps({"checked": report.checked, "ok": report.ok, "mismatches": report.failed}, indent=2))
     return 1 if report.failed else 0
 
@@ -306,10 +314,11 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     kind, value = target_of(args)
     opts = args.storage_options
     try:
-        summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
-                               args.decode_model, args.rows_per_shard, args.actors, device=args.device,
-                               source_prefix=args.source_prefix, image_memory=args.image_memory_mb << 20,
-                               image_seconds=args.image_timeout)
+        with quiet_stdout():
+            summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
+                                   args.decode_model, args.rows_per_shard, args.actors, device=args.device,
+                                   source_prefix=args.source_prefix, image_memory=args.image_memory_mb << 20,
+                                   image_seconds=args.image_timeout)
         if args.gc:
             summary["gc"] = gc_shards(args.archive, opts, args.retention_hours)
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
@@ -340,7 +349,8 @@ def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> in
     args = p.parse_args(argv)
     setup_logging()
     try:
-        summary = run_scheduled(args.spec)  # a bad spec is reported in one line, before anything heavy starts
+        with quiet_stdout():
+            summary = run_scheduled(args.spec)  # a bad spec is reported in one line, before anything heavy starts
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

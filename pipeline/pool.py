@@ -21,9 +21,12 @@ An actor can die in many ways: Ray's memory monitor kills it (out of memory),
 its node is lost, it crashes or exits, or the pool stops it because one image
 has been read or encoded for longer than the time limit. Each costs only the
 unit it held: the unit goes back to the queue and a new actor takes the dead
-one's place. The unit is then handed out carefully (no read-ahead, each
-record reported to a ``Ledger`` before it is read and encoded), so a further
-loss names the image responsible; an image named ``losses_per_image`` times
+one's place. Actors report each step of a unit (the record they start to
+read or encode) as a Ray streaming generator, so what a dead actor was doing
+is known in the driver, which outlives it. A unit that lost an actor is
+handed out carefully (no read-ahead, and each report delivered before the
+step starts), so a further loss names the image responsible; an image named
+``losses_per_image`` times
 is refused unread on the next try, with an error row that says what
 happened ("killed its encoder twice: out of memory"), and the unit's other
 images are archived. Losses that name no image fail the unit after
@@ -118,30 +121,8 @@ class UnitQueue:
         self.again.append(unit)
 
 
-class Ledger:
-    """Where each unit's actor is (the record it reads or encodes, since when), kept outside the encoder actors.
-
-    An actor that dies cannot say what it was doing; the ledger still knows.
-    Entries are keyed by unit and attempt, so a late report of an earlier
-    attempt never passes for the current one. Times are the ledger's own.
-    """
-
-    def __init__(self) -> None:
-        self.at: dict[str, tuple[int, int | None, str, float]] = {}
-
-    def mark(self, unit_id: str, attempt: int, index: int | None, stage: str) -> None:
-        self.at[unit_id] = (attempt, index, stage, time.time())
-
-    def where(self, unit_id: str, attempt: int) -> tuple[int | None, str] | None:
-        entry = self.at.get(unit_id)
-        return (entry[1], entry[2]) if entry and entry[0] == attempt else None
-
-    def ages(self, attempts: dict[str, int]) -> dict[str, tuple[int | None, str, float]]:
-        now = time.time()
-        return {u: (e[1], e[2], now - e[3]) for u, e in self.at.items() if attempts.get(u) == e[0]}
-
-    def forget(self, unit_id: str) -> None:
-        self.at.pop(unit_id, None)
+OOM_WORDS = ("running low on memory", "memory pressure", "RAY_memory_usage_threshold")
+NODE_WORDS = ("node has died", "node died", "NodeDiedError", "raylet died", "was removed")
 
 
 def loss_cause(exc: BaseException) -> str:
@@ -149,30 +130,35 @@ def loss_cause(exc: BaseException) -> str:
     from ray import exceptions as rx
 
     text = str(exc)
-    if isinstance(exc, rx.OutOfMemoryError) or any(w in text for w in ("OutOfMemory", "memory monitor",
-                                                                         "low on memory", "OOM")):
+    # Ray's memory monitor says so in these words; every crash's text also mentions "the OOM killer" as a
+    # possible cause, so that phrase proves nothing
+    if isinstance(exc, rx.OutOfMemoryError) or any(w in text for w in OOM_WORDS):
         return "out of memory"
-    if isinstance(exc, rx.NodeDiedError | rx.LocalRayletDiedError) or "node" in text.lower() and "died" in text:
+    if isinstance(exc, rx.NodeDiedError | rx.LocalRayletDiedError) or any(w in text for w in NODE_WORDS):
         return "its node was lost"
     return "its worker process died"
 
 
 @dataclass
 class _Busy:
-    """An actor at work on a unit: which actor, which unit, and how it was handed out."""
+    """An actor at work on a unit: which actor, which unit, how it was handed out, and its last reported step."""
 
     n: int
     handle: Any
     unit: WorkUnit
     attempt: Attempt
-    since: float
+    stage: str = "starting"
+    index: int | None = None
+    since: float = field(default_factory=time.time)  # when the current step began (the driver's clock)
 
 
 class Pool:
     """Runs ``call(actor, unit, attempt)`` for every unit on an elastic set of actors; one method per event.
 
-    Never raises for a unit's failure; units are pulled from ``units`` only
-    when an actor is free to take one.
+    A call returns an ObjectRef of the unit's summary, or a streaming
+    generator of steps (``("read", i)``, ``("encode", i)``, ``("commit",
+    None)``) that ends with ``("done", summary)``. Never raises for a unit's
+    failure; units are pulled from ``units`` only when an actor is free.
     """
 
     def __init__(self, units: Iterable[WorkUnit], total: int, make_actor: Callable[[int], Any],
@@ -184,26 +170,23 @@ class Pool:
         self.on_result, self.on_tick = on_result, on_tick
         self.out = PoolResult()
         self.starting: dict[Any, tuple[int, Any]] = {}  # ready() ref -> (actor number, handle)
-        self.busy: dict[Any, _Busy] = {}  # process ref -> the actor's work
+        self.busy: dict[Any, _Busy] = {}  # the call's ref or generator -> the actor's work
         self.idle: list[tuple[int, Any]] = []
         self.counter = self.start_failures = 0
         self.tries: Counter[str] = Counter()  # a unit's own failures
-        self.handed: Counter[str] = Counter()  # attempts per unit
         self.careful: set[str] = set()  # units that lost an actor
         self.loose_losses: Counter[str] = Counter()  # losses that named no image
         self.blamed: dict[tuple[str, int], list[str]] = defaultdict(list)  # (unit, record) -> causes
-        self.skips: dict[str, dict[int, str]] = defaultdict(dict)  # unit -> record -> error row
+        self.skips: dict[str, dict[int, str]] = defaultdict(dict)  # unit -> record -> its error row
         self.stopped: dict[str, str] = {}  # unit -> why the pool stopped its actor
-        self.t0 = self.last_wait_log = self.last_check = time.time()
+        self.t0 = self.last_wait_log = time.time()
         self.warned = False
         limit = settings.image_seconds
         self.tick = min(WAIT_LOG_SECONDS, max(0.5, limit / 4)) if limit else WAIT_LOG_SECONDS
-        self.ledger: Any = None
 
     def run(self) -> PoolResult:
         import ray
 
-        self.ledger = ray.remote(Ledger).options(num_cpus=0, max_restarts=0).remote()
         if self.settings.min_actors > 0:
             _request([self.settings.bundle()] * self.settings.min_actors)
         try:
@@ -222,7 +205,7 @@ class Pool:
                 elif done[0] in self.starting:
                     self.actor_started(done[0])
                 else:
-                    self.unit_returned(done[0])
+                    self.stepped(done[0])
         finally:
             self.shut_down()
         return self.out
@@ -242,70 +225,63 @@ class Pool:
         if len(self.starting) + len(self.busy) + len(self.idle) < self.wanted():
             self.start_one()
 
-    def attempt_for(self, unit: WorkUnit) -> Attempt:
-        uid = unit.unit_id
-        self.handed[uid] += 1
-        return Attempt(skip=tuple(sorted(self.skips[uid].items())), careful=uid in self.careful,
-                       ledger=self.ledger, number=self.handed[uid])
-
     def hand_out(self) -> None:
         import ray
 
         while self.idle and self.queue:
             n, handle = self.idle.pop()
             unit = self.queue.take()
-            attempt = self.attempt_for(unit)
-            self.busy[self.call(handle, unit, attempt)] = _Busy(n, handle, unit, attempt, time.time())
+            uid = unit.unit_id
+            attempt = Attempt(skip=tuple(sorted(self.skips[uid].items())), careful=uid in self.careful)
+            self.busy[self.call(handle, unit, attempt)] = _Busy(n, handle, unit, attempt)
         if not self.queue:  # release what is idle or still pending: the autoscaler may take its node back
             for _, handle in self.idle + list(self.starting.values()):
                 ray.kill(handle)
             self.idle.clear()
             self.starting.clear()
 
-    def unit_returned(self, ref: Any) -> None:
+    def stepped(self, ref: Any) -> None:
+        """A busy actor reported a step, finished, failed, or died."""
         import ray
         from ray.exceptions import RayError, RayTaskError
 
         work = self.busy.pop(ref)
         try:
-            res = ray.get(ref)
+            if isinstance(ref, ray.ObjectRef):
+                step: tuple = ("done", ray.get(ref))
+            else:
+                step = tuple(ray.get(next(ref)))
+        except StopIteration:  # a stream that ended without its summary: its actor went away
+            self.actor_lost(work, RuntimeError("the unit's steps ended early"))
         except RayTaskError as exc:  # the unit raised: its actor is fine
             self.unit_failed(work, exc)
         except RayError as exc:  # any other way a call ends in Ray: the actor or its node is gone
             self.actor_lost(work, exc)
         else:
-            self.unit_done(work, res)
+            if step[0] == "done":
+                self.unit_done(work, step[1])
+            else:
+                work.stage, work.index, work.since = step[0], step[1], time.time()
+                self.busy[ref] = work
 
     def shut_down(self) -> None:
         import ray
 
         for _, handle in self.idle + list(self.starting.values()) + [(w.n, w.handle) for w in self.busy.values()]:
             ray.kill(handle)
-        if self.ledger is not None:
-            ray.kill(self.ledger)
         if self.settings.min_actors > 0:
             _request([])  # give the capacity back
-
-    def _ledger(self, method: str, *args: Any) -> Any:
-        """A ledger call, or None when the ledger cannot answer (it only ever sharpens a verdict)."""
-        import ray
-
-        try:
-            return ray.get(getattr(self.ledger, method).remote(*args), timeout=30)
-        except Exception as exc:  # a lost ledger must not end the job
-            log.debug("ledger %s: %s", method, exc)
-            return None
 
     # ---------------------------------------------------------------- events
 
     def actor_started(self, ref: Any) -> None:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from ray.exceptions import RayError
 
         n, handle = self.starting.pop(ref)
         try:
             ray.get(ref, timeout=0)
-        except (RayActorError, RayTaskError, GetTimeoutError) as exc:
+        except RayError as exc:  # its constructor raised, or it died starting (out of memory, a lost node, ...)
             self.start_failures += 1
             self.out.actors_lost += 1
             message = str(exc).strip().splitlines()[-1][:300]
@@ -320,7 +296,6 @@ class Pool:
         self.idle.append((n, handle))
 
     def unit_done(self, work: _Busy, res: dict) -> None:
-        self.ledger.forget.remote(work.unit.unit_id)
         self.out.images_refused += len(work.attempt.skip)
         self.on_result(work.unit, res)
         self.idle.append((work.n, work.handle))
@@ -344,20 +319,19 @@ class Pool:
         self.out.actors_lost += 1
         cause = self.stopped.pop(uid, None) or loss_cause(exc)
         ray.kill(work.handle)  # an actor that is only unreachable must not come back holding the unit
-        where = self._ledger("where", uid, work.attempt.number) if work.attempt.careful else None
-        index = where[0] if where and where[1] in ("read", "encode") else None
-        log.warning("encoder actor %d lost while on unit %s (%s%s); the unit goes back to the queue", work.n, uid,
-                    cause, f", at record {index}" if index is not None else "")
+        exact = work.attempt.careful and work.stage in ("read", "encode")
+        log.warning("encoder actor %d lost while on unit %s (%s, during %s of record %s); the unit goes back to the "
+                    "queue", work.n, uid, cause, work.stage, work.index)
         self.careful.add(uid)
-        if index is None:
+        if exact and work.index is not None:
+            self.blame(uid, work.index, cause)
+        else:
             self.loose_losses[uid] += 1
             if self.loose_losses[uid] >= self.settings.losses_per_unit:
                 log.error("unit %s lost %d actors without naming an image: it fails", uid, self.loose_losses[uid])
                 self.out.failed.append(uid)
                 self.replace_lost()
                 return
-        else:
-            self.blame(uid, index, cause)
         self.queue.put_front(work.unit)
         self.replace_lost()
 
@@ -373,7 +347,7 @@ class Pool:
         log.warning("unit %s: record %d %s; it is refused unread from now on", uid, index, self.skips[uid][index])
 
     def waited(self) -> None:
-        """Nothing finished within a tick: enforce the time limit, and say what the pool waits for."""
+        """Nothing happened within a tick: enforce the time limit, and say what the pool waits for."""
         self.check_time()
         now = time.time()
         if self.busy or self.idle or now - self.last_wait_log < WAIT_LOG_SECONDS:
@@ -381,6 +355,9 @@ class Pool:
         import ray
 
         self.last_wait_log = now
+        if self.out.first_actor_seconds is not None:
+            log.info("waiting for %d encoder actor(s) to start in place of lost ones", len(self.starting))
+            return
         have = {k: v for k, v in ray.cluster_resources().items()
                 if not k.startswith(("node:", "memory", "object_store"))}
         log.info("waiting for encoder actors: %d pending, none placed yet after %.0f s; each needs %s; the cluster "
@@ -393,21 +370,17 @@ class Pool:
                         "--device, --cpus-per-actor or --actor-resources", now - self.t0, self.settings.bundle())
 
     def check_time(self) -> None:
-        """Stop the actor of any unit whose current record has been read or encoded for longer than the limit."""
+        """Stop the actor of any unit whose current step (a record's read or encode) has run over the limit."""
         import ray
 
         limit = self.settings.image_seconds
-        if not limit or not self.busy:
-            return
-        ages = self._ledger("ages", {w.unit.unit_id: w.attempt.number for w in self.busy.values()}) or {}
         now = time.time()
-        for work in self.busy.values():
+        for work in self.busy.values() if limit else ():
             uid = work.unit.unit_id
-            index, stage, age = ages.get(uid, (None, "starting", now - work.since))
-            if age > limit and uid not in self.stopped:
+            if now - work.since > limit and uid not in self.stopped:
                 self.stopped[uid] = f"over the time limit of {limit:g} s per image (--image-timeout)"
                 log.warning("unit %s: %s of record %s has taken %.0f s, over the limit of %g s: stopping its actor",
-                            uid, stage, index, age, limit)
+                            uid, work.stage, work.index, now - work.since, limit)
                 ray.kill(work.handle)
 
 

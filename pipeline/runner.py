@@ -271,6 +271,11 @@ def run_job(
     return summary
 
 
+# A careful attempt's actor waits until the driver has each step before it starts it: the driver then knows
+# which image an actor was on when it died, however fast it died (Ray's generator backpressure).
+CAREFUL_STREAM = {"_generator_backpressure_num_objects": 1}
+
+
 def execute_units(
     spec: JobSpec,
     units: Plan | list[WorkUnit],
@@ -329,7 +334,8 @@ def execute_units(
             todo,
             lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
                 spec.model, spec.device, threads),
-            lambda actor, unit, attempt: actor.process_unit.remote(unit, spec, attempt),
+            lambda actor, unit, attempt: actor.unit_steps.options(
+                num_returns="streaming", **(CAREFUL_STREAM if attempt.careful else {})).remote(unit, spec, attempt),
             settings,
             on_result=on_result,
             on_tick=progress.log,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 from msinn.ratecontrol import Target
 
@@ -143,9 +142,7 @@ class Attempt:
     """How the pool hands a unit out this time: decided by the driver, never read from storage."""
 
     skip: tuple[tuple[int, str], ...] = ()  # record numbers refused unread, with their rows' errors
-    careful: bool = False  # no read-ahead, no overlap, each record reported before it is read and encoded
-    ledger: Any = None  # the pool's progress ledger (a Ray actor handle) or None
-    number: int = 1  # the unit's how-many-th attempt: ledger reports name it
+    careful: bool = False  # no read-ahead, no overlap: each step reported names what the actor is doing
 
 
 class JobError(RuntimeError):

@@ -135,7 +135,7 @@ def test_the_pool_pulls_units_only_as_actors_free_up(local_ray):
 
     seen: list[tuple[str, int]] = []
     settings = PoolSettings(min_actors=0, max_actors=2, shape={"num_cpus": 0})
-    run_pool(units(), 30, lambda n: Echo.remote(), lambda actor, unit: actor.work.remote(unit), settings,
+    run_pool(units(), 30, lambda n: Echo.remote(), lambda actor, unit, attempt: actor.work.remote(unit), settings,
              on_result=lambda unit, res: seen.append((res["unit_id"], len(pulled))))
     assert sorted(u for u, _ in seen) == [f"{i:06d}" for i in range(30)]
     assert all(n <= j + 2 for j, (_, n) in enumerate(seen, 1)), seen  # done + the two actors' units, no more
@@ -267,7 +267,7 @@ def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, reference_run, 
     done_before = len(list((out / "manifest").iterdir())) if (out / "manifest").exists() else 0
     assert done_before >= 1
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert rerun.returncode == 1, rerun.stderr[-2000:]  # 1: the tree's three corrupt images failed, as documented
     assert verify_archive(fs, str(out), keys, tiny_checkpoint) == reference
 
 
