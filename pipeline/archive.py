@@ -8,20 +8,14 @@ system registered with DuckDB, so no DuckDB extension is downloaded.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
 
-from . import storage
+from . import sql, storage
 from .predicate import SelectionError, guarded
 from .storage import is_local
-
-# Every connection is bounded: a selection or query that would take the machine's memory or run for hours stops
-# with an error instead. Raise them for big archives through the environment.
-SQL_MEMORY = os.environ.get("MSINN_SQL_MEMORY", "1GB")
-SQL_SECONDS = float(os.environ.get("MSINN_SQL_SECONDS", "600"))
 
 CURRENT_VIEW_SQL = """
 CREATE OR REPLACE VIEW manifest AS
@@ -38,14 +32,6 @@ class ArchiveError(ValueError):
     """The archive cannot be read or the query is invalid."""
 
 
-def bounded(con: duckdb.DuckDBPyConnection, memory: str | None = None) -> duckdb.DuckDBPyConnection:
-    """The connection with a memory limit, a statement time limit and no progress bar on stderr."""
-    con.execute(f"SET memory_limit='{memory or SQL_MEMORY}'")
-    con.execute(f"SET max_execution_time={int(SQL_SECONDS * 1000)}")
-    con.execute("SET enable_progress_bar=false")
-    return con
-
-
 def connect(archive: str, options: dict | None = None, locked: bool = True) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the ``all_rows`` and ``manifest`` views of an archive.
 
@@ -54,9 +40,7 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
     no COPY, no ATTACH, no settings changes), so a ``--where`` predicate or a
     spec file's ``where`` cannot reach outside the archive.
     """
-    con = bounded(duckdb.connect())
-    con.execute("SET autoinstall_known_extensions=false")
-    con.execute("SET autoload_known_extensions=false")
+    con = sql.connection()
     fs, root = storage.filesystem(archive, options)
     files = [f for f in storage.list_files(storage.join(archive, "manifest"), options) if f.endswith(".parquet")]
     if not files:
@@ -92,9 +76,7 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
     """
     from .manifest import SCHEMA
 
-    con = bounded(duckdb.connect(database), "512MB" if database != ":memory:" else None)
-    con.execute("SET autoinstall_known_extensions=false")
-    con.execute("SET autoload_known_extensions=false")
+    con = sql.connection(database, "512MB" if database != ":memory:" else None)
     con.register("schema_rows", SCHEMA.empty_table())
     con.execute("CREATE TABLE all_rows AS SELECT * FROM schema_rows")
     con.unregister("schema_rows")
@@ -140,7 +122,7 @@ def iter_select(
     try:
         cur = con.execute(sql + " ORDER BY key")
     except duckdb.InterruptException:
-        raise ArchiveError(f"selection {where!r} ran over the time limit of {SQL_SECONDS:g} s "
+        raise ArchiveError(f"selection {where!r} ran over the time limit of {sql.SQL_SECONDS:g} s "
                            "(MSINN_SQL_SECONDS raises it)") from None
     except duckdb.Error as exc:
         raise ArchiveError(f"invalid selection {where!r}: {exc}") from exc

@@ -179,7 +179,7 @@ class Pool:
         self.blamed: dict[tuple[str, int], list[str]] = defaultdict(list)  # (unit, record) -> causes
         self.skips: dict[str, dict[int, str]] = defaultdict(dict)  # unit -> record -> its error row
         self.stopped: dict[str, str] = {}  # unit -> why the pool stopped its actor
-        self.t0 = self.last_wait_log = time.time()
+        self.t0 = self.last_wait_log = self.last_check = time.time()
         self.warned = False
         limit = settings.image_seconds
         self.tick = min(WAIT_LOG_SECONDS, max(0.5, limit / 4)) if limit else WAIT_LOG_SECONDS
@@ -200,6 +200,9 @@ class Pool:
                     continue
                 done, _ = ray.wait(refs, num_returns=1, timeout=self.tick)
                 self.on_tick()
+                if time.time() - self.last_check >= self.tick:  # busy actors' steps must not hide a stalled one
+                    self.last_check = time.time()
+                    self.check_time()
                 if not done:
                     self.waited()
                 elif done[0] in self.starting:
@@ -347,8 +350,7 @@ class Pool:
         log.warning("unit %s: record %d %s; it is refused unread from now on", uid, index, self.skips[uid][index])
 
     def waited(self) -> None:
-        """Nothing happened within a tick: enforce the time limit, and say what the pool waits for."""
-        self.check_time()
+        """Nothing happened within a tick: say what the pool waits for."""
         now = time.time()
         if self.busy or self.idle or now - self.last_wait_log < WAIT_LOG_SECONDS:
             return

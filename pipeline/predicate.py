@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-import duckdb
+from . import sql
 
 MAX_LENGTH = 4096  # characters of a selection
 FUNCTIONS = frozenset({
@@ -38,10 +38,10 @@ class SelectionError(ValueError):
     """A selection that is not one allowed condition on the manifest's rows; says which part and why."""
 
 
-def _parse(sql: str) -> dict:
-    con = duckdb.connect()
+def _parse(text: str) -> dict:
+    con = sql.connection()
     try:
-        return json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        return json.loads(con.execute("SELECT json_serialize_sql(?)", [text]).fetchone()[0])
     finally:
         con.close()
 
@@ -100,7 +100,7 @@ def checked(where: str, columns: Iterable[str]) -> str:
 
 
 def _parse_back(parsed: dict) -> str:
-    con = duckdb.connect()
+    con = sql.connection()
     try:
         return con.execute("SELECT json_deserialize_sql(?)", [json.dumps(parsed)]).fetchone()[0]
     finally:

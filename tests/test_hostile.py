@@ -651,15 +651,15 @@ def test_where_is_one_expression_over_the_manifest_columns(small_archive, capsys
 
 def test_selections_stay_inside_their_guard_and_connections_are_bounded(small_archive, monkeypatch):
     """#23.9: the user's condition cannot widen the program's guard; every connection has memory and time limits."""
-    from pipeline import archive
+    from pipeline import sql
     from pipeline.archive import ArchiveError, connect, iter_select, query
 
     con = connect(str(small_archive / "arch"))
     rows = [r for b in iter_select(con, "key = 'a' OR true", guard="key = 'b'") for r in b]
     assert [r["key"] for r in rows] == ["b"]
     assert query(con, "SELECT current_setting('memory_limit')")[1][0][0] != ""
-    assert query(con, "SELECT current_setting('max_execution_time')")[1][0][0] == int(archive.SQL_SECONDS * 1000)
-    monkeypatch.setattr(archive, "SQL_SECONDS", 0.5)
+    assert query(con, "SELECT current_setting('max_execution_time')")[1][0][0] == int(sql.SQL_SECONDS * 1000)
+    monkeypatch.setattr(sql, "SQL_SECONDS", 0.5)
     slow = connect(str(small_archive / "arch"), locked=False)
     t0 = time.perf_counter()
     with pytest.raises(ArchiveError, match="exceeded maximum execution time"):
