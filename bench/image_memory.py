@@ -40,7 +40,8 @@ base, t0 = rss(), time.time()
 img = open_image(data, "bench", 1 << 30)
 opts = EncodeOptions(tile_pixels=1 << 21, max_pixels=1 << 30)
 plan_encode(model, img, Target("qp", 3), opts).finish()
-print(json.dumps({{"side": side, "peak_mb": (rss() - base) / 2**20, "estimate_mb": peak_bytes(side, side, 1 << 21) / 2**20,
+estimate = peak_bytes(side, side, 1 << 21) / 2**20
+print(json.dumps({{"side": side, "peak_mb": (rss() - base) / 2**20, "estimate_mb": estimate,
                   "seconds": time.time() - t0}}))
 """
 
@@ -57,7 +58,8 @@ def main() -> None:
         code = CHILD.format(repo=repo, side=side, model=args.model, threads=args.threads)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
-        print(f"{side:>6} {side * side / 1e6:>6.1f} {r['peak_mb']:>8.0f} {r['estimate_mb']:>12.0f} {r['seconds']:>8.0f}")
+        mp = side * side / 1e6
+        print(f"{side:>6} {mp:>6.1f} {r['peak_mb']:>8.0f} {r['estimate_mb']:>12.0f} {r['seconds']:>8.0f}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,9 @@ def _raise_priority() -> None:
 PIPELINE_DEPTH = 2  # planned records allowed to wait for the entropy coder
 
 
+Step = tuple[str, object]  # ("read", i), ("encode", i), ("commit", None), then ("done", the unit's summary)
+
+
 def _last(steps: Iterator[Step]) -> dict:
     """Run the steps; the summary the last one carries."""
     last = deque(steps, maxlen=1)
@@ -76,9 +79,6 @@ def _last(steps: Iterator[Step]) -> dict:
     if step[0] != "done":
         raise RuntimeError(f"a unit's steps ended with {step[0]!r}, not its summary")
     return step[1]  # type: ignore[return-value]
-
-
-Step = tuple[str, object]  # ("read", i), ("encode", i), ("commit", None), then ("done", the unit's summary)
 
 
 def _staged(records: Iterable[InputRecord]) -> Iterator[tuple[str, int, InputRecord | None]]:

@@ -258,10 +258,10 @@ def run_job(
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
-    init_ray()
     spec = canonical_spec(spec)
-    check_job(spec)  # before anything is frozen: a bad --model or target must not pin the plan
+    check_job(spec)  # before anything is frozen (or Ray started): a bad --model or target must not pin the plan
     spec, plan = prepare_plan(spec)
+    init_ray()
     stats = execute_units(spec, plan, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
     summary = summarise(spec, plan, time.time() - t0, stats["processed"], stats["failed"])
     summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed", "errors")})
