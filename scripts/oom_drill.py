@@ -1,6 +1,6 @@
 """A real out-of-memory kill by Ray's memory monitor, end to end: one image of three exhausts its actor.
 
-    python scripts/oom_drill.py [--margin-gb 2.5] [--grow-gb 2]
+    python scripts/oom_drill.py [--margin-gb 1.5] [--grow-gb 2]
 
 Starts its own local Ray (2 CPUs) with ``RAY_memory_usage_threshold`` set just
 above what this machine uses now (``--margin-gb`` over it), then transcodes
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--margin-gb", type=float, default=2.5, help="memory over today's use before Ray kills")
+    p.add_argument("--margin-gb", type=float, default=1.5, help="memory over today's use before Ray kills")
     p.add_argument("--grow-gb", type=float, default=2.0, help="what reading the bad image allocates, at most")
     args = p.parse_args()
     import psutil
