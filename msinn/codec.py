@@ -453,10 +453,19 @@ class _Drift(BitstreamError):
 
 
 def check_profile(header: Header, model: MSINN, source: str = "input") -> None:
+    """The file's coding profile must be the loaded model's. When the loaded model is the one the file names
+    (same weights), the file contradicts itself: it is damaged, and no other model would help."""
     if header.profile != model.profile:
+        name, h = model_identity(model)
+        if (header.model_hash and h.startswith(header.model_hash)) or name == header.model_name:
+            raise BitstreamError(
+                f"{source}: the header says {header.profile}, but the model it names, {header.model_name} "
+                f"(weights {header.model_hash}), codes {model.profile}: the header is damaged or was altered"
+            )
         raise BitstreamError(
-            f"{source}: a {header.profile} file, but the loaded model {getattr(model, 'model_name', None)} codes "
-            f"{model.profile}; decode with --model {header.model_name}"
+            f"{source}: a {header.profile} file of model {header.model_name} (weights {header.model_hash}), but the "
+            f"loaded model {name} codes {model.profile}; decode with --model {header.model_name} (or the checkpoint "
+            "holding those weights)"
         )
 
 
@@ -509,14 +518,15 @@ def decode_image(
 
 
 def _decode_float(header: Header, payload: bytes, model: MSINN, source: str) -> DecodedImage:
-    recorded = parse_numerics(header.numerics)
+    """Decode a float32 file under this machine's thread counts. The header's numerics record is informational:
+    it never chooses how the file is decoded (a forged "threads=64" must not change this process's threads), it
+    only tells a damaged file written here from a file written under other numerics."""
     current = torch.get_num_threads()
     if model.device.type != "cpu":
         tries = [current]
     else:
-        tries = [int(recorded["threads"])] if recorded.get("threads", "").isdigit() else []
-        tries += [current, 1, 2, 4, os.cpu_count() or 1]
-        tries = list(dict.fromkeys(n for n in tries if 0 < n <= 256))
+        cores = os.cpu_count() or 1
+        tries = list(dict.fromkeys(n for n in (current, 1, 2, 4, cores) if 0 < n <= max(current, cores)))
     first: _Drift | None = None
     try:
         for n in tries:
@@ -529,11 +539,27 @@ def _decode_float(header: Header, payload: bytes, model: MSINN, source: str) -> 
         torch.set_num_threads(current)
     wrote = header.numerics or "unrecorded float32 numerics (a format version 1 file)"
     here = numerics_record(model.device)
+    if _same_numerics(header.numerics, here, tries):
+        raise BitstreamError(
+            f"{source}: damaged: it was written under this machine's numerics ({wrote}), which were tried, and its "
+            f"decoded symbols still differ from the encoder's. First mismatch: {first}"
+        )
     raise NumericsMismatch(
         f"{source}: written by {wrote}; this machine ({here}, threads tried: {tries}) computes its float32 entropy "
         "parameters differently, so it cannot be decoded here; decode it where it was written, or re-encode it "
         f"from its source with the portable profile (msinn-pipeline reencode --from source). First mismatch: {first}"
     )
+
+
+def _same_numerics(recorded: str, here: str, tries: list[int]) -> bool:
+    """True when a file's numerics record matches this machine's (same device, CPU or GPU and torch) and the
+    thread count it records was among those tried: a mismatch then means damage, not another machine."""
+    if not recorded:
+        return False
+    wrote, mine = parse_numerics(recorded), parse_numerics(here)
+    threads = wrote.pop("threads", None)
+    mine.pop("threads", None)
+    return wrote == mine and (threads is None or (threads.isdigit() and int(threads) in tries))
 
 
 def _decode(header: Header, payload: bytes, model: MSINN, source: str) -> DecodedImage:

@@ -6,6 +6,7 @@ import io
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
@@ -20,21 +21,8 @@ def list_images(uri: str, storage_options: dict | None = None) -> list[str]:
         files = [p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise FileNotFoundError(f"{uri}: no image files found")
-    return sorted(full_uri(fs, p) for p in files)
-
-
-def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
-    """A file system's main protocol name (fsspec gives a string or a tuple of aliases)."""
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-
-
-def is_local(fs: fsspec.AbstractFileSystem) -> bool:
-    return protocol_of(fs) in ("file", "local")
-
-
-def full_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """A path that fsspec listed, as a URI that opens on the same file system (local paths stay plain)."""
-    return path if is_local(fs) else f"{protocol_of(fs)}://{path}"
+    local = isinstance(fs, LocalFileSystem)
+    return sorted(p if local else fs.unstrip_protocol(p) for p in files)
 
 
 def read_bytes(uri: str, storage_options: dict | None = None) -> bytes:

@@ -8,16 +8,15 @@ system registered with DuckDB, so no DuckDB extension is downloaded.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
-from msinn.imageio import is_local
-
-from . import storage
+from . import sql, storage
+from .predicate import SelectionError, guarded
+from .storage import is_local
 
 CURRENT_VIEW_SQL = """
 CREATE OR REPLACE VIEW manifest AS
@@ -42,9 +41,7 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
     no COPY, no ATTACH, no settings changes), so a ``--where`` predicate or a
     spec file's ``where`` cannot reach outside the archive.
     """
-    con = duckdb.connect()
-    con.execute("SET autoinstall_known_extensions=false")
-    con.execute("SET autoload_known_extensions=false")
+    con = sql.connection()
     fs, root = storage.filesystem(archive, options)
     files = [f for f in storage.list_files(storage.join(archive, "manifest"), options) if f.endswith(".parquet")]
     if not files:
@@ -114,11 +111,7 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
     """
     from .manifest import SCHEMA
 
-    con = duckdb.connect(database)
-    con.execute("SET autoinstall_known_extensions=false")
-    con.execute("SET autoload_known_extensions=false")
-    if database != ":memory:":
-        con.execute("SET memory_limit='512MB'")
+    con = sql.connection(database, "512MB" if database != ":memory:" else None)
     con.register("schema_rows", SCHEMA.empty_table())
     con.execute("CREATE TABLE all_rows AS SELECT * FROM schema_rows")
     con.unregister("schema_rows")
@@ -133,29 +126,18 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
     return con
 
 
-def check_predicate(where: str, view: str = "manifest") -> str:
-    """``where`` if it is one boolean expression over ``view``'s rows; otherwise an ArchiveError saying why.
+def columns(con: duckdb.DuckDBPyConnection, view: str = "manifest") -> list[str]:
+    return [r[0] for r in con.execute(f"DESCRIBE {view}").fetchall()]
 
-    The predicate is parsed inside ``SELECT * FROM view WHERE (...)``: another
-    statement, a set operation or anything but a plain filter of the view is
-    refused before it runs.
-    """
-    sql = f"SELECT * FROM {view} WHERE ({where})"
-    parsed = json.loads(duckdb.connect().execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-    if parsed.get("error"):
-        raise ArchiveError(f"invalid selection {where!r}: {parsed.get('error_message')}")
-    statements = parsed.get("statements", [])
-    node = statements[0].get("node", {}) if len(statements) == 1 else {}
-    table = node.get("from_table", {})
-    if (
-        node.get("type") != "SELECT_NODE"
-        or table.get("type") != "BASE_TABLE"
-        or table.get("table_name") != view
-        or [s.get("class") for s in node.get("select_list", [])] != ["STAR"]
-        or node.get("cte_map", {}).get("map")
-    ):
-        raise ArchiveError(f"invalid selection {where!r}: it must be one condition on the rows of the manifest")
-    return where
+
+def check_predicate(where: str, con: duckdb.DuckDBPyConnection, view: str = "manifest", guard: str | None = None
+                    ) -> str:
+    """The condition to run for ``where`` (``predicate.guarded``: checked, re-rendered, inside ``guard``), or an
+    ArchiveError that says what is wrong with it."""
+    try:
+        return guarded(where, columns(con, view), guard) or "true"
+    except SelectionError as exc:
+        raise ArchiveError(str(exc)) from None
 
 
 def select(con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest") -> list[dict[str, Any]]:
@@ -165,17 +147,20 @@ def select(con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manif
 
 def iter_select(
     con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest", batch: int = 4096,
-    sample: int | None = None, seed: int = 0,
+    sample: int | None = None, seed: int = 0, guard: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The same rows in batches, so a driver never holds a whole archive's manifest; ``sample`` keeps a
-    reproducible random subset of that many rows (reservoir sampling in DuckDB)."""
-    if where:
-        check_predicate(where, view)
-    sql = f"SELECT * FROM {view}" + (f" WHERE ({where})" if where else "")
+    reproducible random subset of that many rows (reservoir sampling in DuckDB). ``guard`` (the program's own
+    condition) holds whatever ``where`` (the user's) says."""
+    condition = check_predicate(where, con, view, guard) if where else guard
+    sql = f"SELECT * FROM {view}" + (f" WHERE {condition}" if condition else "")
     if sample:
         sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
     try:
         cur = con.execute(sql + " ORDER BY key")
+    except duckdb.InterruptException:
+        raise ArchiveError(f"selection {where!r} ran over the time limit of {sql.SQL_SECONDS:g} s "
+                           "(MSINN_SQL_SECONDS raises it)") from None
     except duckdb.Error as exc:
         raise ArchiveError(f"invalid selection {where!r}: {exc}") from exc
     cols = [d[0] for d in cur.description]

@@ -9,7 +9,9 @@ passed a checkpoint holding those weights.
 
 from __future__ import annotations
 
+import math
 import re
+import tarfile
 from typing import Any
 
 from . import storage
@@ -53,16 +55,51 @@ def member_name(key: str, codec: str | None) -> str:
     return f"{key}.{MEMBER_EXTENSIONS[codec or 'msinn']}"
 
 
+BLOCK = tarfile.BLOCKSIZE
+
+
 def read_member(row: dict, options: dict | None) -> bytes:
-    """One image's bitstream, by one ranged read of its shard under ``row["archive_root"]``."""
+    """One image's bitstream, by one ranged read of its shard under ``row["archive_root"]``.
+
+    The read starts at the member's tar header, which must name the row's
+    key and codec (``<key>.msinn``, ``<key>.avif``, ...) and length: a row
+    whose offset points at another member (another image) is refused, never
+    decoded as this key.
+    """
     start, length = row.get("offset"), row.get("length")
     if not isinstance(start, int) or not isinstance(length, int) or start < 0 or not 0 < length <= MAX_MEMBER_BYTES:
         raise UntrustedReference(f"offset/length {start!r}/{length!r} do not describe a bitstream")
     uri = shard_uri(row["archive_root"], row["tar_uri"])
-    data = storage.read_bytes(uri, options, start=start, end=start + length)
-    if len(data) != length:
-        raise ValueError(f"{uri}: {len(data)} of {length} bytes at offset {start} (shard truncated?)")
-    return data
+    name = member_name(str(row["key"]), row_codec(row)).encode("utf-8", "surrogateescape")
+    # a name over 100 bytes is held by a GNU long-name block (header and padded name) before the member's own header
+    head = BLOCK + (BLOCK + math.ceil((len(name) + 1) / BLOCK) * BLOCK if len(name) > 100 else 0)
+    if start < head:
+        raise UntrustedReference(f"offset {start} leaves no room for the tar header of {name.decode(errors='replace')}")
+    blob = storage.read_bytes(uri, options, start=start - head, end=start + length)
+    if len(blob) != head + length:
+        raise ValueError(f"{uri}: {len(blob) - head} of {length} bytes at offset {start} (shard truncated?)")
+    _check_header(blob[:head], name, length, uri, start)
+    return blob[head:]
+
+
+def _check_header(head: bytes, name: bytes, length: int, uri: str, start: int) -> None:
+    """The tar header(s) before ``start`` name ``name`` and give ``length``; else the row points elsewhere."""
+    try:
+        info = tarfile.TarInfo.frombuf(head[-BLOCK:], "utf-8", "surrogateescape")
+        long_name = None
+        if len(name) > 100:
+            link = tarfile.TarInfo.frombuf(head[:BLOCK], "utf-8", "surrogateescape")
+            long_name = head[BLOCK : BLOCK + link.size].rstrip(b"\0") if link.type == tarfile.GNUTYPE_LONGNAME else b""
+    except tarfile.TarError:
+        raise UntrustedReference(f"{uri}: no tar header before offset {start}: the row does not point at a member"
+                                 ) from None
+    held = info.name.encode("utf-8", "surrogateescape")
+    ok = (held == name if long_name is None else (held == name[:100] and long_name == name)) and info.size == length
+    if not ok:
+        shown = (long_name or held).decode("utf-8", "replace")
+        want = name.decode("utf-8", "replace")
+        raise UntrustedReference(f"{uri}: offset {start} holds member {shown!r} ({info.size} bytes), not {want!r} "
+                                 f"({length} bytes): the row points at another image")
 
 
 def load_model(spec: str, device: str):

@@ -9,6 +9,7 @@ arguments, an unreadable spec or archive, a model that does not load).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -49,6 +50,16 @@ def target_of(args: argparse.Namespace) -> tuple[str, float]:
     raise SystemExit("a target is required")
 
 
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """Per-image limits (``pipeline/limits.py``, ``pipeline/pool.py``): defaults a user can raise."""
+    p.add_argument("--image-memory-mb", type=int, default=8192,
+                   help="working memory one image may need, estimated from its header before decoding; larger "
+                        "images get an error row (default 8192)")
+    p.add_argument("--image-timeout", type=float, default=3600.0,
+                   help="seconds one image may take to read or to encode before its actor is stopped; an image "
+                        "that costs two actors gets an error row (default 3600)")
+
+
 def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Archive an image dataset with MS-INN on Ray.")
     p.add_argument("--input", required=True, help="fsspec URI: folder/prefix of images, *.tar shards or *.parquet")
@@ -85,6 +96,7 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--tile-pixels", type=int, default=1 << 21)
     p.add_argument("--ms-ssim", action="store_true", help="also compute MS-SSIM per image")
     add_coding_args(p)
+    add_limit_args(p)
     return p
 
 
@@ -111,6 +123,8 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         tile_pixels=args.tile_pixels,
         ms_ssim=args.ms_ssim,
         device=args.device,
+        image_memory=args.image_memory_mb << 20,
+        image_seconds=args.image_timeout,
         **coding_of(args),
     )
 
@@ -120,6 +134,12 @@ def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def quiet_stdout() -> contextlib.AbstractContextManager:
+    """While a job runs, anything printed goes to stderr: Ray prints its raylets' messages (a worker that died)
+    on stdout, which carries only the JSON result."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> int:
     from .runner import run_job
     from .spec import JobError
@@ -127,13 +147,15 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
     args = transcode_parser(prog).parse_args(argv)
     setup_logging()
     try:
-        summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
-                          cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors, max_actors=args.max_actors)
+        with quiet_stdout():
+            summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
+                              cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors,
+                              max_actors=args.max_actors)
     except (JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))
-    return 1 if summary["shards_failed"] else 0
+    return 1 if summary["shards_failed"] or summary["errors"] or summary.get("pool_error") else 0
 
 
 def _archive_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -216,8 +238,8 @@ def _selection(args: argparse.Namespace, sample: int | None = None, seed: int = 
     """The ok rows a --where selects, in batches; each reads its bitstream from this archive's shards only."""
     from .archive import iter_select
 
-    where = "status = 'ok'" + (f" AND ({args.where})" if args.where else "")  # checked whole, as one condition
-    for batch in iter_select(_connect(args), where, sample=sample, seed=seed):
+    # the user's condition is checked and re-rendered alone, then put inside the guard: it cannot widen it
+    for batch in iter_select(_connect(args), args.where, sample=sample, seed=seed, guard="status = 'ok'"):
         yield [dict(r, archive_root=args.archive) for r in batch]
 
 
@@ -248,10 +270,9 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    report = run_decode_jobs(
-        batches, args.storage_options, args.model, args.device, args.dest,
-        args.dest_storage_options, args.format,
-    )
+    with quiet_stdout():
+        report = run_decode_jobs(batches, args.storage_options, args.model, args.device, args.dest,
+                                 args.dest_storage_options, args.format)
     print(json.dumps({"selected": report.checked, "restored": report.ok, "failed": report.failed}, indent=2))
     return 1 if report.failed else 0
 
@@ -274,8 +295,8 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    report = run_decode_jobs(batches, args.storage_options, args.model,
-                             args.device, None, None, "png")
+    with quiet_stdout():
+        report = run_decode_jobs(batches, args.storage_options, args.model, args.device, None, None, "png")
     print(json.dumps({"checked": report.checked, "ok": report.ok, "mismatches": report.failed}, indent=2))
     return 1 if report.failed else 0
 
@@ -295,6 +316,10 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
     add_coding_args(p)
     p.add_argument("--gc", action="store_true", help="afterwards, delete shards no current row references")
     p.add_argument("--retention-hours", type=float, default=168.0, help="gc keeps unreferenced shards this long")
+    p.add_argument("--source-prefix", default=None,
+                   help="read originals only under this prefix (default: the input the archive was made from, as "
+                        "its _plan/plan.json records); rows elsewhere are re-encoded from their bitstreams or fail")
+    add_limit_args(p)
     return p
 
 
@@ -308,9 +333,11 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     kind, value = target_of(args)
     opts = args.storage_options
     try:
-        summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
-                               args.decode_model, args.rows_per_shard, args.actors, device=args.device,
-                               **coding_of(args))
+        with quiet_stdout():
+            summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
+                                   args.decode_model, args.rows_per_shard, args.actors, device=args.device,
+                                   source_prefix=args.source_prefix, image_memory=args.image_memory_mb << 20,
+                                   image_seconds=args.image_timeout, **coding_of(args))
         if args.gc:
             summary["gc"] = gc_shards(args.archive, opts, args.retention_hours)
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
@@ -320,12 +347,12 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
 
 
 def _report_reencode(summary: dict, prog: str) -> int:
-    """Print a re-encode's summary; exit code 1 when shards failed or gc refused to run."""
+    """Print a re-encode's summary; exit code 1 when shards or images failed or gc refused to run."""
     print(json.dumps(summary, indent=2))
     if summary.get("gc", {}).get("refused"):
         print(f"{prog}: gc {summary['gc']['refused']}", file=sys.stderr)
         return 1
-    return 1 if summary.get("shards_failed") else 0
+    return 1 if summary.get("shards_failed") or summary.get("errors_this_run") or summary.get("pool_error") else 0
 
 
 def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> int:
@@ -341,7 +368,8 @@ def cmd_scheduled(argv: list[str], prog: str = "msinn-pipeline scheduled") -> in
     args = p.parse_args(argv)
     setup_logging()
     try:
-        summary = run_scheduled(args.spec)  # a bad spec is reported in one line, before anything heavy starts
+        with quiet_stdout():
+            summary = run_scheduled(args.spec)  # a bad spec is reported in one line, before anything heavy starts
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:
         print(f"{prog}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2

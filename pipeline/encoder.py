@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,10 +25,14 @@ from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.metrics import ms_ssim_uint8
 from msinn.ratecontrol import Target
 
+from .inputs import stream_unit
+from .keys import refuse_duplicates
+from .limits import memory_refusal
 from .manifest import ManifestRow
+from .readahead import read_ahead
 from .shards import commit
-from .sources import InputRecord, read_ahead, refuse_duplicates, stream_unit
-from .spec import JobSpec, WorkUnit
+from .sources import InputRecord
+from .spec import Attempt, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
 
@@ -67,6 +72,32 @@ def _raise_priority() -> None:
 
 
 PIPELINE_DEPTH = 2  # planned records allowed to wait for the entropy coder
+
+
+Step = tuple[str, object]  # ("read", i), ("encode", i), ("commit", None), then ("done", the unit's summary)
+
+
+def _last(steps: Iterator[Step]) -> dict:
+    """Run the steps; the summary the last one carries."""
+    last = deque(steps, maxlen=1)
+    step: Step = last[0] if last else ("none", None)
+    if step[0] != "done":
+        raise RuntimeError(f"a unit's steps ended with {step[0]!r}, not its summary")
+    return step[1]  # type: ignore[return-value]
+
+
+def _staged(records: Iterable[InputRecord]) -> Iterator[tuple[str, int, InputRecord | None]]:
+    """("read", i, None) before record i is pulled (read), then ("encode", i, record): the steps an actor reports."""
+    it = iter(records)
+    index = 0
+    while True:
+        yield "read", index, None
+        try:
+            rec = next(it)
+        except StopIteration:
+            return
+        yield "encode", index, rec
+        index += 1
 
 
 class UnitEncoder:
@@ -119,6 +150,9 @@ class UnitEncoder:
         )
         if rec.error is not None:
             return row.fail(rec.error), None
+        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels)
+        if refusal is not None:  # judged from the header: nothing decoded yet
+            return row.fail(f"refused: {refusal}"), None
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             target = spec.target_for(rec.target_value)
@@ -166,17 +200,34 @@ class UnitEncoder:
         row.encode_seconds = choice.seconds
         return row, w.data
 
-    def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
-        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it.
+    def process_unit(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> dict:
+        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it."""
+        return _last(self.unit_steps(unit, spec, attempt))
+
+    def unit_steps(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> Iterator[Step]:
+        """``process_unit`` as the steps the pool follows (a Ray streaming generator): what this actor reads or
+        encodes, reported before it starts, so the driver knows where an actor was if it dies.
 
         A read-ahead thread fetches and hashes the next records while the
-        model encodes this one, holding at most ``spec.read_ahead_bytes``.
+        model encodes this one, holding at most ``spec.read_ahead_bytes``. A
+        careful ``attempt`` (the unit cost an actor before) reads and encodes
+        one record at a time on this thread, so each report names what the
+        actor is doing; records in ``attempt.skip`` get their error rows unread.
         """
-        records = stream_unit(unit, spec.input_options, spec.key_column, spec.image_column, spec.target_column)
-        return self.process(unit, read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init), spec)
+        attempt = attempt or Attempt()
+        records: Iterable[InputRecord] = stream_unit(unit, spec, dict(attempt.skip))
+        if not attempt.careful:
+            records = read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init)
+        yield from self.steps(unit, records, spec, overlap=False if attempt.careful else None)
 
-    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec) -> dict:
-        """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last).
+    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec,
+                overlap: bool | None = None) -> dict:
+        """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last)."""
+        return _last(self.steps(unit, records, spec, overlap))
+
+    def steps(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec,
+              overlap: bool | None = None) -> Iterator[Step]:
+        """Encode every record, then commit the unit, reporting each step; the last is ("done", summary).
 
         With ``overlap`` (the default on a GPU) the network half of record i+1
         runs while a second thread entropy-codes and packs record i (rANS and
@@ -203,22 +254,30 @@ class UnitEncoder:
             coder_s[0] += time.perf_counter() - t
             return out
 
-        if self.overlap:
+        if self.overlap if overlap is None else overlap:
             results: list[Future] = []
             with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as pool:
-                for rec in records:
+                for stage, index, rec in _staged(records):
+                    yield stage, index
+                    if rec is None:
+                        continue
                     if len(results) >= PIPELINE_DEPTH:  # one coder thread finishes in order
                         wait([results[-PIPELINE_DEPTH]])
                     results.append(pool.submit(finish, *plan(rec)))
                 finished = [f.result() for f in results]
         else:
-            finished = [finish(*plan(rec)) for rec in records]
+            finished = []
+            for stage, index, rec in _staged(records):
+                yield stage, index
+                if rec is not None:
+                    finished.append(finish(*plan(rec)))
+        yield "commit", None
         # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
         refuse_duplicates([row for row, _ in finished], ManifestRow.fail)
         finished = [(row, data if row.status == "ok" else None) for row, data in finished]
         rows = commit(spec, unit, finished)
         ok = [r for r in rows if r.status == "ok"]
-        return {  # what the driver's progress line needs; statistics are read from the manifest
+        yield "done", {  # what the driver's progress line needs; statistics are read from the manifest
             "unit_id": unit.unit_id,
             "images": len(rows),
             "errors": len(rows) - len(ok),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -20,7 +21,9 @@ from typing import TypeVar
 from msinn.imageio import IMAGE_EXTENSIONS
 
 from . import storage
-from .spec import INPUT_KINDS, ArchivedRow, WorkUnit
+from .claims import Claim, refreshing
+from .keys import file_key
+from .spec import INPUT_KINDS, ArchivedRow, JobError, WorkUnit
 
 log = logging.getLogger("pipeline")
 T = TypeVar("T")
@@ -29,16 +32,33 @@ LEGACY_PLAN = "plan.parquet"  # how earlier versions froze a plan: one file, sti
 LISTED_KINDS = tuple(k for k in INPUT_KINDS if k != "rows")  # what an input listing can be planned as
 
 
-def relative_path(uri: str, root: str) -> str:
-    """A listed file's path under the input root (its base name if it lies elsewhere)."""
-    return uri[len(root) :].lstrip("/") if uri.startswith(root) else uri.rsplit("/", 1)[-1]
+class ListingOrderError(RuntimeError):
+    """The store listed keys out of order (S3 directory buckets do): a streamed plan cannot rely on it."""
 
 
-def file_key(uri: str, root: str) -> str:
-    """A loose file's key: its path under the input root, without its extension."""
-    rel = relative_path(uri, root)
-    base, dot, ext = rel.rpartition(".")
-    return base if dot and "/" not in ext else rel
+class PlanError(JobError):
+    """A frozen plan that cannot be used as it is (unreadable, or naming what its job may not read); names the file."""
+
+
+class Skipped:
+    """Entries the listing or the planner passed over, for one warning that says what and why."""
+
+    EXAMPLES = 10
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.examples: list[str] = []
+
+    def add(self, uri: str, why: str) -> None:
+        self.count += 1
+        if len(self.examples) < self.EXAMPLES:
+            self.examples.append(f"{uri} ({why})")
+
+    def warn(self, input_uri: str) -> None:
+        if self.count:
+            more = f"; and {self.count - len(self.examples)} more" if self.count > len(self.examples) else ""
+            log.warning("%d entr%s under %s not planned: %s%s", self.count, "y" if self.count == 1 else "ies",
+                        input_uri, "; ".join(self.examples), more)
 
 
 class _Planner:
@@ -52,14 +72,14 @@ class _Planner:
     ``k.`` prefix; the open prefixes nest, so a stack holds them.
     """
 
-    def __init__(self, root: str, kinds: tuple[str, ...], shard_bytes: int):
+    def __init__(self, root: str, kinds: tuple[str, ...], shard_bytes: int, skipped: Skipped):
         self.root, self.kinds, self.shard_bytes = root, kinds, shard_bytes
         self.count = 0
         self.group: list[str] = []
         self.group_bytes = 0
         self.open: list[str] = []  # key prefixes "k." a later file of the same key would start with
-        self.skipped = 0
-        self.skipped_examples: list[str] = []
+        self.skipped = skipped
+        self.wanted = " or ".join(kinds) if kinds != LISTED_KINDS else "image, tar or Parquet"
 
     def _unit(self, kind: str, uris: tuple[str, ...], size: int) -> WorkUnit:
         unit = WorkUnit(f"{self.count:06d}", kind, uris, size, self.root)
@@ -69,9 +89,7 @@ class _Planner:
     def add(self, uri: str, size: int) -> Iterator[WorkUnit]:
         kind = _kind_of(uri)
         if kind not in self.kinds:
-            self.skipped += 1
-            if len(self.skipped_examples) < 3:
-                self.skipped_examples.append(uri)
+            self.skipped.add(uri, f"not {self.wanted} input")
             return
         if kind != "files":
             yield self._unit(kind, (uri,), size)
@@ -103,53 +121,54 @@ def _kind_of(uri: str) -> str | None:
 
 
 def iter_units(
-    listing: Iterable[tuple[str, int]], input_uri: str, kind: str = "auto", shard_bytes: int = 256 << 20
+    listing: Iterable[tuple[str, int]], input_uri: str, kind: str = "auto", shard_bytes: int = 256 << 20,
+    skipped: Skipped | None = None,
 ) -> Iterator[WorkUnit]:
     """Group a sorted listing of (URI, size) into work units, as it streams.
 
     Each tar and each Parquet file is a unit; loose image files are grouped
     into units of about ``shard_bytes`` (more only where files of one key
     span the cut). ``auto`` plans every kind; a named kind plans only that
-    one. Files of another kind are named in a warning, never dropped
-    silently. A listing out of order raises ``storage.ListingOrderError``.
+    one. Files of another kind, and entries the listing passed over
+    (``skipped``), are named in a warning, never dropped silently. A listing
+    out of order raises ``ListingOrderError``.
     """
     if kind != "auto" and kind not in LISTED_KINDS:
         raise ValueError(f"input kind must be one of {LISTED_KINDS}")
     root = input_uri.rstrip("/")
+    skipped = skipped if skipped is not None else Skipped()
     planner: _Planner | None = None
     previous = None
     for uri, size in listing:
         if previous is not None and uri <= previous:
-            raise storage.ListingOrderError(f"{input_uri}: {uri!r} listed after {previous!r}")
+            raise ListingOrderError(f"{input_uri}: {uri!r} listed after {previous!r}")
         previous = uri
         if planner is None:
             if uri.rstrip("/") == root:  # a single file given directly
                 root = root.rsplit("/", 1)[0]
-            planner = _Planner(root, LISTED_KINDS if kind == "auto" else (kind,), shard_bytes)
+            planner = _Planner(root, LISTED_KINDS if kind == "auto" else (kind,), shard_bytes, skipped)
         yield from planner.add(uri, size)
+    skipped.warn(input_uri)
     if planner is None:
         raise FileNotFoundError(f"{input_uri}: no input files found")
     yield from planner.flush()
-    if planner.skipped:
-        log.warning("%d file(s) under %s are not %s input and were not planned, e.g. %s", planner.skipped,
-                    input_uri, " or ".join(planner.kinds) if kind != "auto" else "image, tar or Parquet",
-                    ", ".join(planner.skipped_examples))
     if not planner.count:
         raise FileNotFoundError(f"{input_uri}: no image files, tars or Parquet files found")
 
 
-def list_input(input_uri: str, options: dict | None) -> Iterator[tuple[str, int]]:
+def list_input(input_uri: str, options: dict | None, skipped: Skipped | None = None) -> Iterator[tuple[str, int]]:
     """The input's sorted listing, streamed; a missing input is 'no input files found'."""
     try:
-        yield from storage.iter_file_sizes(input_uri, options)
+        yield from storage.iter_file_sizes(input_uri, options, skipped.add if skipped else None)
     except FileNotFoundError:
         raise FileNotFoundError(f"{input_uri}: no input files found") from None
 
 
-def sorted_listing(input_uri: str, options: dict | None) -> Iterator[tuple[str, int]]:
+def sorted_listing(input_uri: str, options: dict | None, skipped: Skipped | None = None
+                   ) -> Iterator[tuple[str, int]]:
     """The fallback for stores that list out of order: the whole listing, sorted in memory."""
     log.warning("%s: the store lists keys out of order; planning from a listing held in memory", input_uri)
-    yield from sorted(storage.file_sizes(input_uri, options).items())
+    yield from sorted(storage.file_sizes(input_uri, options, skipped.add if skipped else None).items())
 
 
 def _planned(input_uri: str, options: dict | None, kind: str, shard_bytes: int,
@@ -157,9 +176,12 @@ def _planned(input_uri: str, options: dict | None, kind: str, shard_bytes: int,
     """``consume`` the input's units as the listing streams; a store that lists out of order is listed again,
     sorted in memory, and consumed from the start."""
     try:
-        return consume(iter_units(list_input(input_uri, options), input_uri, kind, shard_bytes))
-    except storage.ListingOrderError:
-        return consume(iter_units(sorted_listing(input_uri, options), input_uri, kind, shard_bytes))
+        skipped = Skipped()
+        return consume(iter_units(list_input(input_uri, options, skipped), input_uri, kind, shard_bytes, skipped))
+    except ListingOrderError:
+        skipped = Skipped()
+        return consume(iter_units(sorted_listing(input_uri, options, skipped), input_uri, kind, shard_bytes,
+                                  skipped))
 
 
 def build_plan(
@@ -194,9 +216,50 @@ def _unit_of(r: dict, root: str = "") -> WorkUnit:
                     r.get("root") or root, rows)
 
 
+PART_NAME = re.compile(r"units-\d{6}\.parquet")  # plan.json may name parts by these names only, in its folder
+UNIT_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")  # a unit's shard is part-<unit_id>: a plain file name
+UnitCheck = Callable[[WorkUnit], "str | None"]  # why a planned unit may not run, or None
+
+
+def listed_units(input_uri: str) -> UnitCheck:
+    """The check for a transcode plan's units: a listed kind, each input under the job's input."""
+    root = storage.canonical(input_uri)
+    parent = root.rsplit("/", 1)[0]
+
+    def check(u: WorkUnit) -> str | None:
+        if u.kind not in LISTED_KINDS or u.rows or not u.uris:
+            return f"is not a unit a listing makes (kind {u.kind!r}, {len(u.uris)} inputs, {len(u.rows)} rows)"
+        if storage.canonical(u.root) not in (root, parent):
+            return f"has root {u.root!r}, not the job's input {root}"
+        outside = next((x for x in u.uris if not storage.within(x, root)), None)
+        return f"names {outside!r}, outside the job's input {root}" if outside is not None else None
+
+    return check
+
+
+def archived_rows(archive: str) -> UnitCheck:
+    """The check for a re-encode plan's units: rows of this archive and nothing else."""
+    root = storage.canonical(archive)
+
+    def check(u: WorkUnit) -> str | None:
+        if u.kind != "rows" or u.uris:
+            return f"is not a unit of archived rows (kind {u.kind!r})"
+        if storage.canonical(u.root) != root:
+            return f"reads rows of {u.root!r}, not of this archive {root}"
+        return None
+
+    return check
+
+
 @dataclass
 class Plan:
-    """A frozen plan: the job it belongs to, its size, and its units, read a part at a time."""
+    """A frozen plan: the job it belongs to, its size, and its units, read a part at a time.
+
+    A plan is data under the output, which anyone with write access there
+    could have changed: every unit is checked (``check``) as it is read, and
+    a part that cannot be read or holds a unit its job may not run ends the
+    job with an error naming the part.
+    """
 
     folder: str
     options: dict | None
@@ -205,6 +268,8 @@ class Plan:
     input_bytes: int
     items: int  # input files and archived rows the units name (tars and Parquet files count once)
     parts: list[str]  # file names in the folder
+    check: UnitCheck | None = None
+    root: str = ""  # units of plans from earlier versions that recorded none
 
     def __len__(self) -> int:
         return self.units
@@ -213,9 +278,20 @@ class Plan:
         import pyarrow.parquet as pq
 
         for name in self.parts:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(self.folder, name), self.options)))
-            for r in table.to_pylist():
-                yield _unit_of(r)
+            uri = storage.join(self.folder, name)
+            try:
+                table = pq.read_table(io.BytesIO(storage.read_bytes(uri, self.options)))
+                units = [_unit_of(r, self.root) for r in table.to_pylist()]
+            except Exception as exc:  # missing, truncated, not Parquet, columns missing or mistyped
+                raise PlanError(f"{uri}: unreadable plan part ({type(exc).__name__}: {exc}); "
+                                f"remove {self.folder} to plan again") from None
+            for unit in units:
+                why = "has an id that is not a plain name" if not UNIT_ID.fullmatch(str(unit.unit_id)) else (
+                    self.check(unit) if self.check else None)
+                if why:
+                    raise PlanError(f"{uri}: unit {str(unit.unit_id)[:80]!r} {why}: the plan was changed after "
+                                    f"it was frozen; remove {self.folder} to plan again")
+                yield unit
 
 
 def freeze_plan(folder: str, units: Iterable[WorkUnit], job: dict, options: dict | None) -> Plan:
@@ -254,31 +330,53 @@ def freeze_plan(folder: str, units: Iterable[WorkUnit], job: dict, options: dict
 
 
 def plan_input(spec_input: str, input_options: dict | None, kind: str, shard_bytes: int, output: str, job: dict,
-               output_options: dict | None) -> Plan:
-    """List the input and freeze its plan under the output, streaming."""
+               output_options: dict | None, claim: Claim | None = None) -> Plan:
+    """List the input and freeze its plan under the output, streaming (refreshing this driver's ``claim``)."""
     folder = storage.join(output, PLAN_DIR)
     return _planned(spec_input, input_options, kind, shard_bytes,
-                    lambda units: freeze_plan(folder, units, job, output_options))
+                    lambda units: freeze_plan(folder, refreshing(units, claim) if claim else units, job,
+                                              output_options))
 
 
 def read_frozen(folder: str, options: dict | None, legacy_key: str = "msinn.job", legacy_root: str = "") -> Plan | None:
     """The plan frozen in a folder, or None; plans of earlier versions (one ``plan.parquet``, the job in its
-    metadata under ``legacy_key``; a re-encode's units without a root: ``legacy_root``) read too."""
+    metadata under ``legacy_key``; a re-encode's units without a root: ``legacy_root``) read too.
+
+    ``plan.json`` may name only parts in its own folder (``units-NNNNNN.parquet``).
+    """
     import pyarrow.parquet as pq
 
     marker = storage.join(folder, PLAN_MARKER)
     if storage.exists(marker, options):
-        m = json.loads(storage.read_bytes(marker, options))
-        return Plan(folder, options, m["job"], int(m["units"]), int(m["input_bytes"]), int(m["items"]),
-                    list(m["parts"]))
+        try:
+            m = json.loads(storage.read_bytes(marker, options))
+            parts = [str(p) for p in m["parts"]]
+            plan = Plan(folder, options, dict(m["job"]), int(m["units"]), int(m["input_bytes"]), int(m["items"]),
+                        parts, root=legacy_root)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PlanError(f"{marker}: unreadable plan ({type(exc).__name__}: {exc}); "
+                            f"remove {folder} to plan again") from None
+        bad = next((p for p in parts if not PART_NAME.fullmatch(p)), None)
+        if bad is not None:
+            raise PlanError(f"{marker}: names a part {bad[:200]!r}, not a units-NNNNNN.parquet file of its own "
+                            f"folder; remove {folder} to plan again")
+        run_id = plan.job.get("run_id")
+        if run_id is not None and not UNIT_ID.fullmatch(str(run_id)):  # it names files and actors
+            raise PlanError(f"{marker}: run id {str(run_id)[:200]!r} is not a plain name; remove {folder} to plan "
+                            "again")
+        return plan
     legacy = storage.join(folder, LEGACY_PLAN)
     if not storage.exists(legacy, options):
         return None
-    table = pq.read_table(io.BytesIO(storage.read_bytes(legacy, options)))
-    job = json.loads((table.schema.metadata or {}).get(legacy_key.encode(), b"{}"))
-    units = [_unit_of(r, legacy_root) for r in table.to_pylist()]
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(legacy, options)))
+        job = json.loads((table.schema.metadata or {}).get(legacy_key.encode(), b"{}"))
+        units = [_unit_of(r, legacy_root) for r in table.to_pylist()]
+    except Exception as exc:  # not Parquet, columns missing, metadata not JSON
+        raise PlanError(f"{legacy}: unreadable plan ({type(exc).__name__}: {exc}); remove {folder} to plan again"
+                        ) from None
     return Plan(folder, options, job, len(units), sum(u.input_bytes for u in units),
-                sum(len(u.uris) + len(u.rows) for u in units), [LEGACY_PLAN])
+                sum(len(u.uris) + len(u.rows) for u in units), [LEGACY_PLAN], root=legacy_root)
 
 
 def read_plan(output: str, options: dict | None) -> Plan | None:

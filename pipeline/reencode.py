@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,7 +23,7 @@ from . import storage
 from .archive import connect, iter_select
 from .bitstreams import UntrustedReference, as_model_list, shard_name
 from .cluster import init_ray, new_run_id
-from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, freeze_plan, read_frozen, read_plan
+from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, PlanError, archived_rows, freeze_plan, read_frozen, read_plan
 from .runner import check_model, execute_units
 from .shards import committed_shards, is_committed
 from .spec import ArchivedRow, JobSpec, WorkUnit
@@ -40,7 +41,11 @@ def _reencode_plans(archive: str, options: dict | None) -> list[tuple[str, Plan]
         plan = read_frozen(folder, options, legacy_key="msinn.reencode", legacy_root=archive)
         if plan is None:
             continue
+        plan.check = archived_rows(archive)
         job = plan.job
+        if job.get("run_id") != folder.rsplit("/", 1)[-1]:
+            raise PlanError(f"{folder}/{PLAN_MARKER}: its run id {str(job.get('run_id'))[:100]!r} is not its "
+                            f"folder's name; remove {folder} if it is not yours")
         job["archive"] = storage.canonical(job.get("archive") or archive)  # plans from before canonical URIs
         job["model"] = storage.canonical_model(job.get("model"))
         out.append((job["run_id"], plan))
@@ -82,14 +87,21 @@ def run_reencode(
     cpus_per_actor: float = 1.0,
     device: str = "cpu",
     max_units: int | None = None,
+    source_prefix: str | None = None,
+    image_memory: int | None = None,
+    image_seconds: float | None = None,
     codecs: tuple[str, ...] | list[str] | str | None = None,
     avif_speed: int = 6,
     effort: int = 0,
 ) -> dict[str, Any]:
     """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched.
 
-    ``codecs`` (default: msinn alone) lets each image take whichever format is best at the target, so a
-    re-encode can also migrate an archive to another codec set.
+    Originals are read only under ``source_prefix``, or else under the input
+    the archive was made from (its ``_plan/plan.json``); a row elsewhere is
+    re-encoded from its bitstream (``--from auto``) or gets an error row.
+    ``codecs`` (default: msinn alone) lets each image take whichever format is
+    best at the target, so a re-encode can also migrate an archive to another
+    codec set.
     """
     from msinn.choice import parse_codecs
 
@@ -101,7 +113,7 @@ def run_reencode(
                      codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort).coding_dict()
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
-    check_model(model)  # a bad --model fails here, before a plan is frozen
+    check_model(model, (target_kind, float(target_value)))  # a bad --model or target fails before a plan is frozen
     check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]
@@ -130,13 +142,27 @@ def run_reencode(
         plan = freeze_plan(storage.join(archive, "_reencode", run_id), units,
                            {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()}, options)
     spec = _spec(archive, job, base_job, options, run_id, device)
+    limits = {k: v for k, v in (("image_memory", image_memory), ("image_seconds", image_seconds)) if v is not None}
+    spec = replace(spec, source_root=_source_root(source_prefix, base_job), source_mode=source_mode,
+                   decode_models=tuple(decode_model or ()), **limits)
     init_ray()
     stats = execute_units(spec, plan, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
     summary = {"run_id": run_id, "selected": plan.items, "shards": len(plan),
-               "images_this_run": stats["processed"], "shards_failed": stats["failed"],
-               "wall_seconds": round(time.time() - t0, 3)}
+               "images_this_run": stats["processed"], "errors_this_run": stats["errors"],
+               "shards_failed": stats["failed"], "wall_seconds": round(time.time() - t0, 3),
+               **({"pool_error": stats["pool_error"]} if "pool_error" in stats else {})}
     storage.write_bytes(storage.join(archive, "_runs", f"{run_id}.json"), json.dumps(summary).encode(), options)
     return summary
+
+
+def _source_root(source_prefix: str | None, base_job: dict) -> str | None:
+    """Where originals may be read: the prefix the user passed, else the input the archive was planned from."""
+    root = source_prefix or base_job.get("input")
+    if not root:
+        log.warning("the archive records no input prefix (no _plan/plan.json): originals are not read unless "
+                    "--source-prefix names where they are")
+        return None
+    return storage.canonical(root)
 
 
 def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id: str, device: str) -> JobSpec:

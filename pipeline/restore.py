@@ -17,7 +17,7 @@ from typing import Any
 
 from . import storage
 from .bitstreams import decode_row
-from .sources import safe_key
+from .keys import safe_key
 
 
 def decode_rows(

@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import storage
+from .claims import claim_output
 from .cluster import init_ray, new_run_id
 from .encoder import UnitEncoder
-from .plan import Plan, plan_input, read_plan
+from .plan import PLAN_DIR, Plan, listed_units, plan_input, read_plan
 from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
 from .spec import JobError, JobSpec, WorkUnit
@@ -38,14 +39,60 @@ def canonical_spec(spec: JobSpec) -> JobSpec:
                    model=storage.canonical_model(spec.model))
 
 
-def check_model(model: str | None) -> None:
-    """Load the job's model once in the driver, so a bad name or file fails here, in one line."""
+def check_model(model: str | None, target: tuple[str, float] | None = None):
+    """Load the job's model once in the driver, so a bad name or file fails here, in one line; with ``target``,
+    check that the model can meet it (a qp within its anchors). Returns the model."""
     import msinn
+    from msinn.ratecontrol import Target
 
     try:
-        msinn.load(model)
+        loaded = msinn.load(model)
     except (msinn.CheckpointError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         raise JobError(f"cannot use model {model or '(default)'}: {exc}") from None
+    if target is not None:
+        kind, value = target
+        try:
+            Target(kind, value)
+            if kind == "qp":
+                loaded.check_qp(value)
+        except (TypeError, ValueError) as exc:
+            raise JobError(f"bad target --{'qp' if kind == 'qp' else 'target-' + kind} {value:g}: {exc} "
+                           f"(model {model or '(default)'})") from None
+    return loaded
+
+
+POSITIVE = ("shard_bytes", "read_ahead_bytes", "max_pixels", "tile_pixels", "image_memory", "image_seconds")
+
+
+def check_job(spec: JobSpec) -> None:
+    """Refuse a job with a bad parameter before anything is frozen: a plan fixes its job, so a typo frozen in
+    would refuse the corrected rerun."""
+    for name in POSITIVE:
+        value = getattr(spec, name)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0 or value != value:
+            raise JobError(f"bad --{name.replace('_', '-')} {value!r}: must be a positive number")
+    check_model(spec.model, (spec.target_kind, spec.target_value))
+    check_codecs(spec.codecs)
+
+
+def _frozen(spec: JobSpec, found: Plan) -> tuple[JobSpec, Plan]:
+    """A plan already frozen under the output, if it is this job's (a changed model is allowed)."""
+    job = found.job
+    spec = replace(spec, run_id=job.get("run_id", spec.run_id))
+    for k in ("input", "output"):  # plans frozen before URIs were made canonical
+        if job.get(k):
+            job[k] = storage.canonical(job[k])
+    job["model"] = storage.canonical_model(job.get("model"))
+    if job.get("model") != spec.model:  # allowed: committed shards keep theirs, the rest use this one
+        log.warning("model changed from %s to %s: shards not yet committed will use %s",
+                    job.get("model"), spec.model, spec.model)
+        job["model"] = spec.model
+    mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
+    if mine != theirs:
+        diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+        raise JobError(f"{spec.output} already holds a plan for another job (planned vs asked: {diff})")
+    found.check = listed_units(spec.input)
+    return spec, found
 
 
 def check_codecs(codecs: tuple[str, ...]) -> None:
@@ -66,27 +113,23 @@ def codec_versions(codecs: tuple[str, ...]) -> dict[str, str]:
 
 
 def prepare_plan(spec: JobSpec) -> tuple[JobSpec, Plan]:
-    """Read the frozen plan under the output, or list the input once and freeze it (streaming, a part at a time)."""
+    """Read the frozen plan under the output, or claim the output, list the input once and freeze it (streaming,
+    a part at a time). Every unit of the plan is checked as it is read (``plan.listed_units``)."""
     found = read_plan(spec.output, spec.output_options)
     if found is not None:
-        job = found.job
-        spec = replace(spec, run_id=job.get("run_id", spec.run_id))
-        for k in ("input", "output"):  # plans frozen before URIs were made canonical
-            if job.get(k):
-                job[k] = storage.canonical(job[k])
-        job["model"] = storage.canonical_model(job.get("model"))
-        if job.get("model") != spec.model:  # allowed: committed shards keep theirs, the rest use this one
-            log.warning("model changed from %s to %s: shards not yet committed will use %s",
-                        job.get("model"), spec.model, spec.model)
-            job["model"] = spec.model
-        mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
-        if mine != theirs:
-            diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
-            raise JobError(f"{spec.output} already holds a plan for another job (planned vs asked: {diff})")
-        return spec, found
+        return _frozen(spec, found)
     spec = replace(spec, run_id=spec.run_id or new_run_id())
-    plan = plan_input(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes, spec.output,
-                      spec.job_dict(), spec.output_options)
+    folder = storage.join(spec.output, PLAN_DIR)
+    claim = claim_output(folder, spec.output, spec.run_id, spec.job_dict(), spec.output_options)
+    try:
+        found = read_plan(spec.output, spec.output_options)  # frozen by another driver between our two looks
+        if found is not None:
+            return _frozen(replace(spec, run_id=""), found)
+        plan = plan_input(spec.input, spec.input_options, spec.input_kind, spec.shard_bytes, spec.output,
+                          spec.job_dict(), spec.output_options, claim)
+    finally:
+        claim.release()
+    plan.check = listed_units(spec.input)
     log.info("plan frozen: %d units, %.1f MB of input", len(plan), plan.input_bytes / 1e6)
     return spec, plan
 
@@ -105,7 +148,7 @@ def pool_settings(spec: JobSpec, min_actors: int | None, max_actors: int | None,
         shape["num_gpus"] = 1
     if resources:
         shape["resources"] = dict(resources)
-    settings = PoolSettings(shape=shape)
+    settings = PoolSettings(shape=shape, image_seconds=spec.image_seconds)
     bundle = settings.bundle()
     total = ray.cluster_resources()
     fit = min((int(total.get(k, 0) // v) for k, v in bundle.items()), default=1) if bundle else 1
@@ -236,17 +279,21 @@ def run_job(
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
     spec = canonical_spec(spec)
-    check_model(spec.model)  # before anything is frozen (or started): a bad --model must not pin the plan
-    check_codecs(spec.codecs)
-    init_ray()
+    check_job(spec)  # before anything is frozen (or Ray started): a bad --model or target must not pin the plan
     spec, plan = prepare_plan(spec)
+    init_ray()
     stats = execute_units(spec, plan, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
     summary = summarise(spec, plan, time.time() - t0, stats["processed"], stats["failed"])
-    summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed")})
+    summary.update({k: v for k, v in stats.items() if k not in ("processed", "failed", "errors")})
     body = json.dumps(summary, indent=2).encode()
     storage.write_bytes(storage.join(spec.output, "_runs", f"{spec.run_id}.json"), body, spec.output_options)
     storage.write_bytes(storage.join(spec.output, "summary.json"), body, spec.output_options)
     return summary
+
+
+# A careful attempt's actor waits until the driver has each step before it starts it: the driver then knows
+# which image an actor was on when it died, however fast it died (Ray's generator backpressure).
+CAREFUL_STREAM = {"_generator_backpressure_num_objects": 1}
 
 
 def execute_units(
@@ -279,9 +326,9 @@ def execute_units(
             todo_bytes += u.input_bytes
     pending = itertools.islice((u for u in units if not is_committed(u, shards)), todo)
     log.info("run %s: %d shards planned, %d already committed, %d to do", spec.run_id, len(units), done, todo)
-    stats: dict[str, Any] = {"processed": 0, "failed": [], "shards_by_node": {}, "actors": 0,
+    stats: dict[str, Any] = {"processed": 0, "errors": 0, "failed": [], "shards_by_node": {}, "actors": 0,
                              "actor_start_seconds": 0.0, "encode_seconds_total": 0.0, "codec_seconds_total": 0.0,
-                             "actors_lost": 0}
+                             "actors_lost": 0, "images_refused_unread": 0}
     if not todo:
         return stats
     settings = pool_settings(spec, actors or min_actors, actors or max_actors, actor_resources, cpus_per_actor, todo)
@@ -295,25 +342,36 @@ def execute_units(
         progress.add(unit, res)
         nodes[str(res["node_id"])] = nodes.get(str(res["node_id"]), 0) + 1
         stats["processed"] += res["images"]
+        stats["errors"] += res["errors"]
         stats["encode_seconds_total"] += res["seconds"]
         stats["codec_seconds_total"] += res["codec_seconds"]
         progress.log()
 
     log.info("encoder actors: %d to %d, each %s", settings.min_actors, settings.max_actors, settings.bundle())
-    result = run_pool(
-        pending,
-        todo,
-        lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
-            spec.model, spec.device, threads),
-        lambda actor, unit: actor.process_unit.remote(unit, spec),
-        settings,
-        on_result=on_result,
-        on_tick=progress.log,
-    )
-    progress.log(force=True)
-    progress.close()
+    try:
+        result = run_pool(
+            pending,
+            todo,
+            lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
+                spec.model, spec.device, threads),
+            lambda actor, unit, attempt: actor.unit_steps.options(
+                num_returns="streaming", **(CAREFUL_STREAM if attempt.careful else {})).remote(unit, spec, attempt),
+            settings,
+            on_result=on_result,
+            on_tick=progress.log,
+        )
+    except JobError:
+        raise
+    except Exception as exc:  # an unforeseen failure of Ray or of this code: still end with a summary
+        log.exception("the encoder pool stopped")
+        stats["pool_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc) else ''}"
+        return stats
+    finally:
+        progress.log(force=True)
+        progress.close()
     stats.update(failed=sorted(result.failed), shards_by_node=nodes, actors=result.actors_started,
-                 actors_lost=result.actors_lost, actor_start_seconds=round(result.first_actor_seconds or 0.0, 3),
+                 actors_lost=result.actors_lost, images_refused_unread=result.images_refused,
+                 actor_start_seconds=round(result.first_actor_seconds or 0.0, 3),
                  encode_seconds_total=round(stats["encode_seconds_total"], 3),
                  codec_seconds_total=round(stats["codec_seconds_total"], 3))
     return stats

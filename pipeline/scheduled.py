@@ -6,6 +6,7 @@ Example spec::
     where = "status = 'error' OR bpp > 0.6"
     model = "msinn-small-2026-11d-p1"    # optional
     from = "auto"                        # auto | source | bitstream
+    source_prefix = "s3://bucket/images" # optional: where originals may be read (default: the archive's input)
     gc = true
     retention_hours = 168
     codecs = ["msinn", "avif"]           # optional: per-image codec choice (default msinn)
@@ -61,10 +62,13 @@ def run_scheduled(path: str | Path) -> dict[str, Any]:
     from .reencode import gc_shards, run_reencode  # after the spec is read: a bad spec fails without torch
 
     opts = spec.get("storage_options")
+    limits = spec.get("image_memory_mb"), spec.get("image_timeout")
     summary = run_reencode(
         spec["archive"], spec.get("where"), spec["target"]["kind"], float(spec["target"]["value"]),
         spec.get("model"), spec.get("from", "auto"), opts, spec.get("decode_model"),
         int(spec.get("rows_per_shard", 256)), spec.get("actors"), device=spec.get("device", "cpu"),
+        source_prefix=spec.get("source_prefix"), image_memory=int(limits[0]) << 20 if limits[0] else None,
+        image_seconds=float(limits[1]) if limits[1] else None,
         codecs=spec.get("codecs"), avif_speed=int(spec.get("avif_speed", 6)), effort=int(spec.get("effort", 0)),
     )
     if spec.get("gc"):

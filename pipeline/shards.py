@@ -3,7 +3,10 @@
 A unit is committed in two whole-object writes: the tar of bitstreams first,
 the manifest shard last. A reader that finds a manifest shard therefore finds
 every bitstream it names; a unit interrupted anywhere before its manifest
-write is simply redone, rewriting the same tar with the same bytes.
+write is simply redone, rewriting its whole tar and then its manifest shard.
+The redo holds the same bytes with a portable model; float32 files (their
+numerics record) or a model changed between runs give other bytes, which is
+safe because the manifest shard written last describes the tar written first.
 """
 
 from __future__ import annotations

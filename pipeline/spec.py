@@ -38,6 +38,11 @@ class JobSpec:
     ms_ssim: bool = False
     run_id: str = ""
     device: str = "cpu"
+    image_memory: int = 8 << 30  # estimated working memory one image may need (limits.py); larger are refused
+    image_seconds: float = 3600.0  # one image's read or encode, at most: then its actor is stopped (pool.py)
+    source_root: str | None = None  # re-encodes: originals are read only under this prefix
+    source_mode: str = "auto"  # re-encodes: "auto", "source" or "bitstream" (the command's, never a plan's)
+    decode_models: tuple[str, ...] = ()  # re-encodes: checkpoints the user passed for old bitstreams
     codecs: tuple[str, ...] = ("msinn",)  # per-image choice among these (msinn.choice)
     avif_speed: int = 6
     effort: int = 0  # the model's encoder-side refinement level (msinn.refine)
@@ -52,6 +57,11 @@ class JobSpec:
         from msinn.refine import effort_of  # light: the levels, not torch
 
         effort_of(self.effort)  # a level this version does not have is refused here
+
+    @property
+    def max_input_bytes(self) -> int:
+        """One input file's size, at most: half the image memory budget (its bytes are held while it decodes)."""
+        return self.image_memory // 2
 
     @property
     def target(self) -> Target:
@@ -160,6 +170,14 @@ class WorkUnit:
     def images(self) -> int | None:
         """How many images the unit holds, where that is known before reading it."""
         return len(self.rows) if self.kind == "rows" else len(self.uris) if self.kind == "files" else None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How the pool hands a unit out this time: decided by the driver, never read from storage."""
+
+    skip: tuple[tuple[int, str], ...] = ()  # record numbers refused unread, with their rows' errors
+    careful: bool = False  # no read-ahead, no overlap: each step reported names what the actor is doing
 
 
 class JobError(RuntimeError):

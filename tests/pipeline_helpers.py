@@ -80,11 +80,31 @@ def verify_archive(fs, root: str, expected_keys: set[str], model_path: str) -> d
     return streams
 
 
-def read_unit(unit, options=None) -> list:
+def unit_spec(unit, options=None, **kw):
+    """A job whose input is the unit's root: what a worker reads the unit under."""
+    from pipeline.spec import JobSpec
+
+    return JobSpec(input=unit.root, output="/nonexistent", target_kind="qp", target_value=1.0,
+                   input_options=options or {}, **kw)
+
+
+def read_unit(unit, options=None, **kw) -> list:
     """A unit's records as the encoder sees them: streamed, then keys shared within the unit refused."""
-    from pipeline.sources import refuse_duplicates, stream_unit
+    from pipeline.inputs import stream_unit
+    from pipeline.keys import refuse_duplicates
 
     def fail(record, why: str) -> None:
         record.error, record.data = why, None
 
-    return refuse_duplicates(list(stream_unit(unit, options)), fail)
+    return refuse_duplicates(list(stream_unit(unit, unit_spec(unit, options, **kw))), fail)
+
+
+def tar_bytes(members) -> bytes:
+    """An uncompressed tar of (name, data) pairs, in order (a dict, or a list when names repeat)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (members.items() if isinstance(members, dict) else members):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -244,7 +244,7 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
             alive = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
                      if (a.name or "").startswith("msinn-encoder-")}
             running = {x.node_id for x in list_tasks(filters=[("state", "=", "RUNNING")])
-                       if (x.name or "").endswith("process_unit")}
+                       if (x.name or "").endswith("unit_steps")}
             victim = next((n for n in nodes if n.node_id in alive & running), None)
             time.sleep(0.05)
         done_before = len(list(man.iterdir())) if man.exists() else 0

@@ -9,8 +9,9 @@ import tracemalloc
 import pytest
 
 from pipeline import plan, storage
-from pipeline.plan import Plan, file_key, freeze_plan, iter_units, plan_input, read_plan
-from pipeline.sources import read_ahead
+from pipeline.keys import file_key
+from pipeline.plan import ListingOrderError, Plan, freeze_plan, iter_units, plan_input, read_plan
+from pipeline.readahead import read_ahead
 
 
 def synthetic_listing(n: int, root: str = "/data/in", pulled: list | None = None):
@@ -145,13 +146,13 @@ def test_an_s3_prefix_is_listed_flat_a_page_at_a_time(s3_bucket, monkeypatch):
 def test_a_store_that_lists_out_of_order_is_planned_from_a_sorted_listing(tmp_path, monkeypatch, caplog):
     tricky_tree(tmp_path / "in")
 
-    def shuffled(uri, options):
+    def shuffled(uri, options, on_skip=None):
         items = list(storage.file_sizes(uri, options).items())
         random.Random(1).shuffle(items)
         yield from items
         raise AssertionError("the out-of-order listing was read to its end")
 
-    with pytest.raises(storage.ListingOrderError):
+    with pytest.raises(ListingOrderError):
         list(iter_units(shuffled(str(tmp_path / "in"), None), str(tmp_path / "in")))
     monkeypatch.setattr(storage, "iter_file_sizes", shuffled)
     caplog.set_level(logging.WARNING, logger="pipeline")

@@ -320,6 +320,7 @@ def test_float_file_records_its_numerics_and_explains_a_mismatch(tiny_model):
     assert np.array_equal(decode_image(res.data, tiny_model).pixels, res.reconstruction)
     # what another machine's float32 arithmetic looks like from here: the decoded symbols disagree
     header.tiles[0].level_digests[2] = "00000000"
+    header.numerics = "device=cpu;arch=riscv64;threads=3;torch=2.0.0"
     with pytest.raises(NumericsMismatch, match="written by device=cpu.*threads tried.*re-encode.*level 2"):
         decode_image(pack(header, payload), tiny_model, "drifted")
 

@@ -1,0 +1,162 @@
+"""A re-encode's inputs: each archived row's original, read only where the archive's input was, or its bitstream.
+
+A manifest row is data, not an instruction. Its ``source_uri`` is followed
+only when it lies under the prefix the archive was made from (recorded in its
+``_plan/plan.json``) or a prefix the user passed (``--source-prefix``), names
+a regular file there, and holds exactly one input of the row's key by the
+rules the transcode used (``keys``): so a row can neither make a worker read
+a file of its choosing nor take another key's image, and a key that two
+inputs share stays refused. Otherwise the row falls back to its bitstream
+(``--from auto``), read from this archive's own shards, or gets an error row
+that says why.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import tarfile
+from collections.abc import Iterator
+
+from msinn.imageio import IMAGE_EXTENSIONS
+
+from . import storage
+from .keys import duplicate_reason, file_key, webdataset_key
+from .sources import InputRecord, refused_or_failed
+from .spec import ArchivedRow, JobSpec, WorkUnit
+
+FRAGMENT = re.compile(r"(.+?\.(?:tar|parquet))#(.+)", flags=re.DOTALL)
+
+
+def read_archived(unit: WorkUnit, spec: JobSpec, skip: dict[int, str] | None = None) -> Iterator[InputRecord]:
+    """Inputs of a re-encode unit, one at a time: the original image if readable (and asked for), else the
+    decoded bitstream. What is read, from where and with which models is the job's (``spec``: the user's
+    command), never the plan's: a row brings only its key and where its original and bitstream are."""
+    for i, row in enumerate(unit.rows):
+        if skip and i in skip:
+            yield InputRecord(row.key, row.source_uri or "", None, skip[i])
+            continue
+        yield _read_row(row, spec)
+
+
+def _read_row(row: ArchivedRow, spec: JobSpec) -> InputRecord:
+    src_err = None
+    options = spec.input_options
+    if spec.source_mode in ("auto", "source") and row.source_uri:
+        try:
+            data = read_source(row.key, row.source_uri, options, spec.source_root, spec.key_column,
+                               spec.image_column, spec.max_input_bytes)
+            return InputRecord(row.key, row.source_uri, data, encoded_from="source")
+        except Exception as exc:  # the original may be gone, or not ours to read: fall back when allowed
+            src_err = refused_or_failed(exc)
+    if spec.source_mode in ("auto", "bitstream") and row.tar_uri and row.status == "ok":
+        try:
+            return decoded_bitstream(row, spec.input, options, spec.decode_models)
+        except Exception as exc:
+            why = f"bitstream unreadable: {type(exc).__name__}: {exc}"
+            return InputRecord(row.key, row.source_uri or "", None, why)
+    why = f"source {src_err}" if src_err else "no bitstream to decode"
+    return InputRecord(row.key, row.source_uri or "", None, f"no input: {why}")
+
+
+def read_source(key: str, source_uri: str, options: dict | None, root: str | None, key_column: str = "key",
+                image_column: str = "image", max_bytes: int = 4 << 30) -> bytes:
+    """The bytes of the one input of ``key`` that ``source_uri`` names (plain, ``tar#member``, ``parquet#row=N``).
+
+    Refused (``storage.RefusedInput``) when no root is known, when the file
+    lies outside ``root``, is not a regular file, holds another key, or when
+    several inputs share the key there. A plain file whose name holds a
+    ``#`` is read as itself: the fragment form applies only after ``.tar`` or
+    ``.parquet``.
+    """
+    if not root:
+        raise storage.RefusedInput(f"{source_uri}: the archive records no input prefix to read originals under; "
+                                   "pass --source-prefix")
+    m = FRAGMENT.fullmatch(source_uri)
+    if m is None or (storage.within(source_uri, root) and storage.exists(source_uri, options)):
+        return _loose_file(key, source_uri, options, root, max_bytes)
+    uri, frag = m.group(1), m.group(2)
+    if frag.startswith("row=") and uri.endswith(".parquet"):
+        return _parquet_row(key, uri, frag, options, root, key_column, image_column)
+    return _tar_member(key, uri, frag, options, root, max_bytes)
+
+
+def _loose_file(key: str, uri: str, options: dict | None, root: str, max_bytes: int) -> bytes:
+    if not storage.within(uri, root):
+        raise storage.RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
+    base = storage.canonical(root)
+    its_key = file_key(storage.canonical(uri), base if storage.canonical(uri) != base else base.rsplit("/", 1)[0])
+    if its_key != key:
+        raise storage.RefusedInput(f"{uri}: holds key {its_key!r}, not the row's {key!r}")
+    stem = uri.rsplit("/", 1)[-1].rpartition(".")[0]
+    same = [u for u in storage.named_like(uri, options, stem + ".")
+            if u.rsplit("/", 1)[-1].rpartition(".")[0] == stem and u.lower().endswith(IMAGE_EXTENSIONS)]
+    if len(same) > 1:
+        raise storage.RefusedInput(duplicate_reason(key, len(same), ", ".join(same[:4])))
+    return storage.read_input(uri, options, root, max_bytes)
+
+
+def _tar_member(key: str, uri: str, member: str, options: dict | None, root: str, max_bytes: int) -> bytes:
+    """The member, streamed out of its tar, if it is the only image member of ``key`` there (as transcode requires)."""
+    if webdataset_key(member) != key:
+        raise storage.RefusedInput(f"{uri}#{member}: holds key {webdataset_key(member)!r}, not the row's {key!r}")
+    found: list[str] = []
+    data = None
+    with storage.open_input(uri, options, root) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+        for m in tf:
+            if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS) or webdataset_key(m.name) != key:
+                continue
+            found.append(m.name)
+            if m.name == member and len(found) == 1:
+                if m.size > max_bytes:
+                    raise storage.RefusedInput(f"{uri}#{member}: {m.size} bytes, over the limit of {max_bytes}")
+                extracted = tf.extractfile(m)
+                data = extracted.read() if extracted is not None else None
+    if len(found) > 1:
+        raise storage.RefusedInput(duplicate_reason(key, len(found), ", ".join(f"{uri}#{n}" for n in found[:4])))
+    if data is None:
+        raise FileNotFoundError(f"{uri}#{member}: no such image member")
+    return data
+
+
+def _parquet_row(key: str, uri: str, frag: str, options: dict | None, root: str, key_column: str,
+                 image_column: str) -> bytes:
+    """Row N's image, if row N holds ``key`` and no other row of the file does."""
+    import pyarrow.parquet as pq
+
+    try:
+        row = int(frag[4:])
+    except ValueError:
+        raise storage.RefusedInput(f"{uri}#{frag}: not a row number") from None
+    with storage.open_input(uri, options, root) as f:
+        pf = pq.ParquetFile(f)
+        keys = pf.read(columns=[key_column]).column(0).to_pylist()
+        if not 0 <= row < len(keys) or keys[row] is None or str(keys[row]) != key:
+            held = repr(str(keys[row])) if 0 <= row < len(keys) else "no row"
+            raise storage.RefusedInput(f"{uri}#{frag}: holds {held}, not the row's key {key!r}")
+        same = [i for i, k in enumerate(keys) if k is not None and str(k) == key]
+        if len(same) > 1:
+            raise storage.RefusedInput(duplicate_reason(key, len(same), ", ".join(f"{uri}#row={i}" for i in same[:4])))
+        start = 0
+        for g in range(pf.metadata.num_row_groups):  # read only the row group that holds the row
+            n = pf.metadata.row_group(g).num_rows
+            if row < start + n:
+                v = pf.read_row_group(g, columns=[image_column]).column(0)[row - start].as_py()
+                return v["bytes"] if isinstance(v, dict) else v
+            start += n
+    raise FileNotFoundError(f"{uri}#{frag}: no such row")
+
+
+def decoded_bitstream(row: ArchivedRow, archive: str, options: dict | None, models: tuple[str, ...] = ()
+                      ) -> InputRecord:
+    """The archived image as a PNG, decoded from its file in this archive's shards (any codec, every check:
+    ``bitstreams.decode_row``), a ``.msinn`` file with a registered model or one of ``models`` (the user's)."""
+    from msinn.images import to_pil
+
+    from .bitstreams import decode_row
+
+    pixels, mode = decode_row(row.manifest_row(archive), options, list(models) or None, "cpu")
+    buf = io.BytesIO()
+    to_pil(pixels, mode).save(buf, format="PNG")
+    return InputRecord(row.key, row.source_uri or "", buf.getvalue(), encoded_from="bitstream",
+                       original_bytes=row.source_bytes, original_sha256=row.source_sha256)

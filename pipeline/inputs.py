@@ -1,0 +1,40 @@
+"""A unit's records, whatever its kind: the one way an encoder reads its unit.
+
+Listed inputs come from ``sources``, a re-encode's rows from ``archived``.
+Reads are bounded by the job, not by the plan: listed inputs only under
+the job's input, originals only under its source prefix, bitstreams only
+from its archive. Every record's key is then checked here, so no reader can
+let an unsafe key through; keys shared by several records are refused by the
+consumer, once it has them all (``keys.refuse_duplicates``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from .archived import read_archived
+from .keys import UNSAFE_KEY, safe_key, stand_in_key
+from .sources import InputRecord, read_files, read_parquet, read_tar
+from .spec import JobSpec, WorkUnit
+
+
+def stream_unit(unit: WorkUnit, spec: JobSpec, skip: dict[int, str] | None = None) -> Iterator[InputRecord]:
+    """A unit's records one at a time, each with bytes or with an error; unsafe keys already refused.
+
+    ``skip`` maps record numbers (stream order) to the reason they are
+    refused unread.
+    """
+    options, root, limit = spec.input_options, spec.input, spec.max_input_bytes
+    if unit.kind == "rows":
+        records: Iterator[InputRecord] = read_archived(unit, spec, skip)
+    elif unit.kind == "files":
+        records = read_files(unit, options, root, limit, skip)
+    elif unit.kind == "tar":
+        records = read_tar(unit, options, root, limit, skip)
+    else:
+        records = read_parquet(unit, options, spec.key_column, spec.image_column, spec.target_column, root, skip)
+    for r in records:
+        if safe_key(r.key) is None:
+            r.error, r.data = UNSAFE_KEY.format(key=r.key[:80]), None
+            r.key = stand_in_key(r.key)
+        yield r
