@@ -9,6 +9,10 @@ written (device, CPU architecture, threads, torch version). Every CI run
 decodes them again and must get those pixels: they pin the format and show
 that files written in another configuration decode on CI's machine.
 
+``--verify`` writes nothing: it decodes every golden file and compares its
+pixels with golden.json (exit 1 on any difference), so another configuration
+can check the files the others wrote.
+
 ``--tag`` names a set written elsewhere (``TAG-NAME.msinn``; say an older
 torch or another CPU architecture); entries are merged into golden.json,
 others kept. Run it with the interpreter of that configuration, with
@@ -59,8 +63,11 @@ def main() -> None:
     ap.add_argument("--model", default="msinn-small-2026-11d-p1")
     ap.add_argument("--tag", default="", help="prefix of the files' names: a set written in another configuration")
     ap.add_argument("--only", default="", help="comma-separated image names (default: all)")
+    ap.add_argument("--verify", action="store_true", help="decode every golden file and compare, write nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.verify:
+        sys.exit(verify(args))
     import io
 
     import msinn
@@ -94,6 +101,22 @@ def main() -> None:
         }
         print(name, res.bytes, "bytes", res.qp, f"{res.psnr:.2f} dB")
     index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Decode every file golden.json lists here; print one JSON line; 1 if any pixels differ."""
+    import msinn
+    from msinn.codec import decode_image
+    from msinn.determinism import numerics_record
+    from msinn.pixels import pixels_sha256
+
+    model = msinn.load(args.model, args.device)
+    index = json.loads((OUT / "golden.json").read_text())
+    differ = [name for name, e in index.items()
+              if pixels_sha256(decode_image((OUT / e["file"]).read_bytes(), model, name).pixels) != e["pixels_sha256"]]
+    print(json.dumps({"identical": len(index) - len(differ), "files": len(index), "differ": differ,
+                      "decoded_on": numerics_record(torch.device(args.device))}))
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":

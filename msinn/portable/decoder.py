@@ -40,11 +40,21 @@ Gains = list[tuple[Any, Any]]  # (inverse gain, scale gain) per level
 class IntegerDecoder:
     """The integer network of a portable model file: its layers, its blocks, the coding loops."""
 
-    def __init__(self, config: MSINNConfig, spec: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]):
+    def __init__(
+        self,
+        config: MSINNConfig,
+        spec: Mapping[str, Any],
+        tensors: Mapping[str, torch.Tensor],
+        layers: Mapping[str, Layer] | None = None,
+    ):
+        """Build (and check) every layer of ``spec``, or take ``layers`` already built from it."""
         self.config = config
         self.spec = spec
         self.tensors = tensors
-        self.layers: dict[str, Layer] = {name: build_layer(name, s, tensors) for name, s in spec["layers"].items()}
+        self.layers: dict[str, Layer] = (
+            dict(layers) if layers is not None
+            else {name: build_layer(name, s, tensors) for name, s in spec["layers"].items()}
+        )
         self.scale_fracs: list[int] = [self.layers[f"ep{i}.scale"].frac_out for i in range(len(LEVELS))]
         self.mean_fracs: list[int] = [self.layers[f"ep{i}.mean"].frac_out for i in range(len(LEVELS))]
         self.device = torch.device("cpu")

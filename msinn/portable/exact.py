@@ -54,10 +54,10 @@ def _rounding(shifts: list[int]) -> list[int]:
 
 
 def check_integer(name: str, t: torch.Tensor, limit: int) -> None:
-    """Integer dtype and every value within +-limit (checked by comparison: ``abs`` of int64's minimum overflows)."""
+    """Integer dtype and every value within +-limit (by min and max: ``abs`` of int64's minimum overflows)."""
     if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
         raise BoundError(f"{name}: integer tensor expected, found {getattr(t, 'dtype', type(t).__name__)}")
-    if t.numel() and not bool(((t.to(torch.int64) >= -limit) & (t.to(torch.int64) <= limit)).all()):
+    if t.numel() and not -limit <= int(t.min()) <= int(t.max()) <= limit:
         raise BoundError(f"{name}: values beyond +-{limit}")
 
 
@@ -256,10 +256,7 @@ class Lut:
 
     def __post_init__(self) -> None:
         self._dev: dict[torch.device, torch.Tensor] = {}
-
-    @property
-    def out_bound(self) -> int:
-        return int(self.table.to(torch.int64).abs().max())
+        self.out_bound = max(-int(self.table.min()), int(self.table.max())) if self.table.numel() else 0
 
     def check(self, name: str) -> None:
         """The table covers exactly the declared inputs and holds float32-exact integers."""

@@ -172,12 +172,12 @@ def kernels_are_exact(device: torch.device | str) -> bool:
     """Whether the fast float32 kernels are exact on ``device`` under the process's current settings.
 
     Runs the probes the first time a device is used and again whenever the
-    precision settings change (a few milliseconds on a CPU); the float64 path
+    precision settings or the kernel change (tens of milliseconds on a CPU); the float64 path
     serves the device while they fail. Raises ``RuntimeError`` if even float64
     GEMMs are inexact there (no exact path exists on such a device).
     """
     device = torch.device(device)
-    key = (device.type, device.index, precision_settings())
+    key = (device.type, device.index, fast_conv2d, precision_settings())
     verdict = _VERDICTS.get(key)
     if verdict is None:
         with _CHECK_LOCK:

@@ -40,6 +40,7 @@ from .formats import (
 from .tables import CANON_FRAC_IN, CANON_LIMIT, CANON_RANGE, EXP2_FRAC
 
 LIMIT = {"f32": F32_EXACT, "f64": F64_EXACT}
+MAIN_SOURCE = "main path"  # a layer's input rescaled from the main path and clamped to the layer's own bound
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,13 @@ class Bound:
 
 
 class BoundOps:
-    """The decoder's arithmetic (:class:`msinn.portable.ops.TensorOps`) on :class:`Bound` s, checking each step."""
+    """The decoder's arithmetic (:class:`msinn.portable.ops.TensorOps`) on :class:`Bound` s, checking each step.
+
+    ``inputs`` records what reached each layer (the widest input over its calls).
+    """
+
+    def __init__(self) -> None:
+        self.inputs: dict[str, Bound] = {}
 
     @staticmethod
     def _fits(v: int, carrier: str, what: str) -> None:
@@ -76,6 +83,9 @@ class BoundOps:
         if x.bound > layer.in_bound:
             raise BoundError(f"{name}: input from {x.source} reaches {x.bound}, beyond the layer's input bound "
                              f"{layer.in_bound} (output bound of the producer exceeds the consumer's input bound)")
+        seen = self.inputs.get(name)
+        if seen is None or x.bound > seen.bound:
+            self.inputs[name] = x
         return Bound(layer.out_bound, layer.frac_out, carrier, name)
 
     def rescale(self, x: Bound, frac_in: int, frac_out: int, bound: int, log2_gain: int = 0) -> Bound:
@@ -94,7 +104,8 @@ class BoundOps:
     def from_main(self, x: Bound, name: str, layer: Layer) -> Bound:
         if x.carrier != "f64" or x.frac != MAIN_FRAC:
             raise BoundError(f"{name}: input from {x.source} is not on the main path")
-        return self.to_f32(self.rescale(x, MAIN_FRAC, layer.frac_in, layer.in_bound))
+        y = self.to_f32(self.rescale(x, MAIN_FRAC, layer.frac_in, layer.in_bound))
+        return Bound(y.bound, y.frac, y.carrier, MAIN_SOURCE)
 
     def to_main(self, x: Bound, frac: int) -> Bound:
         return self.rescale(self.to_f64(x), frac, MAIN_FRAC, MAIN_BOUND)
@@ -226,12 +237,14 @@ def check_tables(config: MSINNConfig, tensors: Mapping[str, torch.Tensor]) -> No
         raise BoundError("table cdf_length: every CDF needs two entries or more")
 
 
-def prove(decoder: Any) -> None:
+def prove(decoder: Any) -> dict[str, Bound]:
     """Prove that decoding with ``decoder`` (an :class:`~msinn.portable.decoder.IntegerDecoder`) is exact.
 
     Its layers proved their own worst cases when they were built; this runs
     its decoding code on bounds. Raises :class:`BoundError` naming the first
-    step that could leave its carrier's exact range.
+    step that could leave its carrier's exact range. Returns the wiring it
+    found: for each layer, the widest input that reaches it (bound, format,
+    carrier) and what produced it (a layer, or ``MAIN_SOURCE``).
     """
     o = BoundOps()
     ig, sg = decoder.largest_gains()
@@ -240,3 +253,4 @@ def prove(decoder: Any) -> None:
     if image.carrier != "f64" or image.frac != MAIN_FRAC:
         raise BoundError(f"the image from {image.source} is not in the main format")
     decoder.pixels(o, image)
+    return o.inputs
