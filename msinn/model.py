@@ -241,7 +241,7 @@ class MSINN(nn.Module):
         kept.append(h)
         return kept[::-1]
 
-    def _grow_support(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    def grow_support(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """Fold a decoded level into the support tensor by inverting one stage."""
         if level.stage is None:
             return y_hat
@@ -334,7 +334,7 @@ class MSINN(nn.Module):
             y_hats.append(y_hat)
             _, lik = self.gaussian_conditional(res, scales * sg, means=None)
             likelihoods[f"y{level.index}"] = lik
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
 
     @torch.inference_mode()
@@ -410,7 +410,7 @@ class MSINN(nn.Module):
             if level.index == self.num_iters - 1:
                 break  # the finest level's reconstruction is not needed to encode
             y_hat = self._lrp(level, y_hat, support, ig)
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         shape = latents[0].shape[-2:]
         finish = None
         if keep_state:
@@ -419,7 +419,7 @@ class MSINN(nn.Module):
             def finish() -> torch.Tensor:
                 with torch.inference_mode():
                     y = self._lrp(last, y_hat, last_support, last_ig)
-                    return self._finish(self._grow_support(last, y, last_support))
+                    return self._finish(self.grow_support(last, y, last_support))
 
         hw = (int(shape[0]), int(shape[1]))
         enc = EncodedLatents(hw, level_symbols, np.concatenate(symbols), np.concatenate(indexes), tables, finish)
@@ -465,7 +465,7 @@ class MSINN(nn.Module):
             q_full = merge_phases(torch.zeros_like(qn), qn, level.phase)
             y_hat = torch.where(anchor, y_hat1, q_full * ig + means2)
             y_hat = self._lrp(level, y_hat, support, ig)
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         return self._finish(support)
 
     def compress_raw(self, x: torch.Tensor, qp: int | float) -> tuple[bytes, tuple[int, int]]:

@@ -278,6 +278,12 @@ def test_conversion_of_the_released_configuration_is_exact_and_saves(recipe_mode
     assert again.weights_sha256 == pm.weights_sha256 and again.profile == "portable-1"
     with torch.inference_mode():
         assert np.array_equal(again.to_uint8(again.decode_latents(enc.data, enc.latent_shape, 2.5)), out)
+    # the post-net's squeeze-excite reads the mean of main-path codes: its declared input bound must cover it
+    state = pm.state()
+    state["spec"] = json.loads(json.dumps(state["spec"]))
+    state["spec"]["layers"]["post.unet.conv1.se.fc0"]["in_bound"] = 15
+    with pytest.raises(CheckpointError, match="exactness proof.*se.fc0.*mean"):
+        load_portable("tampered", state)
 
 
 def test_convert_cli_then_encode_and_decode(tiny_float_checkpoint, tmp_path, capsys):
