@@ -251,6 +251,19 @@ def test_every_bound_of_the_bundled_model_is_proved(model):
     assert two_pass and all(model.layers[n].fast_split() for n in two_pass if not n.startswith("lrp1.conv0"))
 
 
+def test_the_float_twin_carries_the_dequantised_integer_weights_and_takes_gradients(model):
+    """What encoder-side work (analysis, rate estimates, refinement) runs on; a new one is the caller's."""
+    twin = model.float_twin()
+    w, b = model.layers["g0.0.conv1"].dequantized()
+    for m in (twin, model.float_model):
+        assert torch.equal(m.state_dict()["g_a0.0.block.0.conv1.weight"], w)
+        assert torch.equal(m.state_dict()["g_a0.0.block.0.conv1.bias"], b)
+    assert twin is not model.float_model
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    twin.analyze(x)[0].square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
 # ---------------------------------------------------------------------- conversion
 def _crops(n: int = 3) -> list[torch.Tensor]:
     from PIL import Image

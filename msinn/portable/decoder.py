@@ -270,11 +270,9 @@ class IntegerDecoder:
         o = OPS
         gains = self.gains(qp)
         tables = self.tables()
-        support = None
-        symbols: list[np.ndarray] = []
+        support = y_hat = None
+        level_symbols: list[np.ndarray] = []  # each level's symbols, anchors then the rest
         indexes: list[np.ndarray] = []
-        level_symbols: list[np.ndarray] = []
-        y_hat = None
         for level, y in zip(LEVELS, latents):
             ig, sg = gains[level.index]
             g = float_gains[level.index][0].double()
@@ -293,7 +291,6 @@ class IntegerDecoder:
             sym_a, sym_n = split_phases(q1, level.phase)[0], split_phases(q2, level.phase)[1]
             lvl = torch.cat((sym_a.reshape(-1), sym_n.reshape(-1))).to(torch.int32).cpu().numpy()
             level_symbols.append(lvl)
-            symbols.append(lvl)
             indexes.append(split_phases(idx1, level.phase)[0].reshape(-1).cpu().numpy())
             indexes.append(split_phases(idx2, level.phase)[1].reshape(-1).cpu().numpy())
             y_hat = torch.where(anchor, y_hat1, self.y_hat(o, level.index, q2, ig, m2))
@@ -311,7 +308,7 @@ class IntegerDecoder:
                     return self.finish(o, self.grow_support(o, last, y, last_support))
 
         hw = (int(latents[0].shape[2]), int(latents[0].shape[3]))
-        enc = EncodedLatents(hw, level_symbols, np.concatenate(symbols), np.concatenate(indexes), tables, finish)
+        enc = EncodedLatents(hw, level_symbols, np.concatenate(level_symbols), np.concatenate(indexes), tables, finish)
         if code:
             enc.data  # noqa: B018 -- code now, on the caller's thread
         return enc

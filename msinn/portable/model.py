@@ -99,6 +99,12 @@ class PortableMSINN:
         prove(self.decoder)
 
     # ------------------------------------------------------------------ float side (encoder only)
+    def float_twin(self) -> MSINN:
+        """A new float twin on this model's device: the same weights as ``float_model``, yours to change
+        (``float_model`` is the encoder's own; leave its weights and mode alone)."""
+        twin = float_twin(self.config, self.spec, self.layers, self.float_tensors, self.tensors["scale_table"])
+        return twin.to(self.device)
+
     def analyze(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.float_model.analyze(x)
 
