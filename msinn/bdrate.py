@@ -62,3 +62,12 @@ def bd_rate(
     PSNR ranges do not overlap.
     """
     return bd_rate_with_reason(rate_a, psnr_a, rate_b, psnr_b)[0]
+
+
+def rate_at(rate: Sequence[float], psnr: Sequence[float], target_psnr: float) -> float | None:
+    """The rate a curve needs for ``target_psnr`` (log-rate PCHIP over PSNR, as BD-rate interpolates), or None
+    when the target lies outside the PSNRs the curve measured."""
+    c = _rd_curve(rate, psnr)
+    if isinstance(c, str) or not c[0][0] <= target_psnr <= c[0][-1]:
+        return None
+    return float(math.exp(PchipInterpolator(*c)(target_psnr)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -37,7 +38,8 @@ from .images import (
 from .metrics import psnr_uint8
 from .model import MSINN, tile_symbols
 from .pixels import to_padded_tensor, to_uint8
-from .ratecontrol import RateSearch, Target, window_for
+from .ratecontrol import Target, keep_within_cap, search_rate
+from .refine import effort_of, refine_latents
 from .version import __version__
 
 DEFAULT_TILE_PIXELS = 1 << 21  # images up to ~2 MP are coded whole
@@ -121,19 +123,34 @@ def tile_grid(width: int, height: int, options: EncodeOptions) -> list[tuple[int
 
 
 class _ImageSession:
-    """One image being encoded: tiles padded and analysed once, encodes cached per qp."""
+    """One image being encoded: tiles padded and analysed once, encodes cached per qp.
 
-    def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions):
+    It is the rate search's :class:`msinn.ratecontrol.RateProblem`: cheap
+    estimates on crops, real measurements on the whole image.
+    """
+
+    def __init__(self, model: MSINN, img: PreparedImage, options: EncodeOptions, cap_bound: float | None):
         self.model = model
         self.img = img
         self.device = model.device
+        self.anchor_num = model.anchor_num
+        self.pixels = img.width * img.height
         self.tiles = tile_grid(img.width, img.height, options)
+        self.alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
+        # everything in the file but the tile streams, sized for the largest values a cap allows
+        self.overhead = _header_overhead(model, img, self.tiles, len(self.alpha_bytes), int(cap_bound or 1 << 32))
         self.latents = []
         with torch.inference_mode():
             for x0, y0, w, h in self.tiles:
                 self.latents.append(model.analyze(to_padded_tensor(img.rgb[y0 : y0 + h, x0 : x0 + w], self.device)))
         self._crop_latents: list[torch.Tensor] | None = None
         self._crop_rgb: np.ndarray | None = None
+
+    def with_latents(self, latents: list[list[torch.Tensor]]) -> _ImageSession:
+        """The same image and crops, coded from other latents (refined ones)."""
+        other = copy.copy(self)
+        other.latents = latents
+        return other
 
     def encode(self, qp: int | float) -> list:
         """Symbols of every tile at ``qp``; the rANS streams are made only for the encode that is kept."""
@@ -170,6 +187,27 @@ class _ImageSession:
                 self._crop_latents = self.model.analyze(x)
         return self._crop_latents, self._crop_rgb
 
+    def estimate(self, q: float, kind: str) -> float:
+        """From the crops: the whole file's log size (``bytes``) or the decoded PSNR (``psnr``) at ``q``."""
+        crop_latents, crop_rgb = self.crop()  # crop_rgb: N x h x w x 3
+        if kind == "bytes":
+            bits, _ = self.model.estimate_bits(crop_latents, q)
+            crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
+            return math.log(max(bits / crop_pixels * self.pixels / 8, 1.0) + self.overhead)
+        _, x_hat = self.model.estimate_bits(crop_latents, q, reconstruct=True)
+        h, w = crop_rgb.shape[1:3]
+        rec = np.stack([to_uint8(x_hat[i : i + 1])[:h, :w] for i in range(x_hat.shape[0])])
+        return min(psnr_uint8(rec, crop_rgb), 100.0)
+
+    def measure(self, q: int | float, kind: str, exact: bool) -> tuple[float, tuple[list, np.ndarray | None]]:
+        """A real encode at ``q``: its log file size or PSNR, with (encodes, reconstruction if made)."""
+        encs = self.encode(q)
+        if kind == "bytes":
+            payload = sum(len(e.data) if exact else e.code_length() for e in encs)  # exact from the CDF tables
+            return math.log(payload + self.overhead), (encs, None)
+        rec = self.reconstruct(encs)
+        return min(psnr_uint8(rec, self.img.rgb), 100.0), (encs, rec)
+
 
 def _header_overhead(
     model: MSINN, img: PreparedImage, tiles: list[tuple[int, int, int, int]], alpha_len: int, payload_bound: int
@@ -196,7 +234,7 @@ def _header_overhead(
 
 
 @dataclass
-class PlannedEncode:
+class PendingEncode:
     """An encode whose rate is chosen and whose reconstruction is known.
 
     Everything that needs the network is done; what is left (rANS coding of
@@ -218,34 +256,28 @@ class PlannedEncode:
     estimates: int
     alpha_bytes: bytes
     seconds: float
+    effort: int = 0
 
     def finish(self) -> EncodeResult:
         """Code the kept symbols and pack the ``.msinn`` file; a cap within reach is never exceeded."""
         t0 = time.perf_counter()
-        # the sizes a cap's search relied on (cached there, so free here)
-        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else None
+        # the sizes a cap's search relied on (cached there, so free here), read before coding replaces them
+        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else 0
         streams = [enc.data for enc in self.encs]
         result = self._pack(streams, t0)
-        if predicted is None or not self.in_range:
+        if not self.target.is_cap or not self.in_range:
             return result
-        cap = self.target.cap_bytes(self.img.width * self.img.height)
-        aim, pixels = self.target, self.img.width * self.img.height
-        tighten = predicted == sum(map(len, streams))  # sizes were right: only a lower aim helps
-        for _ in range(3):
-            if result.bytes <= cap:
-                break
-            # search again coding every probe: first at the target itself when a predicted size was
-            # wrong, then below each overshoot; the result reports the original target
-            if tighten:
-                aim = Target("bytes", max(aim.cap_bytes(pixels) - (result.bytes - cap), 1.0))
-            tighten = True
-            retry = _plan(self.model, self.img, aim, self.options, exact_sizes=True)
-            result = retry._pack([enc.data for enc in retry.encs], t0)
-            result.target = self.target
+
+        def search_again(aim: float) -> EncodeResult:
+            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, True, self.effort)
+            again = retry._pack([enc.data for enc in retry.encs], t0)
+            again.target = self.target  # the result reports the original target
             if not retry.in_range:
-                result.in_range, result.note = False, retry.note
-                break
-        return result
+                again.in_range, again.note = False, retry.note
+            return again
+
+        cap = self.target.cap_bytes(self.img.width * self.img.height)
+        return keep_within_cap(cap, result, predicted == sum(map(len, streams)), search_again)
 
     def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
         """The ``.msinn`` file from the coded streams; ``t0`` is when finishing began."""
@@ -298,14 +330,18 @@ class PlannedEncode:
         )
 
 
-def plan_encode(
+def prepare_encode(
     model: MSINN,
     source: bytes | str | os.PathLike | PreparedImage,
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
-) -> PlannedEncode:
-    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet."""
+    effort: int = 0,
+) -> PendingEncode:
+    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet.
+
+    ``effort`` > 0 refines the latents before coding (:mod:`msinn.refine`); the target still holds.
+    """
     options = options or EncodeOptions()
     target = target or Target("qp", (model.anchor_num - 1) / 2)
     if isinstance(source, PreparedImage):
@@ -319,7 +355,8 @@ def plan_encode(
         img = open_image(data, name, options.max_pixels)
     if target.kind == "qp":
         model.check_qp(target.value)
-    return _plan(model, img, target, options)
+    effort_of(effort)  # an unknown level fails before any work
+    return _prepare(model, img, target, options, effort=effort)
 
 
 def encode_image(
@@ -328,86 +365,74 @@ def encode_image(
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
+    effort: int = 0,
 ) -> EncodeResult:
     """Encode one image to a complete ``.msinn`` file meeting ``target``."""
-    return plan_encode(model, source, target, options, source_name).finish()
+    return prepare_encode(model, source, target, options, source_name, effort).finish()
 
 
-def _plan(
-    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False
-) -> PlannedEncode:
+def _prepare(
+    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False,
+    effort: int = 0,
+) -> PendingEncode:
+    """Analysis once, then the rate: a fixed qp, or :func:`msinn.ratecontrol.search_rate` for caps and floors;
+    with ``effort``, refinement at that rate and the search again over the refined latents."""
     t0 = time.perf_counter()
-    session = _ImageSession(model, img, options)
-    alpha_bytes = encode_alpha(img.alpha) if img.alpha is not None else b""
-    cap_bound = target.cap_bytes(img.width * img.height) if target.is_cap else 1 << 32
-    overhead = _header_overhead(model, img, session.tiles, len(alpha_bytes), int(cap_bound))
     pixels = img.width * img.height
+    session = _ImageSession(model, img, options, target.cap_bytes(pixels) if target.is_cap else None)
+    best = _choose_rate(session, target, exact_sizes)
+    if effort:
+        best = _refined(session, target, exact_sizes, best, effort)
+    qp, encs, recon, in_range, note, probes, estimates = best
+    return PendingEncode(
+        model=model, img=img, target=target, options=options, tiles=session.tiles, encs=encs, recon=recon, qp=qp,
+        in_range=in_range, note=note, probes=probes, estimates=estimates, alpha_bytes=session.alpha_bytes,
+        seconds=time.perf_counter() - t0, effort=effort,
+    )
 
-    def payload_bytes(encs: list) -> int:
-        # exact from the CDF tables; exact_sizes codes every probe (the fallback)
-        return sum(len(e.data) if exact_sizes else e.code_length() for e in encs)
 
-    estimates = measures = 0
-    in_range, note = True, ""
+def _choose_rate(session: _ImageSession, target: Target, exact_sizes: bool) -> tuple:
+    """(qp, encodes, reconstruction, in_range, note, probes, estimates) for the target."""
+    model = session.model
     if target.kind == "qp":
         qp = model.snap_qp(int(target.value) if float(target.value).is_integer() else float(target.value))
         encs = session.encode(qp)
-        measures = 1
-        recon = session.reconstruct(encs)
+        return qp, encs, session.reconstruct(encs), True, "", 1, 0
+    res = search_rate(session, target, exact_sizes)
+    encs, recon = res.payload
+    recon = session.reconstruct(encs) if recon is None else recon
+    return model.snap_qp(res.qp), encs, recon, res.in_range, res.note, res.measures, res.estimates
+
+
+def _refined(session: _ImageSession, target: Target, exact_sizes: bool, base: tuple, effort: int) -> tuple:
+    """Refine every tile's latents at the chosen qp, then meet the target again from them; keep whichever
+    file is better (a floor: smaller; a cap: higher PSNR; a qp: lower rate + lambda x distortion)."""
+    model, img = session.model, session.img
+    qp = base[0]
+    refined, lams = [], []
+    for (x0, y0, w, h), lat in zip(session.tiles, session.latents):
+        x = to_padded_tensor(img.rgb[y0 : y0 + h, x0 : x0 + w], session.device)
+        with torch.enable_grad():
+            lat, lam = refine_latents(model, lat, x, float(qp), effort_of(effort), region=(h, w))
+        refined.append(lat)
+        lams.append(lam or 0.0)
+    other = _choose_rate(session.with_latents(refined), target, exact_sizes)
+    probes, estimates = base[5] + other[5], base[6] + other[6]
+    if not other[3] and base[3]:  # the refined latents cannot meet a target the plain ones meet
+        return (*base[:5], probes, estimates)
+    size = lambda r: sum(e.code_length() for e in r[1])  # noqa: E731  (exact from the CDF tables)
+    quality = lambda r: psnr_uint8(r[2], img.rgb)  # noqa: E731
+    if target.is_cap:
+        better = quality(other) > quality(base)
+    elif target.kind == "psnr":
+        better = size(other) < size(base)
     else:
-        crop_latents, crop_rgb = session.crop()  # crop_rgb: N x h x w x 3
-        crop_pixels = crop_rgb.shape[0] * crop_rgb.shape[1] * crop_rgb.shape[2]
-        if target.is_cap:
-            cap = target.cap_bytes(pixels)
-
-            def estimate(q: float) -> float:
-                bits, _ = model.estimate_bits(crop_latents, q)
-                return math.log(max(bits / crop_pixels * pixels / 8, 1.0) + overhead)
-
-            def measure(q: int | float) -> tuple[float, Any]:
-                encs = session.encode(q)
-                return math.log(payload_bytes(encs) + overhead), encs
-
-            lo, hi, aim = window_for(Target("bytes", cap))
-        else:
-
-            def estimate(q: float) -> float:
-                _, x_hat = model.estimate_bits(crop_latents, q, reconstruct=True)
-                h, w = crop_rgb.shape[1:3]
-                rec = np.stack([to_uint8(x_hat[i : i + 1])[:h, :w] for i in range(x_hat.shape[0])])
-                return min(psnr_uint8(rec, crop_rgb), 100.0)
-
-            def measure(q: int | float) -> tuple[float, Any]:
-                encs = session.encode(q)
-                rec = session.reconstruct(encs)
-                return min(psnr_uint8(rec, img.rgb), 100.0), (encs, rec)
-
-            lo, hi, aim = window_for(target)
-        search = RateSearch(model.anchor_num, estimate, measure, lo, hi, aim, cap=target.is_cap)
-        res = search.run()
-        qp, in_range, note = model.snap_qp(res.qp), res.in_range, res.note
-        estimates, measures = res.estimates, res.measures
-        if target.is_cap:
-            encs = res.payload
-            recon = session.reconstruct(encs)
-        else:
-            encs, recon = res.payload
-    return PlannedEncode(
-        model=model,
-        img=img,
-        target=target,
-        options=options,
-        tiles=session.tiles,
-        encs=encs,
-        recon=recon,
-        qp=qp,
-        in_range=in_range,
-        note=note,
-        probes=measures,
-        estimates=estimates,
-        alpha_bytes=alpha_bytes,
-        seconds=time.perf_counter() - t0,
-    )
+        lam = float(np.mean(lams))  # bpp per unit of MSE on [0, 1]
+        mse = lambda r: float(np.mean((r[2].astype(np.float64) - img.rgb) ** 2)) / 255**2  # noqa: E731
+        cost = lambda r: size(r) * 8 / session.pixels + lam * mse(r)  # noqa: E731
+        better = cost(other) < cost(base)
+    chosen = other if better else base
+    return (*chosen[:5], probes, estimates)
 
 
 def check_model(header: Header, model: MSINN, source: str = "input") -> None:

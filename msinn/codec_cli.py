@@ -22,6 +22,12 @@ def _encode_parser() -> argparse.ArgumentParser:
     g.add_argument("--bytes", type=int, help="size cap in bytes for the whole file")
     g.add_argument("--qp", type=float, help="rate parameter, 0 .. anchors-1 (fractional values interpolate)")
     p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
+    p.add_argument("--codecs", default="msinn",
+                   help="codecs to choose from per image, comma-separated: msinn, avif, jpeg, webp, jxl (default "
+                        "msinn). The best file at the target is written, the output's extension set to its format's")
+    p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
+    p.add_argument("--effort", type=int, default=0,
+                   help="the model's encoder-side refinement level (0: none); see the README for each level's cost")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tile-pixels", type=int, help="images above this many pixels are coded as tiles")
     p.add_argument("--tile-size", type=int, help="tile side in pixels (multiple of 64)")
@@ -73,9 +79,22 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _output_path(path: str, extension: str, several: bool) -> str:
+    """Where the chosen file goes: with several codecs, a known extension becomes the winner's format's."""
+    from .classical import EXTENSIONS
+
+    p = Path(path)
+    known = {"msinn", *EXTENSIONS}
+    if several and p.suffix.lower().lstrip(".") in known:
+        return str(p.with_suffix("." + extension))
+    return path
+
+
 def cmd_encode(argv: list[str]) -> int:
     args = _encode_parser().parse_args(argv)
-    from .codec import EncodeOptions, encode_image
+    from .choice import ChoiceOptions, encode_best, missing_codecs
+    from .codec import EncodeOptions
+    from .images import open_image
 
     opts = {}
     if args.tile_pixels:
@@ -85,22 +104,55 @@ def cmd_encode(argv: list[str]) -> int:
     if args.max_pixels:
         opts["max_pixels"] = args.max_pixels
     try:
+        choice = ChoiceOptions(args.codecs, args.avif_speed)
+        from .refine import effort_of
+
+        effort_of(args.effort)
+    except ValueError as exc:
+        print(f"msinn encode: {exc}", file=sys.stderr)
+        return 2
+    if args.qp is not None and "msinn" not in choice.codecs:
+        print("msinn encode: --qp is the model's rate parameter: it needs msinn among the --codecs", file=sys.stderr)
+        return 2
+    missing = missing_codecs(choice.codecs)
+    if missing:
+        print(f"msinn encode: not available in this Pillow build: "
+              f"{'; '.join(f'{c} ({why})' for c, why in missing.items())}", file=sys.stderr)
+        return 2
+    try:
         options = EncodeOptions(**opts)
         model = _load_model(args.model, args.device)
         target = _target(args)
-        if target is not None and target.kind == "qp":
+        if target is None:
+            from .ratecontrol import Target
+
+            target = Target("qp", (model.anchor_num - 1) / 2)
+        if target.kind == "qp":
             model.check_qp(target.value)
-        result = encode_image(model, Path(args.input), target, options, source_name=args.input)
+        img = open_image(Path(args.input).read_bytes(), args.input, options.max_pixels)
+        result = encode_best(model, img, target, choice, options, args.effort)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
-    _write_atomic(args.output, result.data)
-    print(json.dumps(result.summary()))
+    winner = result.winner
+    out = _output_path(args.output, winner.extension, len(choice.codecs) > 1)
+    _write_atomic(out, winner.data)
+    summary = {**result.summary(img.width * img.height), "output": out}
+    if winner.header is not None:
+        summary.update({"qp": winner.quality if not float(winner.quality).is_integer() else int(winner.quality),
+                        "width": img.width, "height": img.height, "mode": img.mode, "model": winner.header.model_name})
+    else:
+        summary.update({"qp": None, "width": img.width, "height": img.height, "mode": img.mode})
+    summary["target"] = {"kind": target.kind, "value": target.value}
+    print(json.dumps(summary))
     return 0
 
 
 def cmd_decode(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="msinn decode", description="Decode a .msinn file to an image.")
+    p = argparse.ArgumentParser(
+        prog="msinn decode",
+        description="Decode a .msinn file to an image (an .avif, .jpg, .webp or .jxl file written by --codecs "
+        "decodes too, through Pillow, with the same size limit).")
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the extension (png, webp, tiff, ...)")
     p.add_argument("--model", help="model name or checkpoint path (default: the registered model the file names)")
@@ -109,24 +161,35 @@ def cmd_decode(argv: list[str]) -> int:
                    help="refuse files claiming more pixels than this, before allocating (default %(default)s)")
     args = p.parse_args(argv)
     from .codec import decode_image
-    from .container import read_header
+    from .container import MAGIC, read_header
 
     try:
         data = Path(args.input).read_bytes()
-        header, _ = read_header(data, args.input)
-        model = _load_model(args.model or _registered_name(header, args.input), args.device)
-        decoded = decode_image(data, model, args.input, max_pixels=args.max_pixels)
-        img = decoded.to_pil()
+        if data[: len(MAGIC)] == MAGIC:
+            header, _ = read_header(data, args.input)
+            model = _load_model(args.model or _registered_name(header, args.input), args.device)
+            img = decode_image(data, model, args.input, max_pixels=args.max_pixels).to_pil()
+        else:
+            img = _decode_classical(data, args.input, args.max_pixels)
         ext = Path(args.output).suffix.lower()
         if ext in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):
             img = img.convert("RGB" if img.mode == "RGBA" else "L")
         tmp = f"{args.output}.tmp{os.getpid()}{ext}"
         img.save(tmp)
         os.replace(tmp, args.output)
-    except (BitstreamError, FileNotFoundError, OSError, ValueError) as exc:
+    except (BitstreamError, ImageInputError, FileNotFoundError, OSError, ValueError) as exc:
         print(f"msinn decode: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _decode_classical(data: bytes, source: str, max_pixels: int):
+    """A standard image file (what --codecs may write) as a Pillow image, in its own layout."""
+    from .classical import decode
+    from .images import open_image, to_pil
+
+    mode = open_image(data, source, max_pixels).mode
+    return to_pil(decode(data, mode, source, max_pixels), mode)
 
 
 def cmd_info(argv: list[str]) -> int:

@@ -28,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="OUT.png", help="write RD curves as a PNG")
     p.add_argument("--codecs", default="", help=f"comma-separated classical codecs: {','.join(CODEC_QUALITIES)}")
     p.add_argument("--qps", help="comma-separated rate parameters (default: every anchor)")
+    p.add_argument("--choice", default="",
+                   help="also report the per-image choice among these codecs (e.g. msinn,avif) at PSNR floors "
+                        "30..40 dB, from each image's measured points, with its BD-rate against each codec")
     p.add_argument("--limit", type=int, help="evaluate at most N (readable) images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument(
@@ -103,10 +106,18 @@ def main(argv: list[str]) -> int:
     name = getattr(model, "model_name", None) or str(args.model or "default")
     log_stderr(f"msinn eval: {len(uris)} file(s), model {name}, qps {qps}, codecs {available or 'none'}")
 
+    choice = [c.strip().lower() for c in args.choice.split(",") if c.strip()]
+    bad = [c for c in choice if c != "msinn" and c not in available]
+    if bad:
+        p.error(f"--choice names codecs not measured in this run: {bad} (add them to --codecs)")
     result = evaluate(model, uris, qps, available, limit=args.limit)
     if not result["per_image"]:
         log_stderr(f"msinn eval: error: none of the {len(uris)} file(s) could be read")
         return 1
+    if choice:
+        from .evaluate import floor_curves
+
+        result["choice"] = floor_curves(result, choice)
     if args.compare:
         try:
             other = msinn.load(args.compare, args.device)

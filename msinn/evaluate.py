@@ -126,13 +126,15 @@ def evaluate(
                     "decode_s": dec_s,
                 }
             )
-        per_image.append({"image": uri, "width": w, "height": h, "points": points})
+        mine: dict[str, list[dict]] = {}
+        per_image.append({"image": uri, "width": w, "height": h, "points": points, "codecs": mine})
         for c in codecs:
             for q in CODEC_QUALITIES[c]:
-                nbytes, rec = code_classical(c, img, q)
-                codec_rows[c][q].append(
-                    {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec)}
-                )
+                nbytes, rec, seconds = code_classical(c, img, q)
+                row = {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec),
+                       "encode_s": seconds}
+                codec_rows[c][q].append(row)
+                mine.setdefault(c, []).append({"quality": q, "bytes": int(nbytes), **row})
         n = len(per_image)
         total = min(len(uris), limit) if limit is not None else len(uris)
         progress(f"[{n}/{total}] {uri} {w}x{h}: {time.perf_counter() - t_start:.1f} s")
@@ -157,6 +159,7 @@ def evaluate(
                 "bpp": _mean([r["bpp"] for r in rows]),
                 "psnr": _mean([r["psnr"] for r in rows]),
                 "ms_ssim": _mean([r["ms_ssim"] for r in rows]),
+                "encode_s": _mean([r["encode_s"] for r in rows]),
             }
             for q, rows in by_q.items()
         ]
@@ -179,6 +182,53 @@ def evaluate(
         "bd_rate_reasons": bd_reasons,
         "skipped": skipped,
     }
+
+
+DEFAULT_FLOORS = tuple(float(v) for v in range(30, 41))  # dB: the span of the issue's and README's choice figures
+
+
+def floor_curves(result: dict, choice: Sequence[str], floors: Sequence[float] = DEFAULT_FLOORS) -> dict:
+    """Curves at PSNR floors from each image's own measured points: every codec alone, and the per-image choice.
+
+    For each image and floor, each codec's rate comes from its measured
+    points (log-rate PCHIP over PSNR); the choice takes, per image, the
+    smallest of the ``choice`` codecs (``msinn`` is the model). A floor
+    enters a curve only where every image has a rate for it. This is the
+    ideal choice, interpolated: ``bench/codec_choice.py`` codes each image to
+    each floor for real.
+    """
+    from .bdrate import rate_at
+
+    def image_curves(im: dict) -> dict[str, tuple[list[float], list[float]]]:
+        out = {"msinn": ([p["bpp"] for p in im["points"]], [p["psnr"] for p in im["points"]])}
+        for c, pts in im.get("codecs", {}).items():
+            out[c] = ([p["bpp"] for p in pts], [p["psnr"] for p in pts])
+        return out
+
+    per_image = [image_curves(im) for im in result["per_image"]]
+    names = list(per_image[0]) if per_image else []
+    curves: dict[str, dict[str, list[float]]] = {}
+    for name in [*names, "choice"]:
+        bpp, kept = [], []
+        for f in floors:
+            rates = []
+            for curves_of in per_image:
+                if name == "choice":
+                    options = [rate_at(*curves_of[c], f) for c in choice if c in curves_of]
+                    options = [r for r in options if r is not None]
+                    rates.append(min(options) if options else None)
+                else:
+                    rates.append(rate_at(*curves_of[name], f))
+            if rates and all(r is not None for r in rates):
+                bpp.append(float(np.mean(rates)))
+                kept.append(float(f))
+        curves[name] = {"bpp": bpp, "psnr": kept}
+    bd = {}
+    for c in names:
+        if c != "msinn":
+            bd[c] = bd_rate_with_reason(curves[c]["bpp"], curves[c]["psnr"], curves["choice"]["bpp"],
+                                        curves["choice"]["psnr"])[0]
+    return {"codecs": list(choice), "floors": list(floors), "curves": curves, "bd_rate_vs": bd}
 
 
 def compare(other_name: str, other: dict, result: dict) -> dict:
@@ -221,18 +271,34 @@ def format_table(model_name: str, result: dict) -> str:
     for c, cps in result["codecs"].items():
         lines.append("")
         lines.append(f"{c}")
-        lines.append(f"{'quality':>7} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8}")
+        lines.append(f"{'quality':>7} {'bpp':>8} {'PSNR dB':>8} {'MS-SSIM':>8} {'enc s':>7}")
         for p in cps:
             lines.append(
                 f"{p['quality']:>7} {_fmt(p['bpp'], '.4f'):>8} {_fmt(p['psnr'], '.2f'):>8} "
-                f"{_fmt(p['ms_ssim'], '.4f'):>8}"
+                f"{_fmt(p['ms_ssim'], '.4f'):>8} {_fmt(p.get('encode_s'), '.3f'):>7}"
             )
     if result["bd_rate"]:
         lines.append("")
         lines.append("BD-rate of the model vs each codec (PSNR, negative = model saves bits)")
         for c, v in result["bd_rate"].items():
             why = result.get("bd_rate_reasons", {}).get(c)
-            lines.append(f"  {c:<6} {v:+8.2f} %" if v is not None else f"  {c:<6} None ({why})")
+            lines.append(f"  {c:<12} {v:+8.2f} %" if v is not None else f"  {c:<12} None ({why})")
+    fl = result.get("choice")
+    if fl:
+        lines.append("")
+        lines.append(f"per-image choice of {'+'.join(fl['codecs'])} at PSNR floors (each image's best codec, "
+                     "interpolated from its measured points); mean bpp")
+        names = list(fl["curves"])
+        lines.append(f"{'floor':>6} " + " ".join(f"{n:>12}" for n in names))
+        for f in fl["floors"]:
+            cells = []
+            for n in names:
+                c = fl["curves"][n]
+                cells.append(f"{c['bpp'][c['psnr'].index(f)]:>12.4f}" if f in c["psnr"] else f"{'-':>12}")
+            lines.append(f"{f:>6g} " + " ".join(cells))
+        lines.append("BD-rate of the choice vs each codec alone (PSNR floors, negative = choice saves bits)")
+        for c, v in fl["bd_rate_vs"].items():
+            lines.append(f"  {c:<12} " + (f"{v:+8.2f} %" if v is not None else "None"))
     cmp = result.get("compare")
     if cmp:
         lines.append("")
@@ -278,6 +344,7 @@ def to_json(model_name: str, result: dict) -> dict:
             "codecs": result["codecs"],
             "bd_rate": result["bd_rate"],
             **({"compare": result["compare"]} if "compare" in result else {}),
+            **({"choice": result["choice"]} if "choice" in result else {}),
         }
     )
 
@@ -316,6 +383,10 @@ def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tu
         bd = result["bd_rate"].get(c)
         note = f" (model BD-rate {bd:+.1f}%)" if bd is not None else ""
         ax.plot(x, y, "s-", ms=4, color=f"C{i}", label=f"{c}{note}")
+    fl = result.get("choice")
+    if fl and fl["curves"]["choice"]["bpp"]:
+        c = fl["curves"]["choice"]
+        ax.plot(c["bpp"], c["psnr"], "D-", ms=4, lw=2, color="k", label=f"choice {'+'.join(fl['codecs'])} (floors)")
     for j, (label, (bpp, psnr)) in enumerate(paper.items()):
         ax.plot(bpp, psnr, "x--", color="0.4" if j == 0 else "0.65", lw=1, label=label)
     n = len(result["per_image"])

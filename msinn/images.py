@@ -136,6 +136,14 @@ def restore_image(rgb: np.ndarray, alpha: np.ndarray | None, mode: str) -> np.nd
     return rgb
 
 
+def rgb_view(pixels: np.ndarray, mode: str) -> np.ndarray:
+    """The colour part of restored pixels as HxWx3 (gray repeated), what PSNR and MS-SSIM are taken on."""
+    if mode in ("L", "LA"):
+        gray = pixels if mode == "L" else pixels[:, :, 0]
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return pixels[:, :, :3]
+
+
 def to_pil(pixels: np.ndarray, mode: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(pixels), mode=mode)
 

@@ -337,6 +337,39 @@ class MSINN(nn.Module):
             support = self.grow_support(level, y_hat, support)
         return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
 
+    def soft_forward(
+        self, latents: list[torch.Tensor], qp: int | float, rounding: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(bits, reconstruction) of coding ``latents`` with ``rounding`` in place of round(): differentiable.
+
+        The coding path's structure exactly (anchor half from the channel
+        context, the other half from the spatial context of the rounded
+        anchors, per-level rate of the discretised Gaussian), so with
+        ``torch.round`` it gives the coded symbols' cost and the decoder's
+        image. Encoder-side refinement (:mod:`msinn.refine`) passes a soft,
+        stochastic rounding and differentiates through it.
+        """
+        gains = self.gains(qp)
+        support = None
+        bits = latents[0].new_zeros(())
+        zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
+        for level, y in zip(LEVELS, latents):
+            g, ig, sg = gains[level.index]
+            cc = self._channel_context(level, support, y)
+            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            q1 = rounding((y - means1) * g)
+            half = torch.where(anchor, q1 * ig + means1, zero)
+            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
+            q = torch.where(anchor, q1, rounding((y - means2) * g))
+            scales = self.gaussian_conditional.lower_bound_scale(torch.where(anchor, scales1, scales2) * sg)
+            upper = torch.special.ndtr((0.5 - q.abs()) / scales)
+            lower = torch.special.ndtr((-0.5 - q.abs()) / scales)
+            bits = bits - torch.log2((upper - lower).clamp_min(1e-9)).sum()
+            y_hat = self._lrp(level, q * ig + torch.where(anchor, means1, means2), support, ig)
+            support = self.grow_support(level, y_hat, support)
+        return bits, self._finish(support)
+
     @torch.inference_mode()
     def estimate_bits(self, latents: list[torch.Tensor], qp: int | float, reconstruct: bool = False):
         """Estimated bits (sum of -log2 likelihoods) and, optionally, the reconstruction."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 
 from msinn.imageio import is_local
 
@@ -53,13 +54,7 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     base = f"read_parquet([{listing}], union_by_name=true)"
     cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()}
-    # rows written before coding profiles existed are float32 files
-    extra = [] if "numerics" in cols else ["CAST(NULL AS VARCHAR) AS numerics"]
-    if "profile" in cols:
-        select = f"SELECT * REPLACE (COALESCE(profile, 'float32') AS profile){''.join(', ' + e for e in extra)}"
-    else:
-        select = "SELECT *, 'float32' AS profile" + "".join(", " + e for e in extra)
-    con.execute(f"CREATE OR REPLACE VIEW all_rows AS {select} FROM {base}")
+    con.execute(f"CREATE OR REPLACE VIEW all_rows AS {_current_columns(cols)} FROM {base}")
     con.execute(CURRENT_VIEW_SQL)
     if locked:
         folder = storage.join(storage.canonical(archive), "manifest") + "/"
@@ -67,6 +62,46 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
         con.execute("SET enable_external_access=false")
         con.execute("SET lock_configuration=true")
     return con
+
+
+# What rows of archives written before a column existed mean by its absence (an expression over the
+# column, which reads NULL where no shard has it): a row without a profile is a float32 file, an ok row
+# without a codec a .msinn file.
+PAST_DEFAULTS = {
+    "profile": "COALESCE({c}, CASE WHEN {codec} IS NULL OR {codec} = 'msinn' THEN 'float32' END)",
+    "codec": "CASE WHEN {c} IS NULL AND status = 'ok' THEN 'msinn' ELSE {c} END",
+}
+
+
+def _past(column: str, present: set[str]) -> str:
+    """The expression for ``column`` over shards that hold ``present`` (absent columns read NULL)."""
+    expr = PAST_DEFAULTS.get(column, "{c}")
+    return expr.format(c=column if column in present else "NULL", codec="codec" if "codec" in present else "NULL")
+
+
+def _current_columns(present: set[str]) -> str:
+    """A SELECT list giving every column of today's schema, whatever version wrote the shards."""
+    from .manifest import SCHEMA
+
+    replace = [f"{_past(c, present)} AS {c}" for c in PAST_DEFAULTS if c in present]
+    added = [f"({_past(f.name, present)})::{_duck_type(f.type)} AS {f.name}" for f in SCHEMA if f.name not in present]
+    head = f"SELECT * REPLACE ({', '.join(replace)})" if replace else "SELECT *"
+    return head + "".join(", " + a for a in added)
+
+
+def _duck_type(t: pa.DataType) -> str:
+
+    if pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    return "TIMESTAMPTZ"
 
 
 def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -91,6 +126,8 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
         con.register("shard_rows", table)
         con.execute("INSERT INTO all_rows BY NAME SELECT * FROM shard_rows")
         con.unregister("shard_rows")
+    for column in ("codec", "profile"):  # the codec first: a row's profile default depends on it
+        con.execute(f"UPDATE all_rows SET {column} = {_past(column, set(SCHEMA.names))} WHERE {column} IS NULL")
     con.execute(CURRENT_VIEW_SQL)
     con.execute("SET enable_external_access=false")
     return con

@@ -15,6 +15,9 @@ from typing import Any
 from . import storage
 
 SHARD_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,80}\.tar")
+# a member's file name extension by the row's codec (rows written before codec choice are .msinn files)
+MEMBER_EXTENSIONS = {"msinn": "msinn", "avif": "avif", "jpeg": "jpg", "webp": "webp", "jxl": "jxl"}
+RESTORE_MODES = ("L", "LA", "RGB", "RGBA")
 MAX_MEMBER_BYTES = 1 << 30  # one image's bitstream: far above any real one
 
 _MODELS: dict[tuple[str, str], Any] = {}
@@ -35,6 +38,19 @@ def shard_name(tar_uri: str) -> str:
 def shard_uri(archive: str, tar_uri: str) -> str:
     """Where a row's shard lies: always under the archive root the user gave."""
     return storage.join(archive, "bitstreams", shard_name(tar_uri))
+
+
+def row_codec(row: dict) -> str:
+    """The codec of a row's file, one of those this package writes; anything else names no file to read."""
+    codec = row.get("codec") or "msinn"
+    if codec not in MEMBER_EXTENSIONS:
+        raise UntrustedReference(f"codec {codec!r} is not one this package writes")
+    return codec
+
+
+def member_name(key: str, codec: str | None) -> str:
+    """The tar member of an image: ``<key>.msinn``, ``<key>.avif``, ... (each a file in its own standard format)."""
+    return f"{key}.{MEMBER_EXTENSIONS[codec or 'msinn']}"
 
 
 def read_member(row: dict, options: dict | None) -> bytes:
@@ -97,3 +113,51 @@ def model_for_row(row: dict, models: str | list[str] | None, device: str):
             f"those weights{held}; pass its checkpoint with --model"
         )
     return load_model(entry.name, device)
+
+
+def decode_row(row: dict, options: dict | None, models: str | list[str] | None, device: str = "cpu") -> tuple[Any, str]:
+    """An archived image as (pixels in its restore layout, mode), with every check its codec allows.
+
+    A ``.msinn`` file is checked by its container (CRCs, per-level symbol
+    hashes, image hash); every file, whatever its codec, is checked against
+    the hash of the decoded pixels recorded in its row at encode time, so a
+    decoder that disagrees with the one that wrote the file (another
+    libavif, another colour conversion) is an error naming both, never a
+    silently different image.
+    """
+    from msinn.container import image_digest
+    from msinn.errors import BitstreamError
+
+    key = str(row["key"])
+    codec = row_codec(row)
+    data = read_member(row, options)
+    if codec == "msinn":
+        from msinn.codec import decode_image
+
+        decoded = decode_image(data, model_for_row(row, models, device), key)
+        pixels, mode = decoded.pixels, decoded.mode
+    else:
+        from msinn.classical import decode
+
+        mode = row.get("mode")
+        if mode not in RESTORE_MODES:
+            raise UntrustedReference(f"mode {mode!r} is not a layout this package restores")
+        if not row.get("pixel_hash"):
+            raise BitstreamError(f"{key}: a {codec} row without the hash of its decoded pixels cannot be checked")
+        try:
+            pixels = decode(data, mode, key)
+        except ValueError as exc:
+            raise BitstreamError(f"{key}: {codec} file does not decode ({exc})") from None
+    if row.get("width") is not None and pixels.shape[:2] != (row["height"], row["width"]):
+        raise BitstreamError(f"{key}: decoded size {pixels.shape[1]}x{pixels.shape[0]} differs from the manifest's "
+                             f"{row['width']}x{row['height']}")
+    want = row.get("pixel_hash")
+    if want and image_digest(pixels) != want:
+        from msinn.classical import versions
+
+        here = versions(codec) if codec != "msinn" else "this decoder"
+        raise BitstreamError(
+            f"{key}: decoded {codec} pixels differ from those recorded when it was written "
+            f"(written with {row.get('codec_version') or 'unrecorded libraries'}; decoded with {here})"
+        )
+    return pixels, mode

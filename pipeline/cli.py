@@ -25,6 +25,22 @@ def add_target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--qp", type=float, help="fixed rate parameter")
 
 
+def add_coding_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--codecs", default="msinn",
+                   help="codecs each image may be archived in, comma-separated: msinn, avif, jpeg, webp, jxl (default "
+                        "msinn). Per image the best file at the target is kept: within a cap the highest PSNR, for "
+                        "a PSNR floor the smallest file; with --qp the model's PSNR at that qp is the others' floor")
+    p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
+    p.add_argument("--effort", type=int, default=0,
+                   help="the model's encoder-side refinement level (0: none; see the README for what each costs)")
+
+
+def coding_of(args: argparse.Namespace) -> dict:
+    from msinn.choice import parse_codecs
+
+    return {"codecs": parse_codecs(args.codecs), "avif_speed": args.avif_speed, "effort": args.effort}
+
+
 def target_of(args: argparse.Namespace) -> tuple[str, float]:
     for kind, attr in (("bpp", "target_bpp"), ("psnr", "target_psnr"), ("bytes", "target_bytes"), ("qp", "qp")):
         v = getattr(args, attr, None)
@@ -68,6 +84,7 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p.add_argument("--max-pixels", type=int, default=256 << 20)
     p.add_argument("--tile-pixels", type=int, default=1 << 21)
     p.add_argument("--ms-ssim", action="store_true", help="also compute MS-SSIM per image")
+    add_coding_args(p)
     return p
 
 
@@ -94,6 +111,7 @@ def spec_from_args(args: argparse.Namespace) -> JobSpec:
         tile_pixels=args.tile_pixels,
         ms_ssim=args.ms_ssim,
         device=args.device,
+        **coding_of(args),
     )
 
 
@@ -274,6 +292,7 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--rows-per-shard", type=int, default=256)
     p.add_argument("--actors", type=int, default=None)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    add_coding_args(p)
     p.add_argument("--gc", action="store_true", help="afterwards, delete shards no current row references")
     p.add_argument("--retention-hours", type=float, default=168.0, help="gc keeps unreferenced shards this long")
     return p
@@ -290,7 +309,8 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     opts = args.storage_options
     try:
         summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
-                               args.decode_model, args.rows_per_shard, args.actors, device=args.device)
+                               args.decode_model, args.rows_per_shard, args.actors, device=args.device,
+                               **coding_of(args))
         if args.gc:
             summary["gc"] = gc_shards(args.archive, opts, args.retention_hours)
     except (ArchiveError, JobError, FileNotFoundError, ValueError) as exc:

@@ -11,15 +11,18 @@ import logging
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
 import torch
 
-from msinn.codec import EncodeOptions, PlannedEncode, model_identity, plan_encode
+from msinn.choice import MSINN, ChoiceOptions, choose, meets
+from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
 from msinn.errors import ImageInputError
-from msinn.images import open_image
+from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.metrics import ms_ssim_uint8
+from msinn.ratecontrol import Target
 
 from .manifest import ManifestRow
 from .shards import commit
@@ -29,11 +32,13 @@ from .spec import JobSpec, WorkUnit
 log = logging.getLogger("pipeline.encoder")
 
 
-def _rgb_view(pixels: np.ndarray, mode: str) -> np.ndarray:
-    if mode in ("L", "LA"):
-        gray = pixels if mode == "L" else pixels[:, :, 0]
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    return pixels[:, :, :3]
+@dataclass
+class PendingImage:
+    """An image between the two stages: decoded, its target known, the model's encode planned (if it competes)."""
+
+    img: PreparedImage
+    target: Target
+    planned: PendingEncode | None  # None when msinn is not among the job's codecs
 
 
 def _node_id() -> str | None:
@@ -92,10 +97,10 @@ class UnitEncoder:
 
     def encode_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, bytes | None]:
         """Encode one record start to finish on the calling thread."""
-        return self.finish_record(*self.plan_record(rec, spec, unit), spec.ms_ssim)
+        return self.finish_record(*self.plan_record(rec, spec, unit), spec)
 
-    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, PlannedEncode | None]:
-        """The network half of a record: its manifest row so far and its planned encode (None on error)."""
+    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, PendingImage | None]:
+        """The network half of a record: its manifest row so far and its pending image (None on error)."""
         row = ManifestRow(
             key=rec.key,
             source_uri=rec.source_uri,
@@ -116,45 +121,50 @@ class UnitEncoder:
             return row.fail(rec.error), None
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
-            opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-            planned = plan_encode(self.model, img, spec.target_for(rec.target_value), opts)
+            target = spec.target_for(rec.target_value)
+            planned = None
+            if MSINN in spec.codecs:
+                opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
+                planned = prepare_encode(self.model, img, target, opts, effort=spec.effort)
         except ImageInputError as exc:
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
-        return row, planned
+        return row, PendingImage(img, target, planned)
 
     @staticmethod
     def finish_record(
-        row: ManifestRow, planned: PlannedEncode | None, want_ms_ssim: bool
+        row: ManifestRow, pending: PendingImage | None, spec: JobSpec
     ) -> tuple[ManifestRow, bytes | None]:
-        """The CPU half: entropy coding, the container, and the row's measurements."""
-        if planned is None:
+        """The CPU half: entropy coding, the container, the other codecs' searches, the choice, the row's figures."""
+        if pending is None:
             return row, None
-        img = planned.img
+        img, target = pending.img, pending.target
         try:
-            res = planned.finish()
-        except (ValueError, RuntimeError, MemoryError) as exc:
+            res = pending.planned.finish() if pending.planned is not None else None
+            choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res)
+        except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
-        target = planned.target
-        tv = target.value
-        target_met = (
-            res.bpp <= tv if target.kind == "bpp"
-            else res.bytes <= tv if target.kind == "bytes"
-            else res.psnr >= tv if target.kind == "psnr"
-            else True
-        )
+        w = choice.winner
+        pixels = img.width * img.height
         row.status, row.error = "ok", None
-        row.width, row.height, row.bytes, row.bpp = img.width, img.height, res.bytes, res.bpp
-        row.psnr = res.psnr if np.isfinite(res.psnr) else None
-        row.qp = float(res.qp)
+        row.width, row.height, row.bytes, row.bpp = img.width, img.height, w.bytes, w.bytes * 8 / pixels
+        row.psnr = w.psnr if np.isfinite(w.psnr) else None
+        row.qp = float(w.quality)
         row.source_format, row.mode, row.source_mode, row.bit_depth = (
             img.source_format, img.mode, img.source_mode, img.bit_depth)
-        row.target_met, row.in_range, row.probes = bool(target_met), res.in_range, res.probes
-        row.profile, row.numerics = res.header.profile, res.header.numerics or None
-        row.ms_ssim = ms_ssim_uint8(_rgb_view(res.reconstruction, img.mode), img.rgb) if want_ms_ssim else None
-        row.encode_seconds = res.seconds
-        return row, res.data
+        row.target_met = bool(meets(w, target, choice.floor, pixels)) if target.kind != "qp" else True
+        row.in_range = w.in_range
+        row.probes = sum(c.probes for c in choice.candidates)
+        row.codec, row.pixel_hash, row.codec_version = w.codec, w.pixel_hash, w.codec_version
+        if w.header is not None:
+            row.profile, row.numerics, row.effort = w.header.profile, w.header.numerics or None, spec.effort
+        else:  # a classical file needs no model to decode
+            row.model = row.model_hash = None
+            row.codec_params = w.codec_params
+        row.ms_ssim = ms_ssim_uint8(rgb_view(w.pixels, img.mode), img.rgb) if spec.ms_ssim else None
+        row.encode_seconds = choice.seconds
+        return row, w.data
 
     def process_unit(self, unit: WorkUnit, spec: JobSpec) -> dict:
         """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it.
@@ -181,15 +191,15 @@ class UnitEncoder:
         network_s = [0.0]  # written by this thread only
         coder_s = [0.0]  # written by the coder thread only (or this one, without overlap)
 
-        def plan(rec: InputRecord) -> tuple[ManifestRow, PlannedEncode | None]:
+        def plan(rec: InputRecord) -> tuple[ManifestRow, PendingImage | None]:
             t = time.perf_counter()
             out = self.plan_record(rec, spec, unit)
             network_s[0] += time.perf_counter() - t
             return out
 
-        def finish(row: ManifestRow, planned: PlannedEncode | None) -> tuple[ManifestRow, bytes | None]:
+        def finish(row: ManifestRow, pending: PendingImage | None) -> tuple[ManifestRow, bytes | None]:
             t = time.perf_counter()
-            out = self.finish_record(row, planned, spec.ms_ssim)
+            out = self.finish_record(row, pending, spec)
             coder_s[0] += time.perf_counter() - t
             return out
 

@@ -1,106 +1,77 @@
 """The manifest: one Parquet row per input image, one file per output shard.
 
-Column names of the first group are fixed: external tools read them. A row
-is a ``ManifestRow``, whose fields are exactly the schema's columns (a test
-holds them together), so a misspelled column is an error, not a null.
+The columns are declared once, as the fields of :class:`ManifestRow`, each
+with its Arrow type; the Parquet schema (``SCHEMA``) and the fields a failed
+row clears (``RESULT_FIELDS``) derive from them, so a misspelled column is an
+error, not a null. Names of the first group are fixed: external tools read
+them. New columns go at the end; rows of older archives read them as NULL
+(``codec`` as ``msinn``, ``profile`` as ``float32``: see ``archive.connect``).
 """
 
 from __future__ import annotations
 
 import io
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema(
-    [
-        # fixed names
-        ("key", pa.string()),
-        ("status", pa.string()),  # "ok" or "error"
-        ("error", pa.string()),
-        ("source_uri", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("bytes", pa.int64()),
-        ("bpp", pa.float64()),
-        ("psnr", pa.float64()),
-        ("qp", pa.float64()),
-        ("tar_uri", pa.string()),
-        ("offset", pa.int64()),  # byte offset of the member's data inside the tar
-        ("length", pa.int64()),
-        ("model", pa.string()),
-        ("run_id", pa.string()),
-        # more for users
-        ("source_bytes", pa.int64()),
-        ("source_format", pa.string()),
-        ("source_sha256", pa.string()),
-        ("mode", pa.string()),
-        ("source_mode", pa.string()),
-        ("bit_depth", pa.int32()),
-        ("target_kind", pa.string()),
-        ("target_value", pa.float64()),
-        ("target_met", pa.bool_()),
-        ("in_range", pa.bool_()),
-        ("probes", pa.int32()),
-        ("ms_ssim", pa.float64()),
-        ("model_hash", pa.string()),
-        ("codec_version", pa.string()),
-        ("encode_seconds", pa.float64()),
-        ("device", pa.string()),
-        ("unit_id", pa.string()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("encoded_from", pa.string()),  # "source" or "bitstream"
-        # "portable-1" (decodes the same everywhere) or "float32"; rows written before profiles read as float32
-        ("profile", pa.string()),
-        ("numerics", pa.string()),  # float32 rows: where they were computed (device, threads, torch)
-    ]
-)
 
-COLUMNS = SCHEMA.names
+def _col(arrow: pa.DataType, result: bool = False) -> Any:
+    """A column: its Arrow type, and whether it is a result a failed row must not carry."""
+    return field(default=None, metadata={"arrow": arrow, "result": result})
 
 
 @dataclass
 class ManifestRow:
     """One input image's row; built by the encoder, filled in as the image goes through."""
 
-    key: str
-    status: str = "error"
-    error: str | None = None
-    source_uri: str | None = None
-    width: int | None = None
-    height: int | None = None
-    bytes: int | None = None
-    bpp: float | None = None
-    psnr: float | None = None
-    qp: float | None = None
-    tar_uri: str | None = None
-    offset: int | None = None
-    length: int | None = None
-    model: str | None = None
-    run_id: str | None = None
-    source_bytes: int | None = None
-    source_format: str | None = None
-    source_sha256: str | None = None
-    mode: str | None = None
-    source_mode: str | None = None
-    bit_depth: int | None = None
-    target_kind: str | None = None
-    target_value: float | None = None
-    target_met: bool | None = None
-    in_range: bool | None = None
-    probes: int | None = None
-    ms_ssim: float | None = None
-    model_hash: str | None = None
-    codec_version: str | None = None
-    encode_seconds: float | None = None
-    device: str | None = None
-    unit_id: str | None = None
-    created_at: datetime | None = None
-    encoded_from: str | None = None
-    profile: str | None = None
-    numerics: str | None = None
+    # fixed names
+    key: str = field(metadata={"arrow": pa.string(), "result": False})
+    status: str = field(default="error", metadata={"arrow": pa.string(), "result": False})  # "ok" or "error"
+    error: str | None = _col(pa.string())
+    source_uri: str | None = _col(pa.string())
+    width: int | None = _col(pa.int32(), True)
+    height: int | None = _col(pa.int32(), True)
+    bytes: int | None = _col(pa.int64(), True)
+    bpp: float | None = _col(pa.float64(), True)
+    psnr: float | None = _col(pa.float64(), True)
+    qp: float | None = _col(pa.float64(), True)  # the codec's rate parameter: the model's qp, AVIF's quality, ...
+    tar_uri: str | None = _col(pa.string(), True)
+    offset: int | None = _col(pa.int64(), True)  # byte offset of the member's data inside the tar
+    length: int | None = _col(pa.int64(), True)
+    model: str | None = _col(pa.string())
+    run_id: str | None = _col(pa.string())
+    # more for users
+    source_bytes: int | None = _col(pa.int64())
+    source_format: str | None = _col(pa.string(), True)
+    source_sha256: str | None = _col(pa.string())
+    mode: str | None = _col(pa.string(), True)
+    source_mode: str | None = _col(pa.string(), True)
+    bit_depth: int | None = _col(pa.int32(), True)
+    target_kind: str | None = _col(pa.string())
+    target_value: float | None = _col(pa.float64())
+    target_met: bool | None = _col(pa.bool_(), True)
+    in_range: bool | None = _col(pa.bool_(), True)
+    probes: int | None = _col(pa.int32(), True)  # real encodes, every codec's counted
+    ms_ssim: float | None = _col(pa.float64(), True)
+    model_hash: str | None = _col(pa.string())
+    codec_version: str | None = _col(pa.string())  # this package's version, or the libraries of a classical file
+    encode_seconds: float | None = _col(pa.float64(), True)
+    device: str | None = _col(pa.string())
+    unit_id: str | None = _col(pa.string())
+    created_at: datetime | None = _col(pa.timestamp("us", tz="UTC"))
+    encoded_from: str | None = _col(pa.string())  # "source" or "bitstream"
+    # "portable-1" (decodes the same everywhere) or "float32"; rows written before profiles read as float32
+    profile: str | None = _col(pa.string(), True)
+    numerics: str | None = _col(pa.string(), True)  # float32 rows: where they were computed (device, threads, torch)
+    # the file's format: "msinn" (rows written before codec choice read as msinn), "avif", "jpeg", "webp", "jxl"
+    codec: str | None = _col(pa.string(), True)
+    pixel_hash: str | None = _col(pa.string(), True)  # hash of the decoded pixels, every codec (container.image_digest)
+    codec_params: str | None = _col(pa.string(), True)  # a classical file's settings (quality, speed, tune, ...)
+    effort: int | None = _col(pa.int32(), True)  # the model's encoder-side refinement level
 
     def fail(self, error: str) -> ManifestRow:
         """Mark the row failed; an error row carries no bitstream, size or quality figures."""
@@ -110,12 +81,10 @@ class ManifestRow:
         return self
 
 
-RESULT_FIELDS = ("width", "height", "bytes", "bpp", "psnr", "qp", "tar_uri", "offset", "length", "source_format",
-                 "mode", "source_mode", "bit_depth", "target_met", "in_range", "probes", "ms_ssim", "encode_seconds",
-                 "profile", "numerics")
-
-
+SCHEMA = pa.schema([(f.name, f.metadata["arrow"]) for f in fields(ManifestRow)])
+COLUMNS = SCHEMA.names
 ROW_FIELDS = tuple(f.name for f in fields(ManifestRow))
+RESULT_FIELDS = tuple(f.name for f in fields(ManifestRow) if f.metadata["result"])
 
 
 def _as_dict(row: ManifestRow | dict) -> dict:

@@ -82,18 +82,32 @@ def run_reencode(
     cpus_per_actor: float = 1.0,
     device: str = "cpu",
     max_units: int | None = None,
+    codecs: tuple[str, ...] | list[str] | str | None = None,
+    avif_speed: int = 6,
+    effort: int = 0,
 ) -> dict[str, Any]:
-    """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched."""
+    """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched.
+
+    ``codecs`` (default: msinn alone) lets each image take whichever format is best at the target, so a
+    re-encode can also migrate an archive to another codec set.
+    """
+    from msinn.choice import parse_codecs
+
+    from .runner import check_codecs
+
     if source_mode not in SOURCE_MODES:
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
+    coding = JobSpec(input="", output="", target_kind=target_kind, target_value=float(target_value),
+                     codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort).coding_dict()
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
     check_model(model)  # a bad --model fails here, before a plan is frozen
+    check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]
     t0 = time.time()
     job = {"archive": archive, "where": where, "target_kind": target_kind, "target_value": float(target_value),
-           "model": model, "from": source_mode}
+           "model": model, "from": source_mode, **coding}
     found = read_plan(archive, options)
     base_job = found.job if found else {}
     resume = [p for p in _reencode_plans(archive, options) if {k: p[1].job.get(k) for k in job} == job]
@@ -126,11 +140,13 @@ def run_reencode(
 
 
 def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id: str, device: str) -> JobSpec:
+    coding = {"codecs": tuple(job.get("codecs") or ("msinn",)), "avif_speed": int(job.get("avif_speed", 6)),
+              "effort": int(job.get("effort", 0))}
     return JobSpec(
         input=archive, output=archive, target_kind=job["target_kind"], target_value=job["target_value"],
         model=job.get("model"), input_options=options or {}, output_options=options or {}, input_kind="rows",
         key_column=base_job.get("key_column", "key"), image_column=base_job.get("image_column", "image"),
-        run_id=run_id, device=device,
+        run_id=run_id, device=device, **coding,
     )
 
 

@@ -1,9 +1,10 @@
 """Restore and verify: decode a selection of an archive with one ranged read per image.
 
 Restore writes image files (PNG by default, original mode and alpha). Verify
-decodes on whatever device the job runs on and checks every hash the
-container carries: the archive's answer to "will this decode on other
-hardware". Both run as Ray tasks over chunks of rows.
+decodes on whatever device the job runs on and checks every hash the file
+and its row carry (``bitstreams.decode_row``): the archive's answer to "will
+this decode on other hardware", for every codec. Both run as Ray tasks over
+chunks of rows.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage
-from .bitstreams import model_for_row, read_member
+from .bitstreams import decode_row
 from .sources import safe_key
 
 
@@ -32,8 +33,7 @@ def decode_rows(
 
     Each row carries ``archive_root``: its bitstream is read from that archive's shards only.
     """
-    from msinn.codec import decode_image
-    from msinn.errors import BitstreamError
+    from msinn.images import to_pil
 
     out = []
     for row in rows:
@@ -42,13 +42,10 @@ def decode_rows(
         try:
             if safe_key(row["key"]) is None:
                 raise ValueError(f"unsafe key {row['key']!r}")
-            model = model_for_row(row, models, device)
-            decoded = decode_image(read_member(row, archive_options), model, row["key"])
-            if row.get("width") is not None and decoded.pixels.shape[:2] != (row["height"], row["width"]):
-                raise BitstreamError("decoded size differs from the manifest")
+            pixels, mode = decode_row(row, archive_options, models, device)
             if dest is not None:
                 buf = io.BytesIO()
-                decoded.to_pil().save(buf, format=image_format.upper())
+                to_pil(pixels, mode).save(buf, format=image_format.upper())
                 uri = storage.join(dest, f"{row['key']}.{image_format.lower()}")
                 storage.write_bytes(uri, buf.getvalue(), dest_options)
                 res["uri"] = uri

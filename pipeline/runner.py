@@ -48,6 +48,23 @@ def check_model(model: str | None) -> None:
         raise JobError(f"cannot use model {model or '(default)'}: {exc}") from None
 
 
+def check_codecs(codecs: tuple[str, ...]) -> None:
+    """Refuse, in one line at the start, codecs this Pillow build cannot write or read (not once per image)."""
+    from msinn.choice import missing_codecs
+
+    missing = missing_codecs(tuple(codecs))
+    if missing:
+        raise JobError("codecs not available here: " + "; ".join(f"{c} ({why})" for c, why in missing.items()))
+
+
+def codec_versions(codecs: tuple[str, ...]) -> dict[str, str]:
+    """The libraries behind each codec of the job, as the driver has them (each row records its worker's)."""
+    from msinn.classical import versions
+    from msinn.version import __version__
+
+    return {c: (f"msinn {__version__}" if c == "msinn" else versions(c)) for c in codecs}
+
+
 def prepare_plan(spec: JobSpec) -> tuple[JobSpec, Plan]:
     """Read the frozen plan under the output, or list the input once and freeze it (streaming, a part at a time)."""
     found = read_plan(spec.output, spec.output_options)
@@ -146,7 +163,7 @@ class Progress:
 
 
 SUMMARY_COLUMNS = ["key", "run_id", "status", "error", "source_bytes", "bytes", "bpp", "psnr", "target_met", "model",
-                   "created_at"]  # what run_stats reads: a big run's summary need not hold whole manifests
+                   "created_at", "codec"]  # what run_stats reads: a big run's summary need not hold whole manifests
 SUMMARY_READERS = 16  # manifest shards fetched at once for the summary
 
 
@@ -198,6 +215,8 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
         "shards_failed": failed,
         **{k: s[k] for k in ("images", "ok", "errors", "errors_by_cause", "bytes_in", "bytes_out", "mean_bpp",
                              "mean_psnr", "target_met")},
+        "per_codec": s["per_codec"],
+        "codec_versions": codec_versions(spec.codecs),
         "duplicate_keys": {"count": len(duplicates), "examples": duplicates[:10]},
         "wall_seconds": round(wall, 3),
         "images_this_run": processed,
@@ -216,9 +235,10 @@ def run_job(
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
-    init_ray()
     spec = canonical_spec(spec)
-    check_model(spec.model)  # before anything is frozen: a bad --model must not pin the plan
+    check_model(spec.model)  # before anything is frozen (or started): a bad --model must not pin the plan
+    check_codecs(spec.codecs)
+    init_ray()
     spec, plan = prepare_plan(spec)
     stats = execute_units(spec, plan, actors, actor_resources, cpus_per_actor, min_actors, max_actors)
     summary = summarise(spec, plan, time.time() - t0, stats["processed"], stats["failed"])

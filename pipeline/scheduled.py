@@ -8,6 +8,9 @@ Example spec::
     from = "auto"                        # auto | source | bitstream
     gc = true
     retention_hours = 168
+    codecs = ["msinn", "avif"]           # optional: per-image codec choice (default msinn)
+    avif_speed = 6                       # optional
+    effort = 0                           # optional: the model's encoder-side refinement level
 
     [target]
     kind = "bpp"                         # bpp | psnr | bytes | qp
@@ -37,6 +40,16 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing {missing}")
+    codecs = spec.get("codecs")
+    if codecs is not None:
+        from msinn.choice import parse_codecs  # light: no torch
+
+        if not isinstance(codecs, str | list) or not all(isinstance(c, str) for c in codecs):
+            raise ValueError(f"{path}: codecs must be a list of names or a comma-separated string")
+        try:
+            spec["codecs"] = parse_codecs(codecs)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     t = spec["target"]
     if not isinstance(t, dict) or t.get("kind") not in ("bpp", "psnr", "bytes", "qp") or "value" not in t:
         raise ValueError(f"{path}: [target] needs kind (bpp, psnr, bytes or qp) and value")
@@ -52,6 +65,7 @@ def run_scheduled(path: str | Path) -> dict[str, Any]:
         spec["archive"], spec.get("where"), spec["target"]["kind"], float(spec["target"]["value"]),
         spec.get("model"), spec.get("from", "auto"), opts, spec.get("decode_model"),
         int(spec.get("rows_per_shard", 256)), spec.get("actors"), device=spec.get("device", "cpu"),
+        codecs=spec.get("codecs"), avif_speed=int(spec.get("avif_speed", 6)), effort=int(spec.get("effort", 0)),
     )
     if spec.get("gc"):
         summary["gc"] = gc_shards(spec["archive"], opts, float(spec.get("retention_hours", 168)))

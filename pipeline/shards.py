@@ -12,6 +12,7 @@ import io
 import tarfile
 
 from . import manifest, storage
+from .bitstreams import member_name
 from .manifest import ManifestRow
 from .spec import JobSpec, WorkUnit
 
@@ -45,7 +46,7 @@ def build_tar(members: list[tuple[str, bytes]]) -> tuple[bytes, dict[str, tuple[
 def commit(spec: JobSpec, unit: WorkUnit, results: list[tuple[ManifestRow, bytes | None]]) -> list[ManifestRow]:
     """Write the unit's tar (if any image succeeded), then its manifest shard; returns the final rows."""
     rows = [row for row, _ in results]
-    members = [(f"{row.key}.msinn", data) for row, data in results if data is not None]
+    members = [(member_name(row.key, row.codec), data) for row, data in results if data is not None]
     turi = tar_uri(spec, unit)
     if members:
         blob, offsets = build_tar(members)
@@ -53,7 +54,7 @@ def commit(spec: JobSpec, unit: WorkUnit, results: list[tuple[ManifestRow, bytes
         for row in rows:
             if row.status == "ok":
                 row.tar_uri = turi
-                row.offset, row.length = offsets[f"{row.key}.msinn"]
+                row.offset, row.length = offsets[member_name(row.key, row.codec)]
     storage.write_bytes(manifest_uri(spec, unit), manifest.to_parquet(rows), spec.output_options)
     return rows
 

@@ -344,15 +344,13 @@ def _read_archived_row(
 
 
 def _decoded_bitstream(row: ArchivedRow, archive: str, options: dict | None) -> InputRecord:
-    """The archived image as a PNG, decoded from its bitstream in this archive's shards."""
-    from msinn.codec import decode_image
+    """The archived image as a PNG, decoded from its file in this archive's shards (any codec, every check)."""
+    from msinn.images import to_pil
 
-    from .bitstreams import model_for_row, read_member
+    from .bitstreams import decode_row
 
-    as_row = row.manifest_row(archive)
-    model = model_for_row(as_row, list(row.decode_model) or None, "cpu")
-    decoded = decode_image(read_member(as_row, options), model, row.key)
+    pixels, mode = decode_row(row.manifest_row(archive), options, list(row.decode_model) or None, "cpu")
     buf = io.BytesIO()
-    decoded.to_pil().save(buf, format="PNG")
+    to_pil(pixels, mode).save(buf, format="PNG")
     return InputRecord(row.key, row.source_uri or "", buf.getvalue(), encoded_from="bitstream",
                        original_bytes=row.source_bytes, original_sha256=row.source_sha256)

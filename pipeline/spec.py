@@ -38,6 +38,20 @@ class JobSpec:
     ms_ssim: bool = False
     run_id: str = ""
     device: str = "cpu"
+    codecs: tuple[str, ...] = ("msinn",)  # per-image choice among these (msinn.choice)
+    avif_speed: int = 6
+    effort: int = 0  # the model's encoder-side refinement level (msinn.refine)
+
+    def __post_init__(self) -> None:
+        from msinn.choice import MSINN, ChoiceOptions
+
+        options = ChoiceOptions(self.codecs, self.avif_speed)  # unknown codecs or speeds are refused here
+        object.__setattr__(self, "codecs", options.codecs)
+        if self.target_kind == "qp" and MSINN not in options.codecs:
+            raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
+        from msinn.refine import effort_of  # light: the levels, not torch
+
+        effort_of(self.effort)  # a level this version does not have is refused here
 
     @property
     def target(self) -> Target:
@@ -60,7 +74,20 @@ class JobSpec:
             "image_column": self.image_column,
             "target_column": self.target_column,
             "run_id": self.run_id,
+            **self.coding_dict(),
         }
+
+    def coding_dict(self) -> dict:
+        """How images are coded beyond the target, where it differs from the defaults (so plans frozen before
+        these options existed still match a job that does not use them)."""
+        out: dict = {}
+        if tuple(self.codecs) != ("msinn",):
+            out["codecs"] = list(self.codecs)
+            if "avif" in self.codecs and self.avif_speed != 6:
+                out["avif_speed"] = self.avif_speed
+        if self.effort:
+            out["effort"] = self.effort
+        return out
 
 
 @dataclass(frozen=True)
@@ -80,8 +107,16 @@ class ArchivedRow:
     source_mode: str = "auto"  # "auto", "source" or "bitstream": what the image is re-encoded from
     decode_model: tuple[str, ...] = ()  # checkpoints the user passed for rows whose model is not bundled
 
+    codec: str | None = None  # the archived file's format (None: a .msinn file, as before codec choice)
+    mode: str | None = None  # the layout it decodes to
+    width: int | None = None
+    height: int | None = None
+    pixel_hash: str | None = None  # hash of its decoded pixels, checked when it is decoded
+    codec_version: str | None = None
+
     MANIFEST_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "model_hash",
-                       "source_bytes", "source_sha256")
+                       "source_bytes", "source_sha256", "codec", "mode", "width", "height", "pixel_hash",
+                       "codec_version")
 
     @classmethod
     def from_manifest(cls, row: dict, source_mode: str, decode_model: list[str] | None) -> ArchivedRow:

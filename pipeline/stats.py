@@ -46,6 +46,13 @@ FROM manifest GROUP BY {col} ORDER BY {col}
 """
 
 
+CODEC_SQL = """
+SELECT codec AS name, count(*) AS images, sum(bytes) AS bytes_out, avg(bpp) AS mean_bpp, avg(psnr) AS mean_psnr,
+       count(*) / sum(count(*)) OVER () AS share
+FROM {rows} WHERE status = 'ok' GROUP BY codec ORDER BY codec
+"""
+
+
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[dict[str, Any]]:
     cur = con.execute(sql, params or [])
     cols = [d[0] for d in cur.description]
@@ -65,6 +72,7 @@ def archive_stats(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     s = totals(con)
     s["per_model"] = _rows(con, GROUP_SQL.format(col="model"))
     s["per_run"] = _rows(con, GROUP_SQL.format(col="run_id"))
+    s["per_codec"] = _rows(con, CODEC_SQL.format(rows="manifest"))
     return s
 
 
@@ -78,6 +86,7 @@ def run_stats(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
     models = con.execute("SELECT DISTINCT model FROM all_rows WHERE run_id = ? AND status = 'ok' ORDER BY model",
                          [run_id]).fetchall()
     s["models"] = [r[0] for r in models]
+    s["per_codec"] = _rows(con, CODEC_SQL.format(rows="(SELECT * FROM all_rows WHERE run_id = ?)"), [run_id])
     return s
 
 
@@ -137,6 +146,9 @@ def stats_text(s: dict[str, Any]) -> str:
         cols = [title, "images", "ok", "bytes_out", "mean_bpp", "mean_psnr"]
         out.append(format_table(cols, [[r["name"], r["images"], r["ok"], r["bytes_out"], r["mean_bpp"],
                                         r["mean_psnr"]] for r in s[key]]))
+    cols = ["codec", "images", "bytes_out", "mean_bpp", "mean_psnr", "share_won"]
+    out.append(format_table(cols, [[r["name"], r["images"], r["bytes_out"], r["mean_bpp"], r["mean_psnr"], r["share"]]
+                                   for r in s.get("per_codec", [])]))
     return "\n\n".join(out)
 
 
@@ -151,15 +163,16 @@ def plot_distributions(con: duckdb.DuckDBPyConnection, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    bpp = [r[0] for r in con.execute("SELECT bpp FROM manifest WHERE status = 'ok'").fetchall()]
-    psnr = [r[0] for r in con.execute("SELECT psnr FROM manifest WHERE status = 'ok' AND psnr IS NOT NULL").fetchall()]
+    rows = con.execute("SELECT codec, bpp, psnr FROM manifest WHERE status = 'ok'").fetchall()
+    codecs = sorted({r[0] or "msinn" for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].hist(bpp, bins=30, color="tab:blue")
-    axes[0].set_xlabel("bits per pixel")
-    axes[1].hist(psnr, bins=30, color="tab:green")
-    axes[1].set_xlabel("PSNR (dB)")
-    for ax in axes:
+    for i, (ax, label) in enumerate(zip(axes, ("bits per pixel", "PSNR (dB)"))):
+        per = [[r[i + 1] for r in rows if (r[0] or "msinn") == c and r[i + 1] is not None] for c in codecs]
+        ax.hist(per, bins=30, stacked=True, label=codecs)  # one colour per codec: which format won where
+        ax.set_xlabel(label)
         ax.set_ylabel("images")
+    if len(codecs) > 1:
+        axes[0].legend(title="codec")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -48,6 +48,21 @@ def test_bd_rate_without_overlap_is_none():
     assert bdrate.bd_rate(RATES, PSNRS, [0.5], [30.0]) is None  # one point is no curve
 
 
+def test_the_per_image_choice_takes_each_images_smaller_codec_at_each_floor():
+    """Two images: the model wins on one, the codec on the other; the choice is the mean of the smaller rates."""
+    model = {"bpp": [0.2, 0.5, 1.2], "psnr": [30.0, 34.0, 38.0]}
+    pts = lambda c: [{"bpp": b, "psnr": p} for b, p in zip(c["bpp"], c["psnr"])]  # noqa: E731
+    half = {"bpp": [b / 2 for b in model["bpp"]], "psnr": model["psnr"]}
+    double = {"bpp": [b * 2 for b in model["bpp"]], "psnr": model["psnr"]}
+    result = {"per_image": [{"points": pts(model), "codecs": {"avif": pts(half)}},
+                            {"points": pts(model), "codecs": {"avif": pts(double)}}]}
+    fl = evaluate.floor_curves(result, ["msinn", "avif"], floors=[30.0, 34.0, 38.0, 39.0])
+    assert fl["curves"]["choice"]["psnr"] == [30.0, 34.0, 38.0]  # 39 dB: no image reaches it
+    want = [(b / 2 + b) / 2 for b in model["bpp"]]
+    assert fl["curves"]["choice"]["bpp"] == pytest.approx(want)
+    assert fl["bd_rate_vs"]["avif"] == pytest.approx(-40.0, abs=0.5)  # 0.75 of the model vs 1.25 of it
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 def test_metrics():
     rng = np.random.default_rng(1)
@@ -102,11 +117,12 @@ def test_code_image_pads_and_crops(tiny_model):
 
 def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, capsys):
     out_json, out_png = tmp_path / "out.json", tmp_path / "out.png"
-    argv = [str(kodak_crops), "--model", checkpoint, "--qps", "0,3", "--codecs", "jpeg,webp"]
+    argv = [str(kodak_crops), "--model", checkpoint, "--qps", "0,3", "--codecs", "jpeg,webp", "--choice", "msinn,jpeg"]
     rc = eval_cli.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
     assert rc == 0
     doc = json.loads(out_json.read_text())
-    assert set(doc) == {"model", "points", "per_image", "codecs", "bd_rate"}
+    assert set(doc) == {"model", "points", "per_image", "codecs", "bd_rate", "choice"}
+    assert doc["choice"]["codecs"] == ["msinn", "jpeg"] and "choice" in doc["choice"]["curves"]
     assert doc["model"] == "tiny-eval.pt"
     assert [p["qp"] for p in doc["points"]] == [0, 3]
     for p in doc["points"]:
@@ -127,7 +143,12 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     assert set(doc["codecs"]) == {"jpeg", "webp"}
     for name, pts in doc["codecs"].items():
         assert [p["quality"] for p in pts] == list(classical.CODEC_QUALITIES[name])
-        assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim"} and math.isfinite(p["psnr"]) for p in pts)
+        assert all(set(p) == {"quality", "bpp", "psnr", "ms_ssim", "encode_s"} and math.isfinite(p["psnr"])
+                   for p in pts)
+        for im in doc["per_image"]:  # each image's own points, for per-image analyses
+            mine = im["codecs"][name]
+            assert [p["quality"] for p in mine] == [p["quality"] for p in pts]
+            assert all(p["bpp"] == pytest.approx(p["bytes"] * 8 / (im["width"] * im["height"])) for p in mine)
         assert pts[-1]["bpp"] > pts[0]["bpp"]
     assert set(doc["bd_rate"]) == {"jpeg", "webp"}
     assert all(v is None or math.isfinite(v) for v in doc["bd_rate"].values())

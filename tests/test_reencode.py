@@ -312,3 +312,97 @@ def test_gc_refuses_when_rows_reference_shards_it_cannot_find(tmp_path, local_ra
     m.write_bytes(to_parquet(t))
     res = gc_shards(str(bad), None, retention_hours=0.0)
     assert "refused" in res and "tar_uri" in res["refused"] and res["deleted"] == []
+
+
+def test_manifests_from_before_codec_choice_read_as_msinn_files(tmp_path):
+    """Shards without the codec columns: their ok rows are .msinn files, their error rows have no codec."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.manifest import SCHEMA
+
+    old = pa.schema([f for f in SCHEMA if f.name not in ("codec", "pixel_hash", "codec_params", "effort")])
+    (tmp_path / "arch" / "manifest").mkdir(parents=True)
+    rows = [{"key": "a", "status": "ok", "run_id": "r1", "bytes": 10}, {"key": "b", "status": "error", "run_id": "r1"}]
+    pq.write_table(pa.Table.from_pylist(rows, schema=old), tmp_path / "arch" / "manifest" / "part-000000.parquet")
+    got = {r["key"]: r for r in select(connect(str(tmp_path / "arch")), None)}
+    assert got["a"]["codec"] == "msinn" and got["b"]["codec"] is None
+    assert got["a"]["pixel_hash"] is None and got["a"]["effort"] is None
+
+
+def test_an_archive_migrates_between_codec_sets_and_every_codec_verifies(tmp_path, local_ray, tiny_checkpoint, capsys):
+    """msinn rows re-encoded to AVIF, AVIF rows back through their decoded files; verify, restore, stats, gc."""
+    import io
+    import shutil
+    import tarfile
+
+    import numpy as np
+    from PIL import Image
+
+    from msinn.container import image_digest
+    from pipeline.cli import main
+
+    archive, keys = _archive(tmp_path, tiny_checkpoint, n=3)
+    s = run_reencode(archive, "key IN ('x0', 'x1')", "psnr", 30.0, model=tiny_checkpoint, codecs="avif")
+    assert s["selected"] == 2 and s["shards_failed"] == []
+    cur = _current(archive)
+    assert {k: cur[k]["codec"] for k in ("x0", "x1", "x2")} == {"x0": "avif", "x1": "avif", "x2": "msinn"}
+    for k in ("x0", "x1"):
+        r = cur[k]
+        assert r["psnr"] >= 30.0 and r["target_met"] and r["probes"] >= 2 and r["model"] is None
+        assert "libavif" in r["codec_version"] and "tune=psnr" in r["codec_params"] and r["profile"] is None
+        with tarfile.open(r["tar_uri"]) as tf:  # a plain AVIF file under <key>.avif, whatever opens AVIF opens it
+            member = tf.extractfile(f"{k}.avif").read()
+        assert len(member) == r["bytes"]
+        assert image_digest(np.asarray(Image.open(io.BytesIO(member)).convert("RGB"))) == r["pixel_hash"]
+    assert cur["x2"]["pixel_hash"] and cur["x2"]["codec_version"] == msinn.__version__
+    # verify decodes every codec in Ray tasks and checks each against its recorded pixel hash
+    assert main(["verify", archive, "--model", tiny_checkpoint]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] == 3
+    assert main(["restore", archive, str(tmp_path / "out"), "--model", tiny_checkpoint]) == 0
+    capsys.readouterr()
+    restored = np.asarray(Image.open(tmp_path / "out" / "x0.png"))
+    assert image_digest(restored) == cur["x0"]["pixel_hash"]
+    assert main(["stats", archive, "--json"]) == 0
+    per_codec = {r["name"]: r for r in json.loads(capsys.readouterr().out)["per_codec"]}
+    assert per_codec["avif"]["images"] == 2 and per_codec["msinn"]["images"] == 1
+    assert per_codec["avif"]["share"] == pytest.approx(2 / 3)
+    # a decoder that disagrees with the one that wrote the file is caught, naming the row and the libraries
+    copy = tmp_path / "copy"
+    shutil.copytree(archive, copy)
+    import pyarrow.parquet as pq
+
+    for part in (copy / "manifest").glob("*.parquet"):
+        t = pq.read_table(part).to_pylist()
+        for r in t:
+            if r["key"] == "x1" and r["codec"] == "avif":
+                r["pixel_hash"] = "0" * 16
+        from pipeline.manifest import to_parquet
+
+        part.write_bytes(to_parquet(t))
+    # and an AVIF member damaged in its shard fails with its key and the cause, never silently
+    r0 = cur["x0"]
+    tar = copy / "bitstreams" / Path(r0["tar_uri"]).name
+    blob = bytearray(tar.read_bytes())
+    blob[r0["offset"] + r0["length"] // 2: r0["offset"] + r0["length"] // 2 + 64] = bytes(64)
+    tar.write_bytes(bytes(blob))
+    assert main(["verify", str(copy), "--model", tiny_checkpoint]) == 1
+    bad = {m["key"]: m["error"] for m in json.loads(capsys.readouterr().out)["mismatches"]}
+    assert set(bad) == {"x0", "x1"}
+    assert "differ from those recorded" in bad["x1"] and "libavif" in bad["x1"]
+    assert "x0" in bad["x0"] and ("does not decode" in bad["x0"] or "differ from those recorded" in bad["x0"])
+    # back to the model (and AVIF), from the decoded AVIF files alone
+    for f in (tmp_path / "in").iterdir():
+        f.unlink()
+    s = run_reencode(archive, "codec = 'avif'", "qp", 1.0, model=tiny_checkpoint, codecs="msinn,avif",
+                     source_mode="auto")
+    assert s["selected"] == 2 and s["shards_failed"] == []
+    cur = _current(archive)
+    assert all(cur[k]["encoded_from"] == "bitstream" and cur[k]["codec"] in ("msinn", "avif") for k in ("x0", "x1"))
+    assert main(["verify", archive, "--model", tiny_checkpoint]) == 0
+    capsys.readouterr()
+    # gc removes the shards no current row needs, whatever their members' formats; the plot shows every codec
+    assert gc_shards(archive, None, retention_hours=0.0)["deleted"]
+    assert main(["verify", archive, "--model", tiny_checkpoint]) == 0
+    assert main(["stats", archive, "--plot", str(tmp_path / "dist.png")]) == 0
+    assert Image.open(tmp_path / "dist.png").size[0] > 100

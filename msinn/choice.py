@@ -1,0 +1,279 @@
+"""Per-image codec choice: code an image with each allowed codec at the target, keep the best file.
+
+The promise is the same whichever codec wins:
+
+* a cap (``bpp``, ``bytes``): the candidate with the highest PSNR within the
+  cap (if none fits, the smallest file);
+* a floor (``psnr``): the smallest file that reaches it (if none does, the
+  highest PSNR);
+* ``qp``: the model's rate parameter. It needs ``msinn`` among the codecs:
+  the model is coded at that qp, the PSNR it reaches becomes the floor of
+  every other codec, and the smallest file reaching it wins.
+
+The model runs first (its rate search is the costliest); each classical
+codec's quality search then stops as soon as its outcome is decided against
+the best candidate so far (:class:`msinn.ratecontrol.QualitySearch`), so a
+codec that cannot win costs one or two encodes. Every candidate is decoded
+once, and the winner carries the hash of its decoded pixels, which the
+pipeline's manifest records so that ``verify`` checks every codec the same way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import classical
+from .container import Header, image_digest
+from .images import PreparedImage
+from .ratecontrol import QualitySearch, Target
+from .version import __version__
+
+MSINN = "msinn"
+DEFAULT_CODECS = (MSINN,)
+
+
+def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...]:
+    """``"msinn,avif"`` (or a list) as a checked tuple, without repeats, in the given order."""
+    if text is None or text == "":
+        return DEFAULT_CODECS
+    items = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(str(c).strip().lower() for c in items if str(c).strip()))
+    allowed = (MSINN, *classical.ARCHIVE_CODECS)
+    unknown = [c for c in names if c not in allowed]
+    if unknown or not names:
+        raise ValueError(f"unknown codec(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
+    return names
+
+
+def missing_codecs(codecs: tuple[str, ...]) -> dict[str, str]:
+    """Codecs this Pillow build cannot write or read, with why: a job refuses them at its start."""
+    return {c: why for c in codecs if c != MSINN and (why := classical.codec_available(c)) is not None}
+
+
+@dataclass(frozen=True)
+class ChoiceOptions:
+    codecs: tuple[str, ...] = DEFAULT_CODECS
+    avif_speed: int = classical.AVIF_SPEED
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codecs", parse_codecs(self.codecs))
+        if not 0 <= int(self.avif_speed) <= 10:
+            raise ValueError(f"AVIF speed must be 0 (slowest, smallest) .. 10, got {self.avif_speed}")
+
+    def speed(self, codec: str) -> int | None:
+        return int(self.avif_speed) if codec == "avif" else None
+
+
+@dataclass
+class Candidate:
+    """One codec's file for one image at the target."""
+
+    codec: str
+    data: bytes
+    psnr: float
+    quality: float  # the codec's own rate parameter: the model's qp, a classical codec's quality
+    in_range: bool
+    note: str
+    probes: int  # real encodes
+    estimates: int  # cheap crop estimates (the model only)
+    seconds: float
+    pixels: np.ndarray = field(repr=False)  # decoded, in the image's restore layout
+    pixel_hash: str
+    codec_version: str
+    codec_params: str | None = None
+    header: Header | None = None  # the .msinn header (the model only)
+
+    @property
+    def bytes(self) -> int:
+        return len(self.data)
+
+    @property
+    def extension(self) -> str:
+        return "msinn" if self.codec == MSINN else classical.get(self.codec).extension
+
+
+@dataclass
+class Choice:
+    """The kept file and what every codec offered."""
+
+    winner: Candidate
+    candidates: list[Candidate]
+    target: Target
+    floor: float | None  # the PSNR floor the codecs competed for (psnr targets, and qp with several codecs)
+    seconds: float
+    failed: dict[str, str] = field(default_factory=dict)  # codecs that could not code this image, and why
+
+    def summary(self, pixels: int) -> dict[str, Any]:
+        w = self.winner
+        return {
+            "codec": w.codec,
+            "bytes": w.bytes,
+            "bpp": round(w.bytes * 8 / pixels, 6),
+            "psnr": round(w.psnr, 4) if math.isfinite(w.psnr) else None,
+            "quality": w.quality,
+            "in_range": w.in_range,
+            "note": w.note,
+            "probes": sum(c.probes for c in self.candidates),
+            "estimates": sum(c.estimates for c in self.candidates),
+            "seconds": round(self.seconds, 3),
+            "candidates": [{"codec": c.codec, "bytes": c.bytes, "psnr": round(c.psnr, 4), "quality": c.quality,
+                            "in_range": c.in_range} for c in self.candidates],
+        }
+
+
+def meets(c: Candidate, target: Target, floor: float | None, pixels: int) -> bool:
+    """Whether a candidate meets the target (a floor given by the model's qp counts as the target)."""
+    if target.is_cap:
+        return c.bytes <= target.cap_bytes(pixels)
+    if floor is None:
+        return True
+    return c.psnr >= floor
+
+
+def pick(cands: list[Candidate], target: Target, floor: float | None, pixels: int) -> Candidate:
+    """The winner by the module's rule; ties go to the earlier codec in ``--codecs`` order."""
+    ok = [c for c in cands if meets(c, target, floor, pixels)]
+    if target.is_cap:
+        if ok:
+            return min(ok, key=lambda c: (-c.psnr, c.bytes))
+        return min(cands, key=lambda c: c.bytes)
+    if ok:
+        return min(ok, key=lambda c: c.bytes)
+    return min(cands, key=lambda c: (-c.psnr, c.bytes))
+
+
+def from_encode_result(res: Any) -> Candidate:
+    """The model's :class:`msinn.codec.EncodeResult` as a candidate."""
+    return Candidate(
+        codec=MSINN, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
+        probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
+        pixel_hash=res.header.image_digest, codec_version=__version__, header=res.header,
+    )
+
+
+def code_classical(
+    codec: str,
+    img: PreparedImage,
+    target: Target,
+    floor: float | None,
+    speed: int | None,
+    best: Candidate | None = None,
+) -> Candidate | None:
+    """A classical codec's best file for the target, or None when it cannot carry this image (alpha).
+
+    ``best`` is the leading candidate so far: the search stops once this
+    codec can no longer beat it, or has beaten it by what it found.
+    """
+    c = classical.get(codec)
+    if img.alpha is not None and not c.keeps_alpha:
+        return None
+    t0 = time.perf_counter()
+    pixels = img.width * img.height
+    cap = target.is_cap
+    if cap:
+        limit = math.log(target.cap_bytes(pixels))
+        start, slope = c.first_guess(True, math.log(target.cap_bytes(pixels) * 8 / pixels))
+    else:
+        assert floor is not None, "floors need a PSNR"
+        limit = floor
+        start, slope = c.first_guess(False, floor)
+
+    def measure(q: int) -> tuple[float, Any]:
+        coded = classical.code(c, img, q, speed)
+        return (math.log(len(coded.data)) if cap else coded.psnr), coded
+
+    ref_meets = best is not None and meets(best, target, floor, pixels)
+
+    def decided(search: QualitySearch) -> bool:
+        if not ref_meets:
+            return False
+        for m in search.meas.values():
+            coded = m.payload
+            if search.feasible(m):
+                continue
+            # an infeasible file that is already no better than the leader: every feasible one is worse
+            if cap and coded.psnr <= best.psnr:
+                return True
+            if not cap and len(coded.data) >= best.bytes:
+                return True
+        return False
+
+    lo, hi = c.quality_range
+    # accepted without a proof where the model's own rate control lands: 0.98-1.0 x a cap, floor + 0.1 dB
+    window = math.log(1 / 0.98) if cap else 0.1
+    search = QualitySearch(lo, hi, measure, limit, cap, start, slope, decided if best is not None else None,
+                           window=window)
+    res = search.run()
+    coded = res.payload
+    return Candidate(
+        codec=codec, data=coded.data, psnr=coded.psnr, quality=float(res.quality), in_range=res.in_range,
+        note=res.note, probes=res.measures, estimates=0, seconds=time.perf_counter() - t0, pixels=coded.pixels,
+        pixel_hash=image_digest(coded.pixels), codec_version=classical.versions(codec),
+        codec_params=c.params(res.quality, speed),
+    )
+
+
+def choose(
+    img: PreparedImage,
+    target: Target,
+    options: ChoiceOptions,
+    model_result: Any = None,
+) -> Choice:
+    """Every allowed codec at ``target``, the winner by the module's rule.
+
+    ``model_result`` is the model's finished encode (an
+    :class:`msinn.codec.EncodeResult`) when ``msinn`` is among the codecs;
+    the caller makes it, so the network half can run elsewhere (see
+    :class:`msinn.codec.PendingEncode`).
+    """
+    t0 = time.perf_counter()
+    if target.kind == "qp" and model_result is None:
+        raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
+    cands: list[Candidate] = []
+    failed: dict[str, str] = {}
+    if model_result is not None:
+        cands.append(from_encode_result(model_result))
+    floor = None
+    if target.kind == "psnr":
+        floor = float(target.value)
+    elif target.kind == "qp":
+        floor = cands[0].psnr  # the model's quality at that qp is what the others must reach
+    pixels = img.width * img.height
+    for codec in options.codecs:
+        if codec == MSINN:
+            continue
+        if target.kind == "qp" and not math.isfinite(floor):
+            break  # lossless at that qp: nothing can match it with fewer bytes by this rule
+        leader = pick(cands, target, floor, pixels) if cands else None
+        try:
+            cand = code_classical(codec, img, target, floor, options.speed(codec), leader)
+        except (ValueError, OSError) as exc:  # a library that fails on this image: the others still compete
+            failed[codec] = f"{type(exc).__name__}: {exc}"
+            continue
+        if cand is None:
+            failed[codec] = "cannot keep an alpha channel"
+        else:
+            cands.append(cand)
+    if not cands:
+        why = "; ".join(f"{k}: {v}" for k, v in failed.items())
+        raise ValueError(f"none of the codecs {', '.join(options.codecs)} could code this image ({why})")
+    seconds = time.perf_counter() - t0 + (model_result.seconds if model_result is not None else 0.0)
+    return Choice(pick(cands, target, floor, pixels), cands, target, floor, seconds, failed)
+
+
+def encode_best(
+    model: Any, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
+    effort: int = 0,
+) -> Choice:
+    """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``)."""
+    result = None
+    if MSINN in options.codecs:
+        from .codec import prepare_encode
+
+        result = prepare_encode(model, img, target, encode_options, effort=effort).finish()
+    return choose(img, target, options, result)
