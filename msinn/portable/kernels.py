@@ -18,9 +18,10 @@ running a float model under them). Instead:
   1x1 layers as one GEMM;
 - :func:`kernels_are_exact` runs those kernels, under the settings in force,
   on probes whose operands have more significant bits than TF32 (11) or bf16
-  (8) keep, at input bounds from 2**12 to 2**23 and sums within a few units of
-  2**24, and compares with an exact integer result. The verdict is cached per
-  device and per settings; when the settings change, the check runs again;
+  (8) keep, at input bounds from 2**12 to 2**23 and sums as close to 2**24 as
+  one more weight step allows, and compares with an exact integer result. The
+  verdict is cached per device, kernel and settings; when the settings change,
+  the check runs again;
 - where the check fails, :func:`conv2d_exact` uses the float64 im2col path,
   which no precision setting touches and which is exact by construction.
 """
