@@ -22,13 +22,15 @@ import torch
 from .config import MSINNConfig
 from .determinism import make_deterministic
 from .model import MSINN, _is_derived
+from .portable.formats import FORMAT as PORTABLE_FORMAT
+from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
+from .portable.formats import PROFILE as PORTABLE_PROFILE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .portable.model import PortableMSINN
 
 FORMAT = "msinn-checkpoint"
 FORMAT_VERSION = 1
-PORTABLE_FORMAT = "msinn-portable"
 WRAPPER_KEYS = ("state_dict", "network", "model_state_dict")
 
 
@@ -211,10 +213,9 @@ def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu
 def load_portable(name: str, obj: Mapping, device: str | torch.device = "cpu") -> PortableMSINN:
     """A portable-profile model from its file's contents; every bound is proved before use."""
     from .portable.exact import BoundError
-    from .portable.model import FORMAT_VERSION as PORTABLE_VERSION
     from .portable.model import PortableMSINN
 
-    if obj.get("version") != PORTABLE_VERSION or obj.get("profile") != "portable-1":
+    if obj.get("version") != PORTABLE_VERSION or obj.get("profile") != PORTABLE_PROFILE:
         raise CheckpointError(f"{name}: portable model version {obj.get('version')!r} / profile "
                               f"{obj.get('profile')!r} is not one this decoder knows")
     try:

@@ -88,7 +88,7 @@ LEVELS: tuple[Level, ...] = tuple(
 )
 
 
-def _split_phases(t: torch.Tensor, phase: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_phases(t: torch.Tensor, phase: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(anchor, non_anchor) halves of a level, each 1 x 2C x h/2 x w/2, in coding order."""
     c = t.shape[1]
     s = space_to_depth(t)
@@ -97,13 +97,15 @@ def _split_phases(t: torch.Tensor, phase: int) -> tuple[torch.Tensor, torch.Tens
     return (off_diag, diag) if phase == 0 else (diag, off_diag)
 
 
-def _merge_phases(anchor: torch.Tensor, non_anchor: torch.Tensor, phase: int) -> torch.Tensor:
+def merge_phases(anchor: torch.Tensor, non_anchor: torch.Tensor, phase: int) -> torch.Tensor:
+    """The inverse of :func:`split_phases`: one level from its anchor and non-anchor halves."""
     off_diag, diag = (anchor, non_anchor) if phase == 0 else (non_anchor, anchor)
     c = off_diag.shape[1] // 2
     return depth_to_space(torch.cat((diag[:, :c], off_diag, diag[:, c:]), dim=1))
 
 
-def _anchor_mask(h: int, w: int, phase: int, device: torch.device) -> torch.Tensor:
+def anchor_mask(h: int, w: int, phase: int, device: torch.device) -> torch.Tensor:
+    """1x1xHxW boolean mask of a level's anchor positions (coded first, without spatial context)."""
     yy = torch.arange(h, device=device).view(h, 1) % 2
     xx = torch.arange(w, device=device).view(1, w) % 2
     off_diag = yy != xx
@@ -239,7 +241,7 @@ class MSINN(nn.Module):
         kept.append(h)
         return kept[::-1]
 
-    def _grow_support(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
+    def grow_support(self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None) -> torch.Tensor:
         """Fold a decoded level into the support tensor by inverting one stage."""
         if level.stage is None:
             return y_hat
@@ -259,7 +261,7 @@ class MSINN(nn.Module):
             if not math.isfinite(qp) or not 0 <= qp <= self.anchor_num - 1:
                 raise ValueError(f"qp {qp!r} outside [0, {self.anchor_num - 1}]")
 
-    def _gains(self, qp: Qp) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def gains(self, qp: Qp) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Lower-bounded (gain, inverse gain, scale gain) per level for a rate parameter.
 
         A fractional qp interpolates geometrically between its two anchors; a
@@ -314,14 +316,14 @@ class MSINN(nn.Module):
 
     def forward_latents(self, latents: list[torch.Tensor], qp: Qp) -> dict:
         """:meth:`forward` from precomputed latents (rate control probes reuse the analysis)."""
-        gains = self._gains(qp)
+        gains = self.gains(qp)
         support = None
         likelihoods = {}
         y_hats = []
         for level, y in zip(LEVELS, latents):
             g, ig, sg = gains[level.index]
             cc = self._channel_context(level, support, y)
-            anchor = _anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
             scales, means = self._params(level, cc, torch.zeros_like(cc))
             first = _ste_round((y - means) * g) * ig + means
             half = torch.where(anchor, first, torch.zeros((), dtype=y.dtype, device=y.device))
@@ -332,7 +334,7 @@ class MSINN(nn.Module):
             y_hats.append(y_hat)
             _, lik = self.gaussian_conditional(res, scales * sg, means=None)
             likelihoods[f"y{level.index}"] = lik
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
 
     def soft_forward(
@@ -347,14 +349,14 @@ class MSINN(nn.Module):
         image. Encoder-side refinement (:mod:`msinn.refine`) passes a soft,
         stochastic rounding and differentiates through it.
         """
-        gains = self._gains(qp)
+        gains = self.gains(qp)
         support = None
         bits = latents[0].new_zeros(())
         zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
         for level, y in zip(LEVELS, latents):
             g, ig, sg = gains[level.index]
             cc = self._channel_context(level, support, y)
-            anchor = _anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
             scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
             q1 = rounding((y - means1) * g)
             half = torch.where(anchor, q1 * ig + means1, zero)
@@ -365,7 +367,7 @@ class MSINN(nn.Module):
             lower = torch.special.ndtr((-0.5 - q.abs()) / scales)
             bits = bits - torch.log2((upper - lower).clamp_min(1e-9)).sum()
             y_hat = self._lrp(level, q * ig + torch.where(anchor, means1, means2), support, ig)
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         return bits, self._finish(support)
 
     @torch.inference_mode()
@@ -409,7 +411,7 @@ class MSINN(nn.Module):
         """
         if latents[0].shape[0] != 1:
             raise ValueError("coding works on one image at a time (batch size 1)")
-        gains = self._gains(qp)
+        gains = self.gains(qp)
         tables = self.tables()
         support = None
         symbols: list[np.ndarray] = []
@@ -419,7 +421,7 @@ class MSINN(nn.Module):
         for level, y in zip(LEVELS, latents):
             g, ig, sg = gains[level.index]
             cc = self._channel_context(level, support, y)
-            anchor = _anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
             scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
             q1 = torch.round((y - means1) * g)
             idx1 = self._indexes(scales1 * sg)
@@ -428,10 +430,10 @@ class MSINN(nn.Module):
             scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
             q2 = torch.round((y - means2) * g)
             idx2 = self._indexes(scales2 * sg)
-            sym_a = _split_phases(q1, level.phase)[0]
-            sym_n = _split_phases(q2, level.phase)[1]
-            idx_a = _split_phases(idx1, level.phase)[0]
-            idx_n = _split_phases(idx2, level.phase)[1]
+            sym_a = split_phases(q1, level.phase)[0]
+            sym_n = split_phases(q2, level.phase)[1]
+            idx_a = split_phases(idx1, level.phase)[0]
+            idx_n = split_phases(idx2, level.phase)[1]
             lvl = torch.cat((sym_a.reshape(-1), sym_n.reshape(-1))).to(torch.int32).cpu().numpy()
             level_symbols.append(lvl)
             symbols.append(lvl)
@@ -441,7 +443,7 @@ class MSINN(nn.Module):
             if level.index == self.num_iters - 1:
                 break  # the finest level's reconstruction is not needed to encode
             y_hat = self._lrp(level, y_hat, support, ig)
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         shape = latents[0].shape[-2:]
         finish = None
         if keep_state:
@@ -450,7 +452,7 @@ class MSINN(nn.Module):
             def finish() -> torch.Tensor:
                 with torch.inference_mode():
                     y = self._lrp(last, y_hat, last_support, last_ig)
-                    return self._finish(self._grow_support(last, y, last_support))
+                    return self._finish(self.grow_support(last, y, last_support))
 
         hw = (int(shape[0]), int(shape[1]))
         enc = EncodedLatents(hw, level_symbols, np.concatenate(symbols), np.concatenate(indexes), tables, finish)
@@ -468,7 +470,7 @@ class MSINN(nn.Module):
     ) -> torch.Tensor:
         """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
         h0, w0, decoder = open_stream(self.tables(), data, latent_shape)
-        gains = self._gains(qp)
+        gains = self.gains(qp)
         device = self.gain.device
         dtype = self.gain.dtype
         zero = torch.zeros((), dtype=dtype, device=device)
@@ -479,24 +481,24 @@ class MSINN(nn.Module):
             h, w = h0 * scale, w0 * scale
             like = torch.empty(1, level.channels, h, w, dtype=dtype, device=device)
             cc = self._channel_context(level, support, like)
-            anchor = _anchor_mask(h, w, level.phase, device)
+            anchor = anchor_mask(h, w, level.phase, device)
             scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
-            idx_a = _split_phases(self._indexes(scales1 * sg), level.phase)[0]
+            idx_a = split_phases(self._indexes(scales1 * sg), level.phase)[0]
             sym_a = decoder.decode(idx_a.reshape(-1).cpu().numpy())
             qa = torch.from_numpy(sym_a).to(device=device, dtype=dtype).view(idx_a.shape)
-            q_full = _merge_phases(qa, torch.zeros_like(qa), level.phase)
+            q_full = merge_phases(qa, torch.zeros_like(qa), level.phase)
             y_hat1 = q_full * ig + means1
             half = torch.where(anchor, y_hat1, zero)
             scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
-            idx_n = _split_phases(self._indexes(scales2 * sg), level.phase)[1]
+            idx_n = split_phases(self._indexes(scales2 * sg), level.phase)[1]
             sym_n = decoder.decode(idx_n.reshape(-1).cpu().numpy())
             if level_check is not None:
                 level_check(level.index, np.concatenate((sym_a, sym_n)))
             qn = torch.from_numpy(sym_n).to(device=device, dtype=dtype).view(idx_n.shape)
-            q_full = _merge_phases(torch.zeros_like(qn), qn, level.phase)
+            q_full = merge_phases(torch.zeros_like(qn), qn, level.phase)
             y_hat = torch.where(anchor, y_hat1, q_full * ig + means2)
             y_hat = self._lrp(level, y_hat, support, ig)
-            support = self._grow_support(level, y_hat, support)
+            support = self.grow_support(level, y_hat, support)
         return self._finish(support)
 
     def compress_raw(self, x: torch.Tensor, qp: int | float) -> tuple[bytes, tuple[int, int]]:

@@ -124,7 +124,7 @@ def refine_latents(
     lam = rd_slope(model, latents, x, qp, region)
     if lam is None:
         return latents, None
-    gains = m._gains(qp)
+    gains = m.gains(qp)
     steps = [gains[i][0].detach() for i in range(len(latents))]  # a symbol is (y - mean) * gain
     start = [t.detach() for t in latents]
     deltas = [torch.zeros_like(t, requires_grad=True) for t in start]  # in quantisation steps

@@ -13,27 +13,22 @@ ran). ``decode`` prints one JSON summary line and exits 1 on any difference.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-
-
 def encode(args: argparse.Namespace) -> int:
     import msinn
     from msinn.codec import encode_image
     from msinn.determinism import numerics_record
+    from msinn.pixels import pixels_sha256
     from msinn.ratecontrol import Target
 
     model = msinn.load(args.model, args.device)
@@ -47,7 +42,7 @@ def encode(args: argparse.Namespace) -> int:
             res = encode_image(model, img.read_bytes(), Target("qp", qp), source_name=img.name)
             name = f"{img.stem}.qp{qp:g}.msinn"
             (out / name).write_bytes(res.data)
-            expected[name] = _digest(res.reconstruction)
+            expected[name] = pixels_sha256(res.reconstruction)
     meta = {"model": model.model_name, "weights_sha256": model.weights_sha256,
             "written_on": numerics_record(torch.device(args.device)), "files": expected}
     (out / "expected.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -61,6 +56,7 @@ def decode(args: argparse.Namespace) -> int:
     from msinn.codec import decode_image
     from msinn.determinism import numerics_record
     from msinn.errors import BitstreamError
+    from msinn.pixels import pixels_sha256
 
     folder = Path(args.folder)
     meta = json.loads((folder / "expected.json").read_text())
@@ -68,7 +64,7 @@ def decode(args: argparse.Namespace) -> int:
     same, differ, t0 = 0, [], time.perf_counter()
     for name, digest in sorted(meta["files"].items()):
         try:
-            got = _digest(decode_image((folder / name).read_bytes(), model, name).pixels)
+            got = pixels_sha256(decode_image((folder / name).read_bytes(), model, name).pixels)
         except BitstreamError as exc:
             differ.append(f"{name}: {exc}")
             continue

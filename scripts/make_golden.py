@@ -1,18 +1,27 @@
-"""Write the portable golden files under tests/golden/ (run once, on a machine other than CI's).
+"""Write portable golden files under tests/golden/, recording the configuration that wrote them.
 
-    python scripts/make_golden.py [--device cpu|cuda] [--threads N]
+    python scripts/make_golden.py [--device cpu|cuda] [--threads N] [--tag TAG] [--only NAME,NAME]
 
 Each file is coded with the bundled portable model from a crop of the README's
 sample images or a synthetic image, and golden.json records the SHA-256 of its
-decoded pixels, taken from the encoder's own reconstruction. Every CI run
-decodes them again and must get those pixels: they pin the format and prove
-that files written elsewhere decode on CI's machine.
+decoded pixels, taken from the encoder's own reconstruction, and where it was
+written (device, CPU architecture, threads, torch version). Every CI run
+decodes them again and must get those pixels: they pin the format and show
+that files written in another configuration decode on CI's machine.
+
+``--verify`` writes nothing: it decodes every golden file and compares its
+pixels with golden.json (exit 1 on any difference), so another configuration
+can check the files the others wrote.
+
+``--tag`` names a set written elsewhere (``TAG-NAME.msinn``; say an older
+torch or another CPU architecture); entries are merged into golden.json,
+others kept. Run it with the interpreter of that configuration, with
+``PYTHONPATH`` set to the checkout.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -52,19 +61,30 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="msinn-small-2026-11d-p1")
+    ap.add_argument("--tag", default="", help="prefix of the files' names: a set written in another configuration")
+    ap.add_argument("--only", default="", help="comma-separated image names (default: all)")
+    ap.add_argument("--verify", action="store_true", help="decode every golden file and compare, write nothing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.verify:
+        sys.exit(verify(args))
     import io
 
     import msinn
     from msinn.codec import EncodeOptions, encode_image
     from msinn.determinism import numerics_record
+    from msinn.pixels import pixels_sha256
     from msinn.ratecontrol import Target
 
     model = msinn.load(args.model, args.device)
     OUT.mkdir(parents=True, exist_ok=True)
-    index = {}
-    for name, (im, t) in _images().items():
+    index_path = OUT / "golden.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    wanted = set(filter(None, args.only.split(",")))
+    for base, (im, t) in _images().items():
+        if wanted and base not in wanted:
+            continue
+        name = f"{args.tag}-{base}" if args.tag else base
         buf = io.BytesIO()
         im.save(buf, "PNG")
         opts = EncodeOptions(tile_pixels=t.get("tile_pixels", 1 << 21), tile_size=t.get("tile_size", 1024))
@@ -72,7 +92,7 @@ def main() -> None:
         (OUT / f"{name}.msinn").write_bytes(res.data)
         index[name] = {
             "file": f"{name}.msinn",
-            "pixels_sha256": hashlib.sha256(np.ascontiguousarray(res.reconstruction).tobytes()).hexdigest(),
+            "pixels_sha256": pixels_sha256(res.reconstruction),
             "shape": list(res.reconstruction.shape),
             "model": res.header.model_name,
             "qp": res.qp,
@@ -80,7 +100,23 @@ def main() -> None:
             "written_on": numerics_record(torch.device(args.device)),
         }
         print(name, res.bytes, "bytes", res.qp, f"{res.psnr:.2f} dB")
-    (OUT / "golden.json").write_text(json.dumps(index, indent=1) + "\n")
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Decode every file golden.json lists here; print one JSON line; 1 if any pixels differ."""
+    import msinn
+    from msinn.codec import decode_image
+    from msinn.determinism import numerics_record
+    from msinn.pixels import pixels_sha256
+
+    model = msinn.load(args.model, args.device)
+    index = json.loads((OUT / "golden.json").read_text())
+    differ = [name for name, e in index.items()
+              if pixels_sha256(decode_image((OUT / e["file"]).read_bytes(), model, name).pixels) != e["pixels_sha256"]]
+    print(json.dumps({"identical": len(index) - len(differ), "files": len(index), "differ": differ,
+                      "decoded_on": numerics_record(torch.device(args.device))}))
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """The portable profile: the same pixels on every thread count, process, kernel path and machine.
 
-Golden files under tests/golden/ were written on another machine (see
-scripts/make_golden.py); every run decodes them again.
+Golden files under tests/golden/ were written by scripts/make_golden.py in the
+configurations golden.json records (torch versions, CPU architectures); every
+run decodes them again. The exactness proof and the kernel check have their
+own files: test_portable_proof.py, test_portable_kernels.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import struct
@@ -24,17 +25,14 @@ from msinn.checkpoint import CheckpointError, load_portable, save_portable
 from msinn.codec import EncodeOptions, NumericsMismatch, decode_image, encode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
 from msinn.errors import BitstreamError
-from msinn.portable import exact
+from msinn.pixels import pixels_sha256 as _digest
+from msinn.portable import exact, kernels
 from msinn.ratecontrol import Target
 
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 INDEX = json.loads((GOLDEN / "golden.json").read_text())
 PORTABLE = "msinn-small-2026-11d-p1"
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -75,15 +73,13 @@ def _png(a: np.ndarray) -> bytes:
 
 
 DECODE_SCRIPT = """
-import hashlib, json, sys, numpy as np, torch
+import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 import msinn
 from msinn.codec import decode_image
+from msinn.pixels import pixels_sha256
 m = msinn.load(sys.argv[2])
-out = {}
-for path in sys.argv[3:]:
-    px = decode_image(open(path, "rb").read(), m, path).pixels
-    out[path] = hashlib.sha256(np.ascontiguousarray(px).tobytes()).hexdigest()
+out = {path: pixels_sha256(decode_image(open(path, "rb").read(), m, path).pixels) for path in sys.argv[3:]}
 print("RESULT " + json.dumps(out))
 """
 
@@ -115,16 +111,12 @@ def test_decode_inside_a_ray_task_is_identical(coded, local_ray):
 
     @ray.remote(num_cpus=1)
     def decode_all(name: str, blobs: dict[str, bytes]) -> dict[str, str]:
-        import hashlib as hl
-
-        import numpy as np_
-
         import msinn as m
         from msinn.codec import decode_image as dec
+        from msinn.pixels import pixels_sha256
 
         model = m.load(name)
-        return {k: hl.sha256(np_.ascontiguousarray(dec(v, model, k).pixels).tobytes()).hexdigest()
-                for k, v in blobs.items()}
+        return {k: pixels_sha256(dec(v, model, k).pixels) for k, v in blobs.items()}
 
     got = ray.get(decode_all.remote(PORTABLE, {k: v[0] for k, v in coded.items()}))
     assert got == {k: v[1] for k, v in coded.items()}
@@ -142,14 +134,13 @@ def test_golden_file_decodes_to_its_recorded_pixels(model, name):
     assert _digest(decoded.pixels) == entry["pixels_sha256"], f"written on {entry['written_on']}"
 
 
-def test_fast_kernels_equal_the_float64_reference_path(model, monkeypatch):
+def test_fast_kernels_equal_the_float64_reference_path(model):
     """The float32 kernels (oneDNN, GEMM) and the float64 im2col path give the same integers."""
     data = (GOLDEN / INDEX["k03-qp7.375"]["file"]).read_bytes()
+    assert kernels.kernels_are_exact(torch.device("cpu"))
     fast = decode_image(data, model).pixels
-    key = ("cpu", None)
-    assert exact.kernels_are_exact(torch.device("cpu"))
-    monkeypatch.setitem(exact._EXACT, key, False)  # as on a device whose kernels failed the check
-    slow = decode_image(data, model).pixels
+    with kernels.reference_path():  # as on a device whose kernels failed the check
+        slow = decode_image(data, model).pixels
     assert np.array_equal(fast, slow)
     assert _digest(slow) == INDEX["k03-qp7.375"]["pixels_sha256"]
 
@@ -260,6 +251,19 @@ def test_every_bound_of_the_bundled_model_is_proved(model):
     assert two_pass and all(model.layers[n].fast_split() for n in two_pass if not n.startswith("lrp1.conv0"))
 
 
+def test_the_float_twin_carries_the_dequantised_integer_weights_and_takes_gradients(model):
+    """What encoder-side work (analysis, rate estimates, refinement) runs on; a new one is the caller's."""
+    twin = model.float_twin()
+    w, b = model.layers["g0.0.conv1"].dequantized()
+    for m in (twin, model.float_model):
+        assert torch.equal(m.state_dict()["g_a0.0.block.0.conv1.weight"], w)
+        assert torch.equal(m.state_dict()["g_a0.0.block.0.conv1.bias"], b)
+    assert twin is not model.float_model
+    x = torch.rand(1, 3, 64, 64, requires_grad=True)
+    twin.analyze(x)[0].square().sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
 # ---------------------------------------------------------------------- conversion
 def _crops(n: int = 3) -> list[torch.Tensor]:
     from PIL import Image
@@ -287,6 +291,12 @@ def test_conversion_of_the_released_configuration_is_exact_and_saves(recipe_mode
     assert again.weights_sha256 == pm.weights_sha256 and again.profile == "portable-1"
     with torch.inference_mode():
         assert np.array_equal(again.to_uint8(again.decode_latents(enc.data, enc.latent_shape, 2.5)), out)
+    # the post-net's squeeze-excite reads the mean of main-path codes: its declared input bound must cover it
+    state = pm.state()
+    state["spec"] = json.loads(json.dumps(state["spec"]))
+    state["spec"]["layers"]["post.unet.conv1.se.fc0"]["in_bound"] = 15
+    with pytest.raises(CheckpointError, match="exactness proof.*se.fc0.*mean"):
+        load_portable("tampered", state)
 
 
 def test_convert_cli_then_encode_and_decode(tiny_float_checkpoint, tmp_path, capsys):

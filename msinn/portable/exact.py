@@ -1,43 +1,32 @@
-"""Exact integer arithmetic on stock torch kernels.
+"""The integer layers of the portable decoder, and their own exactness conditions.
 
 Every tensor on the portable decoder path holds integers ("codes"); the value
 a code stands for is ``code * 2**-frac`` with a per-tensor ``frac`` fixed when
-the model was converted. Two carriers hold codes:
+the model was converted (:mod:`msinn.portable.formats`). Two carriers hold
+codes: float32 for the convolutions (exact while every partial sum is an
+integer within 2**24, whatever order the kernel adds in:
+:mod:`msinn.portable.kernels`), float64 for the main path and the channel
+mixing (2**53).
 
-- float32, for the convolutions that dominate the cost: an IEEE float32 sum of
-  products is exact when every partial sum is an integer of magnitude at most
-  2**24, *whatever order the kernel adds in* (blocked, vectorised, split over
-  threads, fused multiply-add). Each layer's input is clamped to a bound ``X``
-  and its integer weights satisfy ``sum|w| * X + |bias| <= 2**24``, so this
-  holds for every possible input;
-- float64, for the main signal path and the channel mixing of the invertible
-  transform: the same argument with 2**53.
-
-Scaling by a power of two, ``floor``, ``clamp``, comparisons, concatenation and
-table lookups are exact too, so the result is a function of the integers alone:
-the same on every CPU, GPU, thread count and library version. What would break
-this is a kernel that does not compute a plain sum of products: Winograd or FFT
-convolutions, TF32 or bf16 "fast math". The kernels used here never choose
-those (oneDNN's direct convolution on CPU, cuBLAS GEMM with cuDNN off on CUDA,
-TF32/bf16 disabled for the duration of each call), and :func:`kernels_are_exact`
-proves it on each device before first use by checking results at the bound
-against an exact float64 computation; a device that fails is served by the
-float64 path, which is exact by construction and slower.
+Each layer checks what it can see by itself (:meth:`QConv.check`: its worst
+case for inputs within its declared ``in_bound``). That its real inputs stay
+within ``in_bound`` is the proof's job (:mod:`msinn.portable.proof`), which
+follows the decoder's own code.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-F32_EXACT = 1 << 24  # every integer of magnitude <= 2**24 is a float32
-F64_EXACT = 1 << 53
+from .formats import F32_EXACT, F64_EXACT, LEAKY_NUM, LEAKY_SHIFT
+from .kernels import conv2d_exact
+from .tables import CANON_LIMIT, derive_lut
 
 
 class BoundError(ValueError):
@@ -54,116 +43,6 @@ def round_half_up(v: float | int) -> int:
     return math.floor(v + 0.5)
 
 
-# ---------------------------------------------------------------------- numerics guard
-_FLAG_LOCK = threading.RLock()
-
-
-@contextlib.contextmanager
-def ieee_fp32() -> Iterator[None]:
-    """Plain IEEE float32 in every backend for the duration: no TF32, no bf16, no NNPACK/cuDNN convs.
-
-    The settings are process-global in torch, so they are set and restored
-    under a lock; callers on other threads that need other settings are not
-    disturbed for longer than one call.
-    """
-    with _FLAG_LOCK:
-        objs = _precision_objects()
-        saved = [(obj, obj.fp32_precision) for obj in objs]
-        legacy = None
-        if objs:
-            for obj in objs:
-                obj.fp32_precision = "ieee"
-        else:  # torch before the fp32_precision API
-            legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        # cuDNN may pick Winograd/FFT, NNPACK does: both off (raw toggles; the flags() helpers
-        # read legacy TF32 state and refuse to mix with the fp32_precision API)
-        cudnn_on, nnpack_on = torch.backends.cudnn.enabled, torch._C._get_nnpack_enabled()
-        torch.backends.cudnn.enabled = False
-        torch._C._set_nnpack_enabled(False)
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.enabled = cudnn_on
-            torch._C._set_nnpack_enabled(nnpack_on)
-            for obj, value in saved:
-                obj.fp32_precision = value
-            if legacy is not None:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
-
-
-def _precision_objects() -> list:
-    objs = []
-    for path in ("mkldnn.conv", "mkldnn.matmul", "cuda.matmul", "cudnn.conv", "cudnn.rnn"):
-        obj = torch.backends
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if obj is not None and hasattr(obj, "fp32_precision"):
-            objs.append(obj)
-    return objs
-
-
-# ---------------------------------------------------------------------- kernels
-def _conv_f64(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: int) -> torch.Tensor:
-    """Convolution as im2col + float64 GEMM: exact whenever the float32 bound holds (and far beyond)."""
-    n, _, h, wd = x.shape
-    cout, _, kh, kw = w.shape
-    cols = F.unfold(x.double(), (kh, kw), padding=padding) if kh > 1 or kw > 1 else x.double().reshape(n, -1, h * wd)
-    out = torch.matmul(w.double().reshape(cout, -1), cols) + b.double().view(1, cout, 1)
-    return out.view(n, cout, h, wd)
-
-
-_EXACT: dict[tuple[str, int | None], bool] = {}
-
-
-def kernels_are_exact(device: torch.device) -> bool:
-    """Check once per device that float32 convolutions here are exact sums of products.
-
-    Inputs sit at the clamp bounds and the weights' L1 norms at the 2**24
-    budget, where a Winograd/FFT transform, TF32 or bf16 would round and show
-    up as a mismatch against the exact float64 result.
-    """
-    key = (device.type, device.index)
-    if key not in _EXACT:
-        g = torch.Generator().manual_seed(20261125)
-        ok = True
-        for cin, cout, k, hw in ((48, 48, 3, 37), (64, 32, 3, 19), (12, 96, 1, 23), (96, 5, 3, 8)):
-            x_bound = 2047
-            x = torch.randint(-x_bound, x_bound + 1, (1, cin, hw, hw + 3), generator=g).float()
-            x[..., ::5, ::3] = float(x_bound)
-            budget = (F32_EXACT - 4096) // x_bound
-            w = torch.randint(-300, 301, (cout, cin, k, k), generator=g).double()
-            l1 = w.abs().sum(dim=(1, 2, 3), keepdim=True).clamp_min(1)
-            w = torch.floor(w * budget / l1).float()
-            b = torch.randint(-4096, 4097, (cout,), generator=g).float()
-            expect = _conv_f64(x, w, b, k // 2)
-            with ieee_fp32():
-                got = _conv_fast(x.to(device), w.to(device), b.to(device), k // 2).double().cpu()
-            ok = ok and bool(torch.equal(got, expect))
-        _EXACT[key] = ok
-    return _EXACT[key]
-
-
-def _conv_fast(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: int) -> torch.Tensor:
-    """Direct convolution, or a GEMM for 1x1 kernels (several times faster for few channels)."""
-    if w.shape[-1] == 1 and w.shape[-2] == 1 and x.shape[0] == 1:
-        n, c, h, wd = x.shape
-        y = torch.addmm(b.view(-1, 1), w.view(w.shape[0], c), x.reshape(c, h * wd))
-        return y.view(1, -1, h, wd)
-    return F.conv2d(x, w, b, padding=padding)
-
-
-def conv2d_exact(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, padding: int) -> torch.Tensor:
-    """float32 convolution of codes within the proved bound; exact on every device."""
-    if not kernels_are_exact(x.device):
-        return _conv_f64(x, w, b, padding).float()
-    with ieee_fp32():
-        return _conv_fast(x, w, b, padding)
-
-
 # ---------------------------------------------------------------------- layers
 def _scale_vector(shifts: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor([pow2(-d) for d in shifts], dtype=dtype, device=device)
@@ -174,7 +53,12 @@ def _rounding(shifts: list[int]) -> list[int]:
     return [1 << (d - 1) if d > 0 else 0 for d in shifts]
 
 
-LEAKY_NUM, LEAKY_SHIFT = 41, 12  # LeakyReLU slope 41/4096 = 0.0100098 (CompressAI's 0.01)
+def check_integer(name: str, t: torch.Tensor, limit: int) -> None:
+    """Integer dtype and every value within +-limit (by min and max: ``abs`` of int64's minimum overflows)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64):
+        raise BoundError(f"{name}: integer tensor expected, found {getattr(t, 'dtype', type(t).__name__)}")
+    if t.numel() and not -limit <= int(t.min()) <= int(t.max()) <= limit:
+        raise BoundError(f"{name}: values beyond +-{limit}")
 
 
 @dataclass
@@ -199,9 +83,25 @@ class _Fixed:
         """The bias plus the offset that makes the floor-shift round half up."""
         return self.b.to(torch.int64) + torch.tensor(_rounding(self.shift), dtype=torch.int64)
 
-    def _check_shape(self, name: str) -> None:
-        if self.w.shape[0] != len(self.wexp) or self.b.shape != (len(self.wexp),):
-            raise BoundError(f"{name}: {len(self.wexp)} exponents for {self.w.shape[0]} channels")
+    def _check_common(self, name: str, w_limit: int, carrier: int) -> None:
+        """Shapes, integer tensors, magnitudes that keep every later sum free of int64 overflow."""
+        if not all(isinstance(v, int) for v in (self.frac_in, self.frac_out, self.in_bound, self.out_bound)):
+            raise BoundError(f"{name}: formats and bounds must be integers")
+        if not all(isinstance(v, int) and -60 <= v <= 60 for v in self.wexp):
+            raise BoundError(f"{name}: weight exponents must be integers in [-60, 60]")
+        if not 0 <= self.in_bound <= carrier or not 0 <= self.out_bound <= carrier:
+            raise BoundError(f"{name}: bounds {self.in_bound}/{self.out_bound} out of range")
+        if not -60 <= self.frac_in <= 60 or not -60 <= self.frac_out <= 60:
+            raise BoundError(f"{name}: formats {self.frac_in}/{self.frac_out} out of range")
+        check_integer(f"{name}.w", self.w, w_limit)
+        check_integer(f"{name}.b", self.b, F64_EXACT)
+        if self.w.dim() < 2 or self.w.shape[0] != len(self.wexp) or tuple(self.b.shape) != (len(self.wexp),):
+            raise BoundError(f"{name}: {len(self.wexp)} exponents for {tuple(self.w.shape)} weights")
+
+    def _worst(self, l1: torch.Tensor, x: int, with_bias: bool = True) -> int:
+        """max over channels of ``l1_c * x (+ |bias_c|)``, in Python integers (no overflow)."""
+        bias = self._bias().tolist() if with_bias else [0] * len(l1)
+        return max((int(v) * x + abs(int(b)) for v, b in zip(l1.tolist(), bias)), default=0)
 
 
 @dataclass
@@ -244,7 +144,7 @@ class QConv(_Fixed):
         return max(-((-self.in_bound) >> self.split), (1 << self.split) - 1)
 
     def _l1(self) -> torch.Tensor:
-        return self.w.abs().to(torch.int64).sum(dim=(1, 2, 3))
+        return self.w.to(torch.int64).abs().sum(dim=(1, 2, 3))
 
     def _split_bias(self) -> tuple[list[int], list[int]]:
         """The bias (with rounding) as ``hi * 2**k + lo``, ``0 <= lo < 2**k``."""
@@ -256,34 +156,34 @@ class QConv(_Fixed):
         """Whether the two-pass epilogue can stay in float32 (every channel drops at least k bits)."""
         if not self.split or min(self.shift) < self.split:
             return False
-        l1 = self._l1()
+        k = self.split
         hi, lo = self._split_bias()
-        hi_t, lo_t = torch.tensor(hi, dtype=torch.int64), torch.tensor(lo, dtype=torch.int64)
-        x_hi = -((-self.in_bound) >> self.split)
+        x_hi = -((-self.in_bound) >> k)
         # hi pass plus the carried lo quotient (at most L1 + 1 in magnitude) must stay within 2**24
-        hi_ok = bool(((l1 * x_hi + hi_t.abs() + l1 + 1) <= F32_EXACT).all())
-        lo_ok = bool(((l1 * ((1 << self.split) - 1) + lo_t) <= F32_EXACT).all())
-        return hi_ok and lo_ok
+        for v, bh, bl in zip(self._l1().tolist(), hi, lo):
+            if v * x_hi + abs(bh) + v + 1 > F32_EXACT or v * ((1 << k) - 1) + bl > F32_EXACT:
+                return False
+        return True
 
     def worst_case(self) -> int:
         """Largest magnitude any float32 partial sum can reach, in accumulator units."""
-        l1 = self._l1()
         if self.split:
-            return int((l1 * self.pass_bound()).max())
-        return int((l1 * self.in_bound + self._bias().abs()).max())
+            return self._worst(self._l1(), self.pass_bound(), with_bias=False)
+        return self._worst(self._l1(), self.in_bound)
 
     def check(self, name: str) -> None:
-        if not 0 <= self.in_bound <= F32_EXACT or not 0 <= self.out_bound <= F32_EXACT:
-            raise BoundError(f"{name}: bounds {self.in_bound}/{self.out_bound} out of range")
-        self._check_shape(name)
-        if any(not -60 <= d <= 60 for d in self.shift) or not 0 <= self.split <= 24:
+        """This layer's own conditions, for inputs within ``in_bound`` (raises :class:`BoundError`)."""
+        self._check_common(name, F32_EXACT, F32_EXACT)
+        if self.w.dim() != 4 or self.w.shape[-1] != self.w.shape[-2] or self.w.shape[-1] % 2 == 0:
+            raise BoundError(f"{name}: a square kernel of odd size expected, found {tuple(self.w.shape)}")
+        if any(not -60 <= d <= 60 for d in self.shift) or not isinstance(self.split, int) or not 0 <= self.split <= 24:
             raise BoundError(f"{name}: shift outside [-60, 60]")
         if self.act not in ("none", "leaky"):
             raise BoundError(f"{name}: unknown activation {self.act!r}")
         worst = self.worst_case()
         if worst > F32_EXACT:
             raise BoundError(f"{name}: worst-case partial sum {worst} exceeds 2**24")
-        if self.split and int((self._l1() * self.in_bound + self._bias().abs()).max()) > F64_EXACT:
+        if self.split and self._worst(self._l1(), self.in_bound) > F64_EXACT:
             raise BoundError(f"{name}: recombined sum exceeds 2**53")
         if self.act == "leaky" and self.out_bound * LEAKY_NUM > F32_EXACT:
             raise BoundError(f"{name}: LeakyReLU product exceeds 2**24")
@@ -347,23 +247,22 @@ class QConv(_Fixed):
 
 @dataclass
 class Lut:
-    """Table lookup: code k in [-in_bound, in_bound] -> table[k + in_bound]."""
+    """Table lookup: code k in [-in_bound, in_bound] (format ``frac_in``) -> table[k + in_bound] (``frac_out``)."""
 
     table: torch.Tensor  # int32, 2 * in_bound + 1 entries
     in_bound: int
+    frac_in: int = 0
+    frac_out: int = 0
 
     def __post_init__(self) -> None:
         self._dev: dict[torch.device, torch.Tensor] = {}
-
-    @property
-    def out_bound(self) -> int:
-        return int(self.table.abs().max())
+        self.out_bound = max(-int(self.table.min()), int(self.table.max())) if self.table.numel() else 0
 
     def check(self, name: str) -> None:
+        """The table covers exactly the declared inputs and holds float32-exact integers."""
         if self.table.numel() != 2 * self.in_bound + 1:
             raise BoundError(f"{name}: table of {self.table.numel()} entries for inputs within +-{self.in_bound}")
-        if self.out_bound > F32_EXACT:
-            raise BoundError(f"{name}: table values exceed 2**24")
+        check_integer(name, self.table, F32_EXACT)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.device not in self._dev:
@@ -377,14 +276,16 @@ class QMix(_Fixed):
     """Integer 1x1 channel mixing in float64, same formats as :class:`QConv` (2**53 bound)."""
 
     def worst_case(self) -> int:
-        l1 = self.w.abs().to(torch.int64).sum(dim=1)
-        return int((l1 * self.in_bound + self._bias().abs()).max())
+        return self._worst(self.w.to(torch.int64).abs().sum(dim=1), self.in_bound)
 
     def check(self, name: str) -> None:
-        self._check_shape(name)
+        """This layer's own conditions, for inputs within ``in_bound`` (raises :class:`BoundError`)."""
+        self._check_common(name, F64_EXACT, F64_EXACT)
+        if self.w.dim() != 2:
+            raise BoundError(f"{name}: a matrix expected, found {tuple(self.w.shape)}")
         if any(not 0 <= d <= 60 for d in self.shift):
             raise BoundError(f"{name}: shift outside [0, 60]")
-        if self.worst_case() > F64_EXACT or self.out_bound > F64_EXACT:
+        if self.worst_case() > F64_EXACT:
             raise BoundError(f"{name}: worst-case partial sum exceeds 2**53")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -394,8 +295,7 @@ class QMix(_Fixed):
             self._dev[x.device] = (self.w.double().to(x.device), b, scale)
         w, b, scale = self._dev[x.device]
         n, c, h, wd = x.shape
-        with ieee_fp32():
-            y = torch.matmul(w, x.reshape(n, c, h * wd))
+        y = torch.matmul(w, x.reshape(n, c, h * wd))  # float64: no precision setting applies
         y = y.add_(b).mul_(scale).floor_().clamp_(-self.out_bound, self.out_bound)
         return y.view(n, -1, h, wd)
 
@@ -404,12 +304,36 @@ class QMix(_Fixed):
         return self.w.double() * scale.view(-1, 1), self.b.double() * scale * pow2(-self.frac_in)
 
 
+Layer = QConv | QMix | Lut
+
+
+def build_layer(name: str, s: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> Layer:
+    """One layer from its entry in a model file's spec (formats, bounds) and its tensors; checked."""
+    kind = s["kind"]
+    layer: Layer
+    if kind == "conv":
+        layer = QConv(tensors[f"{name}.w"], tensors[f"{name}.b"], list(s["wexp"]), s["frac_in"], s["frac_out"],
+                      s["in_bound"], s["out_bound"], s.get("split", 0), s.get("act", "none"))
+    elif kind == "mix":
+        layer = QMix(tensors[f"{name}.w"], tensors[f"{name}.b"], list(s["wexp"]), s["frac_in"], s["frac_out"],
+                     s["in_bound"], s["out_bound"])
+    elif kind == "lut":
+        canon = tensors[f"canon.{s['fn']}"]
+        check_integer(f"canon.{s['fn']}", canon, CANON_LIMIT)
+        table = derive_lut(s["fn"], canon.numpy().astype(np.int64), s["in_bound"], s["frac_in"], s["frac_out"],
+                           s["out_bound"])
+        layer = Lut(torch.from_numpy(table).to(torch.int32), s["in_bound"], s["frac_in"], s["frac_out"])
+    else:
+        raise BoundError(f"{name}: unknown layer kind {kind!r}")
+    layer.check(name)
+    return layer
+
+
 def rescale(x: torch.Tensor, shift: int, bound: int) -> torch.Tensor:
     """Codes to another format: ``floor(x / 2**shift + 1/2)`` (shift > 0) or ``x * 2**-shift``, clamped.
 
-    Exact when ``|x| + 2**(shift-1)`` (or ``|x| * 2**-shift``) fits the carrier;
-    the callers' bounds are proved by the model's ``check_bounds``. A left
-    shift (``shift <= 0``) only moves the exponent, so it is always exact.
+    Exact when ``|x| + 2**(shift-1)`` fits the carrier (a left shift only
+    moves the exponent); :mod:`msinn.portable.proof` checks every call.
     """
     if not -200 <= shift <= 52:
         raise BoundError(f"rescale by 2**{-shift} is outside the exact range")

@@ -25,6 +25,7 @@ CANON_FRAC_OUT = 24  # C: canonical values in units of 2**-24
 EXP2_FRAC = 10  # 2**(i / 2**10) sampled for i in [0, 2**10]
 EXP2_ONE = 30  # its values in units of 2**-30
 LOG_FRAC = 16  # log2 gains and the rate parameter's fraction: units of 2**-16
+CANON_LIMIT = 1 << 31  # canonical values stay below this, so interpolation products fit int64
 
 
 def _gelu(x: float) -> float:
