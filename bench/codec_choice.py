@@ -1,6 +1,7 @@
 """Per-image codec choice against each codec alone, every image coded to each PSNR floor, in one run.
 
     python bench/codec_choice.py [DIR] [--floors 30,31,...,40] [--caps 0.25,0.5,1] [--limit N] [--effort N]
+                                 [--crop SIDE]
 
 For every image and floor F: the model's rate control to F (``msinn``), the
 choice between the model and AVIF (the model's file, then AVIF's quality
@@ -12,6 +13,8 @@ the curves. Caps (``--caps``, bpp) check that no codec's file exceeds one.
 Times: the choice's cost relative to the model alone is measured on the same
 images in the same run (the model's encode is shared, AVIF's part is timed
 inside the choice). Prints tables; ``--json`` keeps every per-image figure.
+``--crop SIDE`` codes a centre crop of each image instead (refinement at
+higher efforts costs minutes per whole image on a CPU).
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
-from msinn.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.choice import ChoiceOptions, choose, code_classical  # noqa: E402
 from msinn.codec import prepare_encode  # noqa: E402
-from msinn.images import open_image  # noqa: E402
+from msinn.evaluation.bdrate import bd_rate_with_reason  # noqa: E402
+from msinn.images import PreparedImage, open_image  # noqa: E402
 from msinn.ratecontrol import Target  # noqa: E402
 
 CURVES = ("msinn", "choice", "avif", "avif-default")
@@ -45,8 +50,7 @@ def code_floor(model, img, floor: float, effort: int, speed: int) -> dict:
     target = Target("psnr", floor)
     out = {}
     t0 = time.perf_counter()
-    res = prepare_encode(model, img, target, effort=effort).finish() if effort else prepare_encode(model, img,
-                                                                                              target).finish()
+    res = prepare_encode(model, img, target, effort=effort).finish()
     t_model = time.perf_counter() - t0
     out["msinn"] = {"bytes": len(res.data), "psnr": res.psnr, "probes": res.probes, "seconds": t_model}
     t0 = time.perf_counter()
@@ -73,6 +77,7 @@ def main() -> None:
     ap.add_argument("--effort", type=int, default=0)
     ap.add_argument("--avif-speed", type=int, default=6)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--crop", type=int, default=0, help="code a centre crop of this side instead of each image")
     args = ap.parse_args()
     model = msinn.load(args.model)
     files = sorted(p for p in Path(args.dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
@@ -82,6 +87,10 @@ def main() -> None:
     per_image = []
     for f in files:
         img = open_image(f.read_bytes(), f.name)
+        if args.crop:
+            y0, x0 = max((img.height - args.crop) // 2, 0), max((img.width - args.crop) // 2, 0)
+            rgb = np.ascontiguousarray(img.rgb[y0 : y0 + args.crop, x0 : x0 + args.crop])
+            img = PreparedImage(rgb, None, "RGB", img.source_mode, img.bit_depth, img.source_format)
         t0 = time.perf_counter()
         rec = {"image": f.name, "pixels": img.width * img.height, "floors": {}, "caps": {}}
         for floor in floors:
@@ -103,8 +112,9 @@ def main() -> None:
 
     curves = {c: [mean_bpp(c, fl) for fl in floors] for c in CURVES}
     name = getattr(model, "model_name", "?")
-    print(f"{len(per_image)} images of {args.dir}, model {name} (effort {args.effort}), AVIF speed {args.avif_speed};"
-          " each image coded to each PSNR floor; mean bpp")
+    what = f"centre crops of {args.crop}x{args.crop} of " if args.crop else ""
+    print(f"{len(per_image)} {what}images of {args.dir}, model {name} (effort {args.effort}), AVIF speed "
+          f"{args.avif_speed}; each image coded to each PSNR floor; mean bpp")
     print(f"{'floor dB':>8} " + " ".join(f"{c:>12}" for c in CURVES) + f" {'AVIF chosen':>12}")
     for i, fl in enumerate(floors):
         chosen = sum(r["floors"][str(fl)]["choice"]["codec"] != "msinn" for r in per_image)

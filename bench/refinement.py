@@ -28,11 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
-from msinn.bdrate import bd_rate_with_reason  # noqa: E402
+from msinn.evaluation.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.images import open_image  # noqa: E402
 from msinn.metrics import psnr_uint8  # noqa: E402
-from msinn.pixels import to_padded_tensor  # noqa: E402
 from msinn.refine import EFFORTS, Effort, refine_latents  # noqa: E402
+from msinn.tensors import to_padded_tensor  # noqa: E402
 
 
 def _settings(text: str) -> dict[str, Effort]:

@@ -1,7 +1,7 @@
 """MS-INN learned variable-rate image codec.
 
 Heavy modules (torch, CompressAI) load on first use of a name that needs
-them, so light users (``msinn.imageio``, ``msinn.container``, ``msinn info``)
+them, so light users (``msinn.images``, ``msinn.container``, ``msinn info``)
 start fast.
 """
 

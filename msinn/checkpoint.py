@@ -21,7 +21,7 @@ import torch
 
 from .config import MSINNConfig
 from .determinism import make_deterministic
-from .model import MSINN, _is_derived
+from .model import MSINN, is_derived_key
 from .portable.formats import FORMAT as PORTABLE_FORMAT
 from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
 from .portable.formats import PROFILE as PORTABLE_PROFILE
@@ -153,12 +153,12 @@ def _parse_float(name: str, obj: Mapping) -> tuple[MSINNConfig, dict[str, torch.
 def check_compatible(model: MSINN, sd: Mapping[str, torch.Tensor]) -> None:
     """Raise CheckpointError naming every key or shape that differs."""
     own = model.state_dict()
-    missing = sorted(k for k in own if k not in sd and not _is_derived(k))
+    missing = sorted(k for k in own if k not in sd and not is_derived_key(k))
     unexpected = sorted(k for k in sd if k not in own)
     shapes = sorted(
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sd
-        if k in own and not _is_derived(k) and tuple(sd[k].shape) != tuple(own[k].shape)
+        if k in own and not is_derived_key(k) and tuple(sd[k].shape) != tuple(own[k].shape)
     )
     if missing or unexpected or shapes:
         parts = []
@@ -175,7 +175,7 @@ def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the non-derived tensors in name order: the model's identity."""
     h = hashlib.sha256()
     for k in sorted(sd):
-        if _is_derived(k):
+        if is_derived_key(k):
             continue
         t = sd[k].detach().to("cpu").contiguous()
         h.update(k.encode())
@@ -279,7 +279,7 @@ def save_checkpoint(
     extra: dict | None = None,
 ) -> None:
     """Write a checkpoint with its configuration, atomically."""
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not _is_derived(k)}
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items() if not is_derived_key(k)}
     if half:
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
     obj = {

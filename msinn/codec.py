@@ -37,9 +37,9 @@ from .images import (
 )
 from .metrics import psnr_uint8
 from .model import MSINN, tile_symbols
-from .pixels import to_padded_tensor, to_uint8
 from .ratecontrol import Target, keep_within_cap, search_rate
 from .refine import effort_of, refine_latents
+from .tensors import to_padded_tensor, to_uint8
 from .version import __version__
 
 DEFAULT_TILE_PIXELS = 1 << 21  # images up to ~2 MP are coded whole

@@ -1,4 +1,6 @@
-"""Turning any image Pillow opens into what the codec codes, and back.
+"""Image files and arrays: listing and reading them, any image Pillow opens into what the codec codes, and back.
+
+(The network's side, arrays to tensors, is :mod:`msinn.tensors`.)
 
 The network codes 8-bit RGB. Other layouts are mapped explicitly:
 
@@ -14,16 +16,20 @@ The network codes 8-bit RGB. Other layouts are mapped explicitly:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import warnings
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageInputError
 
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 DEFAULT_MAX_PIXELS = 256 * 1024 * 1024  # 256 MP: a decompression-bomb guard, configurable
 _PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: set it for one open at a time
 GRAY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -165,3 +171,36 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
             return np.asarray(im).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning) as exc:
         raise ValueError(f"alpha plane unreadable ({exc})") from exc
+
+
+def pixels_sha256(pixels: np.ndarray) -> str:
+    """SHA-256 of decoded pixels' bytes: how golden files and cross-device runs record an image."""
+    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ files under a folder or any fsspec URI
+
+
+def list_images(uri: str, storage_options: dict | None = None) -> list[str]:
+    """Image files under a folder or prefix (recursive), sorted, as URIs fsspec can open."""
+    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if fs.isfile(root):
+        files = [root]
+    else:
+        files = [p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS)]
+    if not files:
+        raise FileNotFoundError(f"{uri}: no image files found")
+    local = isinstance(fs, LocalFileSystem)
+    return sorted(p if local else fs.unstrip_protocol(p) for p in files)
+
+
+def read_uri(uri: str, storage_options: dict | None = None) -> bytes:
+    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        return f.read()
+
+
+def read_image_rgb(uri: str, storage_options: dict | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB array, EXIF orientation applied (evaluation and training; the codec uses open_image)."""
+    im = Image.open(io.BytesIO(read_uri(uri, storage_options)))
+    im = ImageOps.exif_transpose(im)
+    return np.asarray(im.convert("RGB"))

@@ -27,8 +27,8 @@ from torch import nn
 from .config import LATENT_CHANNELS, MSINNConfig
 from .entropy import RansTables
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
-from .pixels import to_uint8
 from .postprocess import PostProcessNet
+from .tensors import to_uint8
 
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
@@ -525,7 +525,7 @@ class MSINN(nn.Module):
             del sd[key]
         result = super().load_state_dict(sd, strict=False, assign=assign)
         if strict:
-            missing = [k for k in result.missing_keys if not _is_derived(k)]
+            missing = [k for k in result.missing_keys if not is_derived_key(k)]
             if missing or result.unexpected_keys:
                 raise RuntimeError(
                     f"state dict does not fit MSINN({self.config}): missing {missing[:10]}, "
@@ -556,7 +556,8 @@ def open_stream(tables: RansTables, data: bytes, latent_shape: Sequence[int]):
     return h0, w0, tables.decoder(data, max_symbols=tile_symbols(latent_shape))
 
 
-def _is_derived(key: str) -> bool:
+def is_derived_key(key: str) -> bool:
+    """A state-dict key of a buffer derived from the weights (masks, CDF tables): never saved, rebuilt on load."""
     leaf = key.rsplit(".", 1)[-1]
     return leaf in ("mask", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "bound")
 

@@ -18,7 +18,7 @@ import re
 import tarfile
 from collections.abc import Iterator
 
-from msinn.imageio import IMAGE_EXTENSIONS
+from msinn.images import IMAGE_EXTENSIONS
 
 from . import storage
 from .keys import duplicate_reason, file_key, webdataset_key

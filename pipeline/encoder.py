@@ -24,6 +24,7 @@ from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.metrics import ms_ssim_uint8
 from msinn.ratecontrol import Target
+from msinn.version import __version__
 
 from .inputs import stream_unit
 from .keys import refuse_duplicates
@@ -39,11 +40,11 @@ log = logging.getLogger("pipeline.encoder")
 
 @dataclass
 class PendingImage:
-    """An image between the two stages: decoded, its target known, the model's encode planned (if it competes)."""
+    """An image between the two stages: decoded, its target known, the model's encode prepared (if it competes)."""
 
     img: PreparedImage
     target: Target
-    planned: PendingEncode | None  # None when msinn is not among the job's codecs
+    model_encode: PendingEncode | None  # None when msinn is not among the job's codecs
 
 
 def _node_id() -> str | None:
@@ -71,7 +72,7 @@ def _raise_priority() -> None:
         pass
 
 
-PIPELINE_DEPTH = 2  # planned records allowed to wait for the entropy coder
+PIPELINE_DEPTH = 2  # prepared records allowed to wait for the entropy coder
 
 
 Step = tuple[str, object]  # ("read", i), ("encode", i), ("commit", None), then ("done", the unit's summary)
@@ -128,9 +129,11 @@ class UnitEncoder:
 
     def encode_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, bytes | None]:
         """Encode one record start to finish on the calling thread."""
-        return self.finish_record(*self.plan_record(rec, spec, unit), spec)
+        return self.finish_record(*self.prepare_record(rec, spec, unit), spec)
 
-    def plan_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, PendingImage | None]:
+    def prepare_record(
+        self, rec: InputRecord, spec: JobSpec, unit: WorkUnit
+    ) -> tuple[ManifestRow, PendingImage | None]:
         """The network half of a record: its manifest row so far and its pending image (None on error)."""
         row = ManifestRow(
             key=rec.key,
@@ -143,7 +146,7 @@ class UnitEncoder:
             device=self.device_name,
             unit_id=unit.unit_id,
             created_at=datetime.now(UTC),
-            codec_version=__import__("msinn").__version__,
+            codec_version=__version__,
             encoded_from=rec.encoded_from,
             source_bytes=rec.source_bytes,
             source_sha256=rec.sha256,
@@ -156,15 +159,15 @@ class UnitEncoder:
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             target = spec.target_for(rec.target_value)
-            planned = None
+            model_encode = None
             if MSINN in spec.codecs:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-                planned = prepare_encode(self.model, img, target, opts, effort=spec.effort)
+                model_encode = prepare_encode(self.model, img, target, opts, effort=spec.effort)
         except ImageInputError as exc:
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
-        return row, PendingImage(img, target, planned)
+        return row, PendingImage(img, target, model_encode)
 
     @staticmethod
     def finish_record(
@@ -175,7 +178,7 @@ class UnitEncoder:
             return row, None
         img, target = pending.img, pending.target
         try:
-            res = pending.planned.finish() if pending.planned is not None else None
+            res = pending.model_encode.finish() if pending.model_encode is not None else None
             choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res)
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
@@ -232,7 +235,7 @@ class UnitEncoder:
         With ``overlap`` (the default on a GPU) the network half of record i+1
         runs while a second thread entropy-codes and packs record i (rANS and
         hashing are CPU work that would otherwise leave the GPU idle). At most
-        ``PIPELINE_DEPTH`` planned records wait for the coder, which bounds the
+        ``PIPELINE_DEPTH`` prepared records wait for the coder, which bounds the
         memory held.
         """
         if self.threads:
@@ -242,9 +245,9 @@ class UnitEncoder:
         network_s = [0.0]  # written by this thread only
         coder_s = [0.0]  # written by the coder thread only (or this one, without overlap)
 
-        def plan(rec: InputRecord) -> tuple[ManifestRow, PendingImage | None]:
+        def prepare(rec: InputRecord) -> tuple[ManifestRow, PendingImage | None]:
             t = time.perf_counter()
-            out = self.plan_record(rec, spec, unit)
+            out = self.prepare_record(rec, spec, unit)
             network_s[0] += time.perf_counter() - t
             return out
 
@@ -263,14 +266,14 @@ class UnitEncoder:
                         continue
                     if len(results) >= PIPELINE_DEPTH:  # one coder thread finishes in order
                         wait([results[-PIPELINE_DEPTH]])
-                    results.append(pool.submit(finish, *plan(rec)))
+                    results.append(pool.submit(finish, *prepare(rec)))
                 finished = [f.result() for f in results]
         else:
             finished = []
             for stage, index, rec in _staged(records):
                 yield stage, index
                 if rec is not None:
-                    finished.append(finish(*plan(rec)))
+                    finished.append(finish(*prepare(rec)))
         yield "commit", None
         # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
         refuse_duplicates([row for row, _ in finished], ManifestRow.fail)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from msinn.imageio import IMAGE_EXTENSIONS
+from msinn.images import IMAGE_EXTENSIONS
 
 from . import storage
 from .claims import Claim, refreshing

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 
-from msinn.imageio import IMAGE_EXTENSIONS
+from msinn.images import IMAGE_EXTENSIONS
 
 from . import storage
 from .keys import file_key, relative_path, webdataset_key

@@ -28,7 +28,7 @@ def encode(args: argparse.Namespace) -> int:
     import msinn
     from msinn.codec import encode_image
     from msinn.determinism import numerics_record
-    from msinn.pixels import pixels_sha256
+    from msinn.images import pixels_sha256
     from msinn.ratecontrol import Target
 
     model = msinn.load(args.model, args.device)
@@ -56,7 +56,7 @@ def decode(args: argparse.Namespace) -> int:
     from msinn.codec import decode_image
     from msinn.determinism import numerics_record
     from msinn.errors import BitstreamError
-    from msinn.pixels import pixels_sha256
+    from msinn.images import pixels_sha256
 
     folder = Path(args.folder)
     meta = json.loads((folder / "expected.json").read_text())

@@ -73,7 +73,7 @@ def main() -> None:
     import msinn
     from msinn.codec import EncodeOptions, encode_image
     from msinn.determinism import numerics_record
-    from msinn.pixels import pixels_sha256
+    from msinn.images import pixels_sha256
     from msinn.ratecontrol import Target
 
     model = msinn.load(args.model, args.device)
@@ -108,7 +108,7 @@ def verify(args: argparse.Namespace) -> int:
     import msinn
     from msinn.codec import decode_image
     from msinn.determinism import numerics_record
-    from msinn.pixels import pixels_sha256
+    from msinn.images import pixels_sha256
 
     model = msinn.load(args.model, args.device)
     index = json.loads((OUT / "golden.json").read_text())

@@ -72,7 +72,7 @@ def recipe_models(recipe_state_dicts):
 def tiny_model():
     """A small randomly initialised model for fast behavioural tests."""
     from msinn import MSINN, MSINNConfig
-    from msinn.train import init_gains
+    from msinn.training.loop import init_gains
 
     torch.manual_seed(0)
     m = MSINN(MSINNConfig(N=16, M=16, depths=(1, 1, 1, 1), context_channels=16, anchor_num=4, post_process=False))

@@ -170,12 +170,17 @@ def test_parse_codecs_refuses_what_it_does_not_know():
 
 
 @pytest.fixture(scope="module")
-def portable_tiny(tmp_path_factory, tiny_model):
+def portable_tiny_path(tmp_path_factory, tiny_model) -> str:
     from conftest import save_portable_copy
 
+    return save_portable_copy(tiny_model, tmp_path_factory.mktemp("m") / "tiny-choice.pt")
+
+
+@pytest.fixture(scope="module")
+def portable_tiny(portable_tiny_path):
     import msinn
 
-    return msinn.load(save_portable_copy(tiny_model, tmp_path_factory.mktemp("m") / "tiny-choice.pt"))
+    return msinn.load(portable_tiny_path)
 
 
 @pytest.mark.parametrize("target", [Target("psnr", 31.0), Target("bpp", 0.6), Target("qp", 2)])
@@ -246,19 +251,20 @@ def test_avif_files_decode_to_the_recorded_hash_in_other_processes_and_thread_co
 # ------------------------------------------------------------------ the command line
 
 
-def test_msinn_encode_writes_the_winner_in_its_own_format(tmp_path, portable_tiny, capsys, monkeypatch):
-    from msinn import codec_cli
+def test_msinn_encode_writes_the_winner_in_its_own_format(tmp_path, portable_tiny_path, capsys):
+    from msinn.cli import codec as codec_cli
 
     src = tmp_path / "in.png"
     Image.fromarray(_photo().rgb).save(src)
-    monkeypatch.setattr(codec_cli, "_load_model", lambda name, device: portable_tiny)
-    assert codec_cli.main("encode", [str(src), str(tmp_path / "out.msinn"), "--psnr", "33",
-                                     "--codecs", "msinn,avif"]) == 0
+    assert codec_cli.main("encode", [str(src), str(tmp_path / "out.msinn"), "--psnr", "33", "--model",
+                                     portable_tiny_path, "--codecs", "msinn,avif"]) == 0
     out = json.loads(capsys.readouterr().out)
     written = Path(out["output"])
     assert written.suffix == "." + {"msinn": "msinn", "avif": "avif"}[out["codec"]] and written.is_file()
     assert out["psnr"] >= 33 and len(out["candidates"]) == 2
-    assert codec_cli.main("decode", [str(written), str(tmp_path / "back.png")]) == 0 or out["codec"] == "msinn"
+    decode = ["--model", portable_tiny_path] if out["codec"] == "msinn" else []
+    assert codec_cli.main("decode", [str(written), str(tmp_path / "back.png"), *decode]) == 0
+    assert Image.open(tmp_path / "back.png").size == (192, 128)
     assert codec_cli.main("encode", [str(src), str(tmp_path / "x.msinn"), "--qp", "1", "--codecs", "avif"]) == 2
     assert "needs msinn" in capsys.readouterr().err
 
@@ -312,7 +318,7 @@ def test_soft_forward_with_rounding_is_the_coding_path():
     import torch
 
     import msinn
-    from msinn.pixels import to_padded_tensor, to_uint8
+    from msinn.tensors import to_padded_tensor, to_uint8
 
     model = msinn.load()
     img = _photo(128, 64)

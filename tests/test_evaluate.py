@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 
 import msinn
-from msinn import bdrate, classical, eval_cli, evaluate, imageio, metrics
+from msinn import classical, images, metrics
+from msinn.cli import eval as eval_cli
+from msinn.evaluation import bdrate
+from msinn.evaluation import rd as evaluate
 
 KODIM23 = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "kodak" / "kodim23.png"
 
@@ -173,7 +176,7 @@ def test_eval_skips_corrupt_image(small_dir: Path, checkpoint: str, tmp_path: Pa
 
 def test_limit_counts_readable_images_and_coder_is_swappable(small_dir: Path, tiny_model, monkeypatch):
     (small_dir / "0_corrupt.png").write_bytes(b"garbage")
-    uris = imageio.list_images(str(small_dir))
+    uris = images.list_images(str(small_dir))
     original = evaluate.code_image
     header = 100
 
@@ -199,3 +202,22 @@ def test_eval_usage_errors(tmp_path: Path, capsys):
     assert exc.value.code == 2
     assert "bmpx" in capsys.readouterr().err
     assert eval_cli.main([str(tmp_path / "missing"), "--model", str(tmp_path / "none.pt")]) == 1
+
+
+def test_resume_keeps_earlier_images_and_codes_only_the_rest(small_dir: Path, checkpoint: str, tmp_path: Path):
+    """An interrupted run (here: stopped after one image) resumes from its --json file, not coding that image again."""
+    out_json = tmp_path / "out.json"
+    argv = [str(small_dir), "--model", checkpoint, "--qps", "1,3", "--codecs", "jpeg", "--json", str(out_json)]
+    assert eval_cli.main([*argv, "--limit", "1"]) == 0
+    first = json.loads(out_json.read_text())["per_image"]
+    assert len(first) == 1
+    assert eval_cli.main([*argv, "--resume"]) == 0
+    doc = json.loads(out_json.read_text())
+    assert sorted(Path(im["image"]).name for im in doc["per_image"]) == ["a.png", "b.png"]
+    assert doc["per_image"][0] == first[0]  # timings included: taken from the file, not measured again
+    assert [p["qp"] for p in doc["points"]] == [1, 3] and set(doc["bd_rate"]) == {"jpeg"}
+    # a file from a sweep of other qps is refused, not mixed in
+    other = [str(small_dir), "--model", checkpoint, "--qps", "2", "--json", str(out_json), "--resume"]
+    assert eval_cli.main(other) == 1
+    assert json.loads(out_json.read_text())["per_image"] == doc["per_image"]
+    assert not (tmp_path / "out.json.part").exists()

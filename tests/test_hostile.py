@@ -231,8 +231,9 @@ def test_an_image_too_big_for_the_memory_budget_is_refused_before_decoding(tiny_
     spec = JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0)
     enc = UnitEncoder(tiny_checkpoint)
     before, t0 = _rss_mb(), time.perf_counter()
-    row, planned = enc.plan_record(InputRecord("huge", "/in/huge.png", data), spec, WorkUnit("0", "files", (), 0, "/"))
-    assert planned is None and row.status == "error"
+    unit = WorkUnit("0", "files", (), 0, "/")
+    row, pending = enc.prepare_record(InputRecord("huge", "/in/huge.png", data), spec, unit)
+    assert pending is None and row.status == "error"
     assert row.error.startswith("refused: needs about") and "16384x16384" in row.error
     assert "--image-memory-mb" in row.error
     assert time.perf_counter() - t0 < 5 and _rss_mb() - before < 200

@@ -1,4 +1,5 @@
-"""The pipeline package's layers: imports only go downward, and the light commands stay light."""
+"""Both packages' layers: imports only go downward (as docs/architecture.md lists them), no cycle, no private
+name across modules, and the light commands stay light."""
 
 from __future__ import annotations
 
@@ -102,3 +103,84 @@ def test_each_module_imports_only_from_the_rows_above_it_in_the_architecture_map
     for m, deps in graph.items():
         upward = {d for d in deps if level[d] >= level[m] and d not in rows[level[m]]}
         assert not upward, f"{m} imports {upward}, listed below it in docs/architecture.md"
+
+
+# ------------------------------------------------------------------ msinn: modules and sub-packages as nodes
+MSINN = PACKAGE.parent / "msinn"
+
+
+def _msinn_node(path: Path) -> str:
+    """A top-level module, or the sub-package a module belongs to (``portable``, ``cli``, ...)."""
+    rel = path.relative_to(MSINN)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _msinn_imports(path: Path) -> tuple[set[str], list[str]]:
+    """(nodes a module imports, private names it imports from another node)."""
+    here = list(path.relative_to(MSINN).parts[:-1])
+    found, private = set(), []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                if node.level - 1 > len(here):
+                    continue
+                base = here[: len(here) - (node.level - 1)]
+                parts = base + [p for p in (node.module or "").split(".") if p]
+                targets = [parts[0]] if parts else [a.name for a in node.names]
+            elif node.module and node.module.startswith("msinn."):
+                targets = [node.module.split(".")[1]]
+            crossing = [t for t in targets if t != _msinn_node(path)]
+            if crossing:
+                private += [a.name for a in node.names if a.name.startswith("_") and a.name != "__version__"]
+        elif isinstance(node, ast.Import):
+            targets = [a.name.split(".")[1] for a in node.names if a.name.startswith("msinn.")]
+        found.update(targets)
+    return found, private
+
+
+def _msinn_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for p in MSINN.rglob("*.py"):
+        node = _msinn_node(p)
+        if node == "__init__":
+            continue  # the package's lazy front door imports everything on demand
+        graph.setdefault(node, set()).update(_msinn_imports(p)[0])
+    return {m: deps & set(graph) - {m} for m, deps in graph.items()}
+
+
+def test_msinn_imports_only_from_its_own_row_or_the_rows_above_it_in_the_architecture_map():
+    import re
+
+    text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    section = text[text.index("## `msinn/`"):text.index("## `pipeline/`")]
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("| `") and not line.startswith("| `portable/") or line.startswith("| `portable/` |"):
+            names = re.findall(r"`([\w/]+?(?:\.py|/))`", line.split("|")[1])
+            rows.append([m.rstrip("/").removesuffix(".py") for m in names])
+    level = {m: i for i, mods in enumerate(rows) for m in mods}
+    graph = _msinn_graph()
+    assert set(level) == set(graph), f"map and package differ: {set(level) ^ set(graph)}"
+    for m, deps in graph.items():
+        upward = {d for d in deps if level[d] > level[m]}
+        assert not upward, f"msinn/{m} imports {upward}, listed below it in docs/architecture.md"
+
+
+def test_msinn_has_no_import_cycle_and_no_private_name_crosses_a_module():
+    graph = _msinn_graph()
+    assert {"model", "codec", "portable", "cli"} <= set(graph)
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> None:
+        for n in sorted(graph[m]):
+            assert n not in path, "import cycle: " + " -> ".join(path[path.index(n):] + [n])
+            if n not in done:
+                visit(n, path + [n])
+        done.add(m)
+
+    for m in sorted(graph):
+        visit(m, [m])
+    for p in MSINN.rglob("*.py"):
+        private = _msinn_imports(p)[1]
+        assert not private, f"{p.relative_to(MSINN)} imports private {private} from another module"

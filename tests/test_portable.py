@@ -25,7 +25,7 @@ from msinn.checkpoint import CheckpointError, load_portable, save_portable
 from msinn.codec import EncodeOptions, NumericsMismatch, decode_image, encode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
 from msinn.errors import BitstreamError
-from msinn.pixels import pixels_sha256 as _digest
+from msinn.images import pixels_sha256 as _digest
 from msinn.portable import exact, kernels
 from msinn.ratecontrol import Target
 
@@ -77,7 +77,7 @@ import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 import msinn
 from msinn.codec import decode_image
-from msinn.pixels import pixels_sha256
+from msinn.images import pixels_sha256
 m = msinn.load(sys.argv[2])
 out = {path: pixels_sha256(decode_image(open(path, "rb").read(), m, path).pixels) for path in sys.argv[3:]}
 print("RESULT " + json.dumps(out))
@@ -113,7 +113,7 @@ def test_decode_inside_a_ray_task_is_identical(coded, local_ray):
     def decode_all(name: str, blobs: dict[str, bytes]) -> dict[str, str]:
         import msinn as m
         from msinn.codec import decode_image as dec
-        from msinn.pixels import pixels_sha256
+        from msinn.images import pixels_sha256
 
         model = m.load(name)
         return {k: pixels_sha256(dec(v, model, k).pixels) for k, v in blobs.items()}
@@ -268,7 +268,7 @@ def test_the_float_twin_carries_the_dequantised_integer_weights_and_takes_gradie
 def _crops(n: int = 3) -> list[torch.Tensor]:
     from PIL import Image
 
-    from msinn.pixels import to_padded_tensor
+    from msinn.tensors import to_padded_tensor
 
     img = np.asarray(Image.open(REPO / "samples" / "kodim23.png").convert("RGB"))
     return [to_padded_tensor(img[64 * i : 64 * i + 128, 96 * i : 96 * i + 128], torch.device("cpu")) for i in range(n)]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 import msinn
 from msinn.codec import decode_image
-from msinn.pixels import pixels_sha256
+from msinn.images import pixels_sha256
 from msinn.portable import kernels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ SETTINGS_SCRIPT = r"""
 import json, sys, torch
 import msinn
 from msinn.codec import decode_image
-from msinn.pixels import pixels_sha256
+from msinn.images import pixels_sha256
 from msinn.portable import kernels
 
 m = msinn.load(sys.argv[1])

@@ -101,7 +101,7 @@ def test_search_on_a_synthetic_curve():
 def test_code_length_is_the_rans_stream_length(tiny_model, image_bytes):
     """The size the search relies on equals what the coder writes, escapes (bypass codes) included."""
     from msinn.images import open_image
-    from msinn.pixels import to_padded_tensor
+    from msinn.tensors import to_padded_tensor
 
     img = open_image(image_bytes, "noise.png")
     latents = tiny_model.analyze(to_padded_tensor(img.rgb, tiny_model.gain.device))

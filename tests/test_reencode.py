@@ -39,7 +39,7 @@ def _current(archive: str) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def other_checkpoint(tmp_path_factory) -> str:
     from msinn import MSINN, MSINNConfig
-    from msinn.train import init_gains
+    from msinn.training.loop import init_gains
 
     torch.manual_seed(11)
     m = MSINN(MSINNConfig(N=16, M=16, depths=(1, 1, 1, 1), context_channels=16, anchor_num=4, post_process=False))

@@ -14,7 +14,7 @@ from PIL import Image
 
 from msinn.config import MSINNConfig
 from msinn.raylocal import RAY_ENV_DEFAULTS
-from msinn.train import PAPER_LAMBDAS, Trainer, TrainSettings, load_images
+from msinn.training.loop import PAPER_LAMBDAS, Trainer, TrainSettings, load_images
 
 # Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
 os.environ.update(RAY_ENV_DEFAULTS)
@@ -162,7 +162,7 @@ def test_init_from_keeps_the_checkpoints_own_lambdas(tmp_path, images):
 @pytest.mark.slow
 def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
     import msinn
-    from msinn.train_cli import main
+    from msinn.cli.train import main
 
     out, exported = tmp_path / "run", tmp_path / "model.pt"
     common = ["--out", str(out), "--threads", "1"]
@@ -185,12 +185,12 @@ def test_cli_trains_resumes_and_exports(tmp_path, image_dir):
 
 
 def test_cli_config_layers(tmp_path):
-    from msinn.train_cli import _parser, build_config
+    from msinn.cli.train import build_config, parser
 
-    cfg = build_config(_parser().parse_args(["--out", str(tmp_path), "--preset", "small", "--anchor-num", "12"]), False)
+    cfg = build_config(parser().parse_args(["--out", str(tmp_path), "--preset", "small", "--anchor-num", "12"]), False)
     assert (cfg.N, cfg.M, cfg.depths, cfg.context_channels, cfg.post_process) == (48, 64, (3, 3, 3, 3), 48, False)
     assert cfg.anchor_num == 12
-    assert build_config(_parser().parse_args(["--out", str(tmp_path)]), False) == MSINNConfig()
+    assert build_config(parser().parse_args(["--out", str(tmp_path)]), False) == MSINNConfig()
 
 
 @pytest.fixture()
@@ -207,7 +207,7 @@ def ray_2cpu():
 
 def test_ray_train_two_workers(tmp_path, image_dir, ray_2cpu):
     import msinn
-    from msinn.train_ray import run_ray
+    from msinn.training.distributed import run_ray
 
     out = tmp_path / "run"
     settings = replace(_settings(out, data=str(image_dir), steps=3, log_every=1), threads=0)

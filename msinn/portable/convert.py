@@ -291,7 +291,7 @@ def calibration_crops(folder: str | Path, size: int = 256, limit: int = 16) -> l
     the ones you will code, and never your evaluation set.
     """
     from ..images import open_image
-    from ..pixels import to_padded_tensor
+    from ..tensors import to_padded_tensor
 
     exts = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm"}
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in exts)[:limit]

@@ -4,8 +4,8 @@ Every number comes from actual bitstreams (not the likelihood estimate), so
 the results are what a user of ``msinn encode`` would get. The model is coded
 at each anchor; classical codecs (:mod:`msinn.classical`) are coded on the
 same images in the same run, and the Bjontegaard delta rate
-(:mod:`msinn.bdrate`) of the model against each codec summarises the
-comparison. The command line is :mod:`msinn.eval_cli`.
+(:mod:`msinn.evaluation.bdrate`) of the model against each codec summarises the
+comparison. The command line is :mod:`msinn.cli.eval`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from ..classical import CODEC_QUALITIES, code_classical
+from ..metrics import ms_ssim_uint8, psnr_uint8
 from .bdrate import bd_rate_with_reason
-from .classical import CODEC_QUALITIES, code_classical
-from .metrics import ms_ssim_uint8, psnr_uint8
 
 PAPER_CURVES = {"anchor8_lambda_max_0.18": "paper anchor8 (Kodak)", "anchor12_lambda_max_1.8": "paper anchor12 (Kodak)"}
 
@@ -46,7 +46,7 @@ def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[
     """
     import torch
 
-    from .pixels import to_padded_tensor
+    from ..tensors import to_padded_tensor
 
     device = model.device
     h, w = img_uint8_hwc.shape[:2]
@@ -84,25 +84,34 @@ def evaluate(
     limit: int | None = None,
     coder: Coder | None = None,
     progress: Callable[[str], None] = log_stderr,
+    done: Sequence[dict] = (),
+    checkpoint: Callable[[dict], None] | None = None,
 ) -> dict:
     """Code each readable image at every qp (and codec quality); per-image and averaged results.
 
     Images are processed one at a time so memory does not grow with the
     dataset. Unreadable images are reported through ``progress`` and listed
-    under ``"skipped"`` instead of aborting the run.
+    under ``"skipped"`` instead of aborting the run. ``done`` holds per-image
+    results of an earlier run (``--resume``): those images are not coded
+    again. ``checkpoint`` receives the summary so far after every image, so a
+    run of hours that is interrupted loses one image, not all of them.
     """
-    import msinn.imageio as imageio
+    from ..images import read_image_rgb
 
     if coder is None:
         coder = code_image  # looked up now, so a replacement assigned to the module is used
+    _check_same_sweep(done, qps, codecs)  # before hours of coding, not after
+    earlier = {im["image"]: im for im in done}
     per_image: list[dict] = []
-    codec_rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in CODEC_QUALITIES[c]} for c in codecs}
     skipped: list[dict] = []
     for uri in uris:
         if limit is not None and len(per_image) >= limit:
             break
+        if uri in earlier:
+            per_image.append(earlier[uri])
+            continue
         try:
-            img = imageio.read_image_rgb(uri)
+            img = read_image_rgb(uri)
             if img.ndim != 3 or img.shape[2] != 3 or img.size == 0:
                 raise ValueError(f"decoded to an array of shape {img.shape}, not HxWx3")
         except Exception as exc:
@@ -127,18 +136,37 @@ def evaluate(
                 }
             )
         mine: dict[str, list[dict]] = {}
-        per_image.append({"image": uri, "width": w, "height": h, "points": points, "codecs": mine})
         for c in codecs:
             for q in CODEC_QUALITIES[c]:
                 nbytes, rec, seconds = code_classical(c, img, q)
                 row = {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec),
                        "encode_s": seconds}
-                codec_rows[c][q].append(row)
                 mine.setdefault(c, []).append({"quality": q, "bytes": int(nbytes), **row})
+        per_image.append({"image": uri, "width": w, "height": h, "points": points, "codecs": mine})
         n = len(per_image)
         total = min(len(uris), limit) if limit is not None else len(uris)
         progress(f"[{n}/{total}] {uri} {w}x{h}: {time.perf_counter() - t_start:.1f} s")
+        if checkpoint is not None:
+            checkpoint(summarize(per_image, qps, codecs, skipped))
+    return summarize(per_image, qps, codecs, skipped)
 
+
+def _check_same_sweep(per_image: Sequence[dict], qps: Sequence[int | float], codecs: Sequence[str]) -> None:
+    for im in per_image:
+        if [p["qp"] for p in im["points"]] != list(qps) or any(c not in im.get("codecs", {}) for c in codecs):
+            raise ValueError(f"{im['image']}: coded with other qps or codecs than this run; start it afresh")
+
+
+def summarize(per_image: Sequence[dict], qps: Sequence[int | float], codecs: Sequence[str],
+              skipped: Sequence[dict] = ()) -> dict:
+    """Mean points per qp and codec quality, and BD-rates, over the per-image results."""
+    per_image = list(per_image)
+    _check_same_sweep(per_image, qps, codecs)
+    codec_rows: dict[str, dict[int, list[dict]]] = {c: {q: [] for q in CODEC_QUALITIES[c]} for c in codecs}
+    for im in per_image:
+        for c in codecs:
+            for row in im["codecs"][c]:
+                codec_rows[c][row["quality"]].append(row)
     points = []
     for i, qp in enumerate(qps):
         rows = [im["points"][i] for im in per_image]
@@ -180,7 +208,7 @@ def evaluate(
         "codecs": codec_points,
         "bd_rate": bd,
         "bd_rate_reasons": bd_reasons,
-        "skipped": skipped,
+        "skipped": list(skipped),
     }
 
 

@@ -1,4 +1,4 @@
-"""8-bit HxWx3 images to the network's 1x3xHxW float tensors and back, written once.
+"""8-bit HxWx3 arrays to the network's 1x3xHxW float tensors and back, written once.
 
 The conversions decide what the decoder reconstructs (rounding) and what
 padding costs (replicated edges), so the codec, ``msinn eval``, the model and
@@ -6,8 +6,6 @@ the portable converter must all use the same ones.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import torch
@@ -33,8 +31,3 @@ def to_padded_tensor(rgb: np.ndarray, device: torch.device | str = "cpu") -> tor
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """A decoded 1x3xHxW float image -> HxWx3 uint8 (clamped to [0, 1], times 255, rounded), as the decoder does."""
     return (x[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
-def pixels_sha256(pixels: np.ndarray) -> str:
-    """SHA-256 of decoded pixels' bytes: how golden files and cross-device runs record an image."""
-    return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
-from .config import MSINNConfig
-from .imageio import list_images, read_image_rgb
-from .metrics import psnr_from_mse
-from .model import MSINN, _is_derived, likelihood_bits
+from ..checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
+from ..config import MSINNConfig
+from ..images import list_images, read_image_rgb
+from ..metrics import psnr_from_mse
+from ..model import MSINN, is_derived_key, likelihood_bits
 
 log = logging.getLogger("msinn.train")
 
@@ -258,7 +258,7 @@ class Trainer:
 
     def training_state(self) -> dict:
         """What :meth:`load_training_state` needs, on the CPU (for broadcast to other workers)."""
-        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not _is_derived(k)}
+        sd = {k: v.detach().cpu() for k, v in self.model.state_dict().items() if not is_derived_key(k)}
         return {"config": self.config.to_dict(), "state_dict": sd, "optimizer": self.opt.state_dict(),
                 "step": self.step, "lambdas": self.lambdas}
 
@@ -406,10 +406,10 @@ def export_weights(
     ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool = False, meta: dict | None = None
 ) -> str:
     """Strip optimiser state from a training checkpoint; returns the weights hash."""
-    from .checkpoint import build_model, weights_hash
+    from ..checkpoint import build_model, weights_hash
 
     cfg, sd, old_meta = read_checkpoint(ckpt)
-    sd = {k: v for k, v in sd.items() if not _is_derived(k)}
+    sd = {k: v for k, v in sd.items() if not is_derived_key(k)}
     if half:
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in sd.items()}
     model = build_model(cfg, sd)

@@ -1,4 +1,4 @@
-"""The ``msinn`` command: encode, decode, info, convert, train, eval."""
+"""The ``msinn`` command: encode, decode, info, convert, train, eval (one module per sub-command)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import sys
 def _usage() -> str:
     return (
         "usage: msinn {encode,decode,info,convert,train,eval} ...\n"
-        "  encode IN OUT [--bpp B | --psnr P | --bytes N | --qp Q] [--model NAME_OR_PATH] [--device cpu|cuda]\n"
+        "  encode IN OUT [--bpp B | --psnr P | --bytes N | --qp Q] [--codecs msinn,avif] [--effort N]\n"
+        "               [--model NAME_OR_PATH] [--device cpu|cuda]\n"
         "  decode IN OUT\n"
         "  info IN\n"
         "  convert MODEL OUT --calibration DIR   (float model -> portable profile)\n"
         "  train --data DIR_OR_URI --out DIR [...]\n"
-        "  eval DIR [--model NAME_OR_PATH] [--json OUT] [--plot OUT.png] [--codecs jpeg,webp,avif]\n"
+        "  eval DIR [--model NAME_OR_PATH] [--json OUT] [--plot OUT.png] [--codecs jpeg,webp,avif] [--choice ...]\n"
         "run 'msinn COMMAND --help' for the options of one command"
     )
 
@@ -25,21 +26,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
     if cmd in ("encode", "decode", "info"):
-        from . import codec_cli
+        from . import codec
 
-        return codec_cli.main(cmd, rest)
+        return codec.main(cmd, rest)
     if cmd == "convert":
-        from . import convert_cli
+        from . import convert
 
-        return convert_cli.main(rest)
+        return convert.main(rest)
     if cmd == "train":
-        from . import train_cli
+        from . import train
 
-        return train_cli.main(rest)
+        return train.main(rest)
     if cmd == "eval":
-        from . import eval_cli
+        from . import eval
 
-        return eval_cli.main(rest)
+        return eval.main(rest)
     print(f"msinn: unknown command {cmd!r}\n{_usage()}", file=sys.stderr)
     return 2
 

@@ -1,7 +1,7 @@
 """``msinn train``: rate-distortion training, resumable, on one process or on Ray Train.
 
 Settings come from three layers, later ones winning: the defaults of
-:class:`~msinn.train.TrainSettings`, the settings stored in ``OUT/last.pt``
+:class:`~msinn.training.loop.TrainSettings`, the settings stored in ``OUT/last.pt``
 when the run is resumed, and the flags given. So ``msinn train --out DIR``
 alone continues a run exactly as it was started.
 """
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .config import MSINNConfig
-    from .train import TrainSettings
+    from ..config import MSINNConfig
+    from ..training.loop import TrainSettings
 
 log = logging.getLogger("msinn.train")
 
@@ -34,7 +34,7 @@ PRESETS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msinn train", description="Train an MS-INN model (resumes OUT/last.pt).")
     g = p.add_argument_group("data and output")
     g.add_argument("--data", help="folder or fsspec URI of training images (taken from the checkpoint on resume)")
@@ -84,7 +84,7 @@ def _saved_settings(out: str) -> dict | None:
     ckpt = Path(out) / "last.pt"
     if not ckpt.exists():
         return None
-    from .checkpoint import read_checkpoint
+    from ..checkpoint import read_checkpoint
 
     return dict(read_checkpoint(ckpt)[2].get("settings", {}))
 
@@ -95,7 +95,7 @@ def _absolute(uri: str | None) -> str | None:
 
 def build_settings(args: argparse.Namespace, saved: dict | None) -> TrainSettings:
     """Defaults < checkpoint's settings < flags: a bare ``--out`` resumes the run as it was started."""
-    from .train import TrainSettings
+    from ..training.loop import TrainSettings
 
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
     values = {k: v for k, v in (saved or {}).items() if k in fields and k not in _NOT_INHERITED}
@@ -113,7 +113,7 @@ def build_settings(args: argparse.Namespace, saved: dict | None) -> TrainSetting
 
 def build_config(args: argparse.Namespace, resuming: bool) -> MSINNConfig | None:
     """Preset (or the --init-from model, or the released defaults) with the model flags on top."""
-    from .config import MSINNConfig
+    from ..config import MSINNConfig
 
     flags = {k: getattr(args, k) for k in (*_MODEL_FLAGS, "post_process", "lrp") if getattr(args, k) is not None}
     if resuming:
@@ -123,7 +123,7 @@ def build_config(args: argparse.Namespace, resuming: bool) -> MSINNConfig | None
     if args.preset:
         base = MSINNConfig(**PRESETS[args.preset])
     elif args.init_from:
-        from .checkpoint import read_checkpoint
+        from ..checkpoint import read_checkpoint
 
         base = read_checkpoint(args.init_from)[0]
     else:
@@ -134,12 +134,12 @@ def build_config(args: argparse.Namespace, resuming: bool) -> MSINNConfig | None
 def _train(args: argparse.Namespace, settings: TrainSettings, config: MSINNConfig | None) -> None:
     max_seconds = args.max_minutes * 60 if args.max_minutes is not None else None
     if args.workers > 1 or args.ray:
-        from .train_ray import run_ray
+        from ..training.distributed import run_ray
 
         run_ray(settings, config, args.init_from, workers=args.workers, storage_options=args.storage_options,
                 max_seconds=max_seconds, storage_path=args.ray_storage, ray_address=args.ray_address)
         return
-    from .train import Trainer
+    from ..training.loop import Trainer
 
     trainer = Trainer(settings, config, args.init_from, storage_options=args.storage_options)
     log.info("model %s, %d parameters, from step %d to %d", trainer.config,
@@ -148,7 +148,7 @@ def _train(args: argparse.Namespace, settings: TrainSettings, config: MSINNConfi
 
 
 def _export(out: str, dest: str) -> None:
-    from .train import export_weights
+    from ..training.loop import export_weights
 
     digest = export_weights(Path(out) / "last.pt", dest)
     log.info("exported weights to %s (sha256 %s)", dest, digest)
@@ -156,7 +156,7 @@ def _export(out: str, dest: str) -> None:
 
 def main(argv: list[str]) -> int:
     """``msinn train ARGS``; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stdout)
     logging.getLogger("msinn").setLevel(logging.INFO)

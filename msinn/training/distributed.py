@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from .config import MSINNConfig
-from .layers import ActNorm2d
-from .raylocal import init_ray
-from .train import Trainer, TrainSettings
+from ..config import MSINNConfig
+from ..layers import ActNorm2d
+from ..raylocal import init_ray
+from .loop import Trainer, TrainSettings
 
 log = logging.getLogger("msinn.train")
 

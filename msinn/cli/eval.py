@@ -1,4 +1,4 @@
-"""``msinn eval DIR``: the command line of :mod:`msinn.evaluate`.
+"""``msinn eval DIR``: the command line of :mod:`msinn.evaluation.rd`.
 
 Parses the options, checks which classical codecs this Pillow build has,
 loads the model(s), runs the evaluation and writes the table, JSON and plot.
@@ -10,8 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from .classical import CODEC_QUALITIES, codec_available
-from .evaluate import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, to_json
+from ..classical import CODEC_QUALITIES, codec_available
+from ..evaluation.rd import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_RD = REPO_ROOT.parent / "shared" / "reference" / "paper_rd.json"
@@ -24,7 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="folder, file or fsspec URI of images")
     p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
-    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--json", dest="json_out", metavar="OUT",
+                   help="write the results as JSON (rewritten after every image, so an interrupted run keeps its work)")
+    p.add_argument("--resume", action="store_true",
+                   help="take the images already in the --json file from there instead of coding them again")
     p.add_argument("--plot", metavar="OUT.png", help="write RD curves as a PNG")
     p.add_argument("--codecs", default="", help=f"comma-separated classical codecs: {','.join(CODEC_QUALITIES)}")
     p.add_argument("--qps", help="comma-separated rate parameters (default: every anchor)")
@@ -56,6 +59,24 @@ def _parse_qps(text: str) -> list[int | float]:
     return out
 
 
+def _write_json(path: Path, doc: dict) -> None:
+    """Replace ``path`` whole (a reader or a crash never sees half a file)."""
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _earlier_results(path: Path, model_name: str) -> list[dict]:
+    """Per-image results of an earlier run of the same model, from its --json file (none if it is absent)."""
+    if not path.is_file():
+        return []
+    doc = json.loads(path.read_text())
+    if doc.get("model") != model_name:
+        raise SystemExit(f"msinn eval: error: {path} holds results of model {doc.get('model')!r}, not {model_name!r}")
+    log_stderr(f"msinn eval: resuming: {len(doc.get('per_image', []))} image(s) already in {path}")
+    return list(doc.get("per_image", []))
+
+
 def main(argv: list[str]) -> int:
     """Entry point of ``msinn eval``; returns the exit status."""
     p = _parser()
@@ -79,10 +100,11 @@ def main(argv: list[str]) -> int:
             log_stderr(f"msinn eval: codec {c} is not available in this Pillow build ({why}); skipping it")
 
     import msinn
-    import msinn.imageio as imageio
+
+    from ..images import list_images
 
     try:
-        uris = imageio.list_images(args.dir)
+        uris = list_images(args.dir)
     except (FileNotFoundError, OSError, ValueError) as exc:
         log_stderr(f"msinn eval: error: {exc}")
         return 1
@@ -110,12 +132,26 @@ def main(argv: list[str]) -> int:
     bad = [c for c in choice if c != "msinn" and c not in available]
     if bad:
         p.error(f"--choice names codecs not measured in this run: {bad} (add them to --codecs)")
-    result = evaluate(model, uris, qps, available, limit=args.limit)
+    done: list[dict] = []
+    if args.resume:
+        if not args.json_out:
+            p.error("--resume needs --json (the file to resume from)")
+        done = _earlier_results(Path(args.json_out), name)
+
+    def checkpoint(partial: dict) -> None:
+        _write_json(Path(args.json_out), to_json(name, partial))
+
+    try:
+        result = evaluate(model, uris, qps, available, limit=args.limit, done=done,
+                          checkpoint=checkpoint if args.json_out else None)
+    except ValueError as exc:  # --resume from a file of another sweep
+        log_stderr(f"msinn eval: error: {args.json_out}: {exc}")
+        return 1
     if not result["per_image"]:
         log_stderr(f"msinn eval: error: none of the {len(uris)} file(s) could be read")
         return 1
     if choice:
-        from .evaluate import floor_curves
+        from ..evaluation.rd import floor_curves
 
         result["choice"] = floor_curves(result, choice)
     if args.compare:
@@ -129,7 +165,7 @@ def main(argv: list[str]) -> int:
         result["compare"] = compare(other_name, evaluate(other, uris, qps, (), limit=args.limit), result)
     print(format_table(name, result))
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(to_json(name, result), indent=1) + "\n")
+        _write_json(Path(args.json_out), to_json(name, result))
         log_stderr(f"msinn eval: wrote {args.json_out}")
     if args.plot:
         paper = load_paper_rd(args.paper_rd) if args.paper_rd else {}

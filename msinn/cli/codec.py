@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BitstreamError, ImageInputError
-from .images import DEFAULT_MAX_PIXELS
+from ..errors import BitstreamError, ImageInputError
+from ..images import DEFAULT_MAX_PIXELS
 
 
 def _encode_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def _encode_parser() -> argparse.ArgumentParser:
 
 
 def _target(args: argparse.Namespace):
-    from .ratecontrol import Target
+    from ..ratecontrol import Target
 
     if args.bpp is not None:
         return Target("bpp", args.bpp)
@@ -61,7 +61,7 @@ def _registered_name(header, source: str) -> str:
     A file is data: the name in its header is looked up in the registry, never
     opened as a path or fetched as a URL. Other weights come only from --model.
     """
-    from .registry import lookup
+    from ..registry import lookup
 
     entry = lookup(header.model_name)
     if entry is None or not entry.sha256.startswith(header.model_hash):
@@ -81,7 +81,7 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 def _output_path(path: str, extension: str, several: bool) -> str:
     """Where the chosen file goes: with several codecs, a known extension becomes the winner's format's."""
-    from .classical import EXTENSIONS
+    from ..classical import EXTENSIONS
 
     p = Path(path)
     known = {"msinn", *EXTENSIONS}
@@ -92,9 +92,9 @@ def _output_path(path: str, extension: str, several: bool) -> str:
 
 def cmd_encode(argv: list[str]) -> int:
     args = _encode_parser().parse_args(argv)
-    from .choice import ChoiceOptions, encode_best, missing_codecs
-    from .codec import EncodeOptions
-    from .images import open_image
+    from ..choice import ChoiceOptions, encode_best, missing_codecs
+    from ..codec import EncodeOptions
+    from ..images import open_image
 
     opts = {}
     if args.tile_pixels:
@@ -105,7 +105,7 @@ def cmd_encode(argv: list[str]) -> int:
         opts["max_pixels"] = args.max_pixels
     try:
         choice = ChoiceOptions(args.codecs, args.avif_speed)
-        from .refine import effort_of
+        from ..refine import effort_of
 
         effort_of(args.effort)
     except ValueError as exc:
@@ -124,7 +124,7 @@ def cmd_encode(argv: list[str]) -> int:
         model = _load_model(args.model, args.device)
         target = _target(args)
         if target is None:
-            from .ratecontrol import Target
+            from ..ratecontrol import Target
 
             target = Target("qp", (model.anchor_num - 1) / 2)
         if target.kind == "qp":
@@ -160,8 +160,8 @@ def cmd_decode(argv: list[str]) -> int:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse files claiming more pixels than this, before allocating (default %(default)s)")
     args = p.parse_args(argv)
-    from .codec import decode_image
-    from .container import MAGIC, read_header
+    from ..codec import decode_image
+    from ..container import MAGIC, read_header
 
     try:
         data = Path(args.input).read_bytes()
@@ -185,8 +185,8 @@ def cmd_decode(argv: list[str]) -> int:
 
 def _decode_classical(data: bytes, source: str, max_pixels: int):
     """A standard image file (what --codecs may write) as a Pillow image, in its own layout."""
-    from .classical import decode
-    from .images import open_image, to_pil
+    from ..classical import decode
+    from ..images import open_image, to_pil
 
     mode = open_image(data, source, max_pixels).mode
     return to_pil(decode(data, mode, source, max_pixels), mode)
@@ -196,7 +196,7 @@ def cmd_info(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="msinn info", description="Print a .msinn file's header as JSON.")
     p.add_argument("input")
     args = p.parse_args(argv)
-    from .container import read_header
+    from ..container import read_header
 
     try:
         data = Path(args.input).read_bytes()

@@ -1,0 +1,2 @@
+"""Measuring the codec: real-coding rate-distortion evaluation against classical codecs (``rd``) and the
+Bjontegaard delta rate (``bdrate``). The ``msinn eval`` command is :mod:`msinn.cli.eval`."""
