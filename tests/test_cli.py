@@ -139,3 +139,16 @@ def test_a_bad_scheduled_spec_is_one_line_and_exit_code_2(tmp_path, capsys, cont
     assert pipeline_main(["scheduled", str(spec)]) == 2
     err = capsys.readouterr().err
     assert why in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_python_dash_m_runs_the_same_command():
+    """``python -m msinn.cli`` is the command from a source tree without its console script."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "msinn.cli", "eval", "--help"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "--resume" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "msinn.cli", "nonsense"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "nonsense" in res.stderr + res.stdout
