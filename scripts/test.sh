@@ -3,4 +3,7 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
 ruff check msinn pipeline jobs tests bench scripts
-python -m pytest -q --durations=15 "$@"
+# a venv made before pytest-xdist joined the lock file: add it
+python -c "import xdist" 2>/dev/null || python -m pip install -q "$(grep '^pytest-xdist==' requirements-lock.txt)"
+# Two workers: the Ray tests in one (one shared cluster, see tests/conftest.py), the codec's tests in the other.
+python -m pytest -q --durations=15 -n 2 --dist loadgroup "$@"

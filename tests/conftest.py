@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import faults
@@ -17,13 +18,46 @@ faults.register()  # flaky:// in the test process; local_ray registers it in Ray
 
 # Tests that start Ray clusters, train, or submit jobs are `slow`: `pytest -m "not slow"` is the quick loop.
 # Every test that uses a Ray-cluster fixture is marked here; others are marked where they are written.
-SLOW_FIXTURES = {"local_ray", "ray_2cpu"}
+SLOW_FIXTURES = {"local_ray"}
+
+
+def _uses_ray(item) -> bool:
+    return item.get_closest_marker("own_ray_cluster") is not None or bool(
+        SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+
+def _xdist_group(item, name: str) -> None:
+    """Put a test in a pytest-xdist group (``--dist loadgroup``), as an ``xdist_group`` mark would.
+
+    xdist 3.8 appends the group to ``item._nodeid``, which pytest 9 no longer reads, so its marks group
+    nothing: the group is appended to the node's id here, where pytest keeps it.
+    """
+    from _pytest.nodeid import NodeId
+
+    if not item.nodeid.endswith(f"@{name}"):
+        item._id = NodeId.parse(f"{item.nodeid}@{name}")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+        # Under `-n 2 --dist loadgroup` (scripts/test.sh) every Ray test runs in one worker, one after the other,
+        # on one shared cluster, while the other worker takes the codec's tests module by module.
+        if getattr(config.option, "loadgroup", False) and _uses_ray(item):
+            _xdist_group(item, "ray")
+    # One Ray cluster serves every test that uses `local_ray` (started once, see below). A test that starts a
+    # cluster of its own must disconnect this process from it, which ends it: those tests run last of the Ray
+    # tests. The Ray tests, the longest group, come first, so a worker starts on them at once.
+    items.sort(key=lambda item: (not _uses_ray(item), item.get_closest_marker("own_ray_cluster") is not None))
+
+
+def pytest_configure(config):
+    # pytest-xdist's workers share the machine's cores: one torch thread each, or their OpenMP threads
+    # oversubscribe the cores and every convolution waits on the slowest thread.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -171,24 +205,51 @@ def tiny_checkpoint(tmp_path_factory, tiny_model) -> str:
     return save_portable_copy(tiny_model, tmp_path_factory.mktemp("model") / "tiny-test.pt")
 
 
+_SHARED_RAY: dict[str, str] = {}  # the shared cluster's GCS address while this process is connected to it
+
+
+def shared_ray_address() -> str | None:
+    """The shared cluster's address, if this process is connected to it (another driver may join it)."""
+    import ray
+
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address == _SHARED_RAY.get("address"):
+        return _SHARED_RAY["address"]
+    return None
+
+
+@pytest.fixture(scope="session")
+def _ray_session(s3_server):
+    """Owns the shared cluster: shut down at the end of the session (before the S3 endpoint stops)."""
+    yield _SHARED_RAY
+    import ray
+
+    if shared_ray_address():
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
-def local_ray(s3_server):
-    """A local Ray cluster of 2 CPUs for one test module.
+def local_ray(_ray_session):
+    """A local Ray cluster of 2 CPUs, shared by every module that uses it (one start per session).
 
     Started after the S3 endpoint, so its workers find their own credentials in
     their environment, as a cluster's nodes do (the driver never copies keys).
+    Tests on it leave nothing behind that the next one sees: each job's actors
+    end with the job, outputs are under each test's own tmp_path. Tests that
+    need a cluster of another shape start their own (marked ``own_ray_cluster``,
+    run last); if one ran before, the next module starts the shared cluster again.
     """
     import os
 
     os.environ.update(RAY_ENV)
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    # the flaky:// test file system lives here, not in the shipped package: workers register it at start
-    tests = str(Path(__file__).resolve().parent)
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "faults.register"})
-    yield ray
-    ray.shutdown()
+    if shared_ray_address() is None:
+        if ray.is_initialized():
+            ray.shutdown()
+        # the flaky:// test file system lives here, not in the shipped package: workers register it at start
+        tests = str(Path(__file__).resolve().parent)
+        path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}, "worker_process_setup_hook": "faults.register"})
+        _ray_session["address"] = ray.get_runtime_context().gcs_address
+    return ray

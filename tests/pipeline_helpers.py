@@ -8,6 +8,7 @@ import tarfile
 
 import numpy as np
 import pyarrow.parquet as pq
+from helpers import image_file
 from PIL import Image
 
 import msinn
@@ -26,11 +27,7 @@ def png_bytes(seed: int, w: int = 72, h: int = 56, mode: str = "RGB") -> bytes:
     img = np.stack(((x * 3 + seed * 17) % 256, (y * 4) % 256, (x + y + seed) % 256), axis=2).astype(np.float64)
     img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
     im = Image.fromarray(img)
-    if mode != "RGB":
-        im = im.convert(mode)
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return buf.getvalue()
+    return image_file(im if mode == "RGB" else im.convert(mode))
 
 
 def corrupt_bytes() -> dict[str, bytes]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import image_file
 from PIL import Image
 
 from msinn import classical
@@ -25,9 +25,7 @@ KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
 
 def _photo(w: int = 192, h: int = 128, name: str = "kodim23.png") -> PreparedImage:
     im = Image.open(KODAK / name).convert("RGB").crop((200, 150, 200 + w, 150 + h))
-    buf = io.BytesIO()
-    im.save(buf, "PNG")
-    return open_image(buf.getvalue(), name)
+    return open_image(image_file(im), name)
 
 
 def _with_alpha(img: PreparedImage, mode: str) -> PreparedImage:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import random
 import struct
 import zlib
@@ -10,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import image_file
 
 from msinn.codec import decode_image, encode_image
 from msinn.container import MAGIC, read_header, unpack
@@ -23,9 +22,7 @@ def sample_png() -> bytes:
     rng = np.random.default_rng(0)
     base = np.linspace(0, 255, 96 * 80 * 3).reshape(80, 96, 3)
     img = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
+    return image_file(img)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ test_checkpoint.py and test_portable.py.
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import resource
@@ -24,6 +23,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
+from helpers import image_file
 from pipeline_helpers import png_bytes, read_manifest
 
 import msinn
@@ -44,6 +44,21 @@ def model():
 @pytest.fixture(scope="module")
 def small_file() -> bytes:
     return (GOLDEN / "k03-qp4.msinn").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def one_grid_file(model) -> bytes:
+    """A 64x64 crop coded by the bundled model at qp 4: one latent grid, the cheapest file to decode (fuzzing)."""
+    from PIL import Image
+
+    from msinn.codec import encode_image
+    from msinn.ratecontrol import Target
+
+    photo = Image.open(Path(__file__).resolve().parents[1] / "samples" / "kodim15.png").convert("RGB")
+    data = encode_image(model, image_file(photo.crop((200, 100, 264, 164))), Target("qp", 4)).data
+    header, _ = read_header(data)
+    assert (header.width, header.height, len(header.tiles), len(header.tiles[0].level_digests)) == (64, 64, 1, 5)
+    return data
 
 
 def _claiming(data: bytes, width: int, height: int, stream_bytes: int | None = None) -> bytes:
@@ -94,15 +109,15 @@ def test_msinn_decode_takes_a_pixel_limit(tmp_path, small_file, capsys):
     assert main(["decode", str(tmp_path / "a.msinn"), str(tmp_path / "a.png")]) == 0
 
 
-def test_five_hundred_seeded_corruptions_end_in_bitstream_errors(model, small_file):
+def test_five_hundred_seeded_corruptions_end_in_bitstream_errors(model, one_grid_file):
     """Header fields that decoding depends on and payload bytes, each behind recomputed CRCs."""
-    header, start = read_header(small_file)
-    payload = small_file[start:]
+    header, start = read_header(one_grid_file)
+    payload = one_grid_file[start:]
     rng = random.Random(14)
     before = _rss_mb()
     outcomes = {"refused": 0}
     for i in range(500):
-        h, _ = read_header(small_file)
+        h, _ = read_header(one_grid_file)
         p = bytearray(payload)
         kind = i % 10
         if kind < 5:  # stream damage
@@ -134,10 +149,10 @@ def test_five_hundred_seeded_corruptions_end_in_bitstream_errors(model, small_fi
     assert _rss_mb() - before < 500
 
 
-def test_random_header_bytes_behind_a_recomputed_crc_never_decode_to_other_pixels(model, small_file):
-    header, start = read_header(small_file)
-    payload = small_file[start:]
-    ref = decode_image(small_file, model).pixels
+def test_random_header_bytes_behind_a_recomputed_crc_never_decode_to_other_pixels(model, one_grid_file):
+    header, start = read_header(one_grid_file)
+    payload = one_grid_file[start:]
+    ref = decode_image(one_grid_file, model).pixels
     rng = random.Random(15)
     for i in range(200):
         hb = bytearray(encode_header(header))
@@ -673,16 +688,14 @@ def test_float32_numerics_are_informational_and_messages_blame_the_right_thing(t
     """#23.11: a header claiming 64 threads changes nothing; damage written here is damage, not this machine;
     a profile mismatch with the very model the file names is a damaged header, not advice to load it again."""
     import torch
-    from PIL import Image
 
     import msinn
     from msinn.codec import NumericsMismatch, encode_image
     from msinn.ratecontrol import Target
 
     img = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    res = encode_image(tiny_model, buf.getvalue(), Target("qp", 1))
+    png = image_file(img)
+    res = encode_image(tiny_model, png, Target("qp", 1))
     header, payload = unpack(res.data)
     header.numerics = header.numerics.replace(f"threads={torch.get_num_threads()}", "threads=64")
     threads_set: list[int] = []
@@ -696,7 +709,7 @@ def test_float32_numerics_are_informational_and_messages_blame_the_right_thing(t
         decode_image(pack(header, payload), tiny_model, "damaged")
     assert not isinstance(exc.value, NumericsMismatch)
     portable = msinn.load(tiny_checkpoint)
-    pres = encode_image(portable, buf.getvalue(), Target("qp", 1))
+    pres = encode_image(portable, png, Target("qp", 1))
     header, payload = unpack(pres.data)
     header.profile = "float32"
     with pytest.raises(BitstreamError, match="header is damaged or was altered") as exc:

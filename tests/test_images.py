@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import image_file
 from PIL import Image
 
 from msinn.codec import EncodeOptions, decode_image, encode_image
@@ -15,12 +16,6 @@ from msinn.container import read_header
 from msinn.errors import ImageInputError
 from msinn.images import open_image
 from msinn.ratecontrol import Target
-
-
-def _png(im: Image.Image, **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "PNG", **kw)
-    return buf.getvalue()
 
 
 def _gradient(w: int, h: int) -> np.ndarray:
@@ -39,7 +34,7 @@ def _round_trip(model, data: bytes, **opts):
 
 def test_grayscale_decodes_to_grayscale(tiny_model):
     g = _gradient(70, 50)[:, :, 0]
-    res, dec = _round_trip(tiny_model, _png(Image.fromarray(g, "L")))
+    res, dec = _round_trip(tiny_model, image_file(Image.fromarray(g, "L")))
     assert dec.mode == "L" and dec.pixels.shape == (50, 70)
     assert dec.to_pil().mode == "L"
 
@@ -47,10 +42,10 @@ def test_grayscale_decodes_to_grayscale(tiny_model):
 def test_sixteen_bit_gray_is_reduced_and_recorded(tiny_model):
     g16 = (np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50).astype(np.uint16)
     im = Image.fromarray(g16)  # mode I;16
-    prepared = open_image(_png(im))
+    prepared = open_image(image_file(im))
     assert prepared.bit_depth == 16 and prepared.mode == "L"
     assert np.array_equal(prepared.rgb[:, :, 0], np.round(g16 / 257).astype(np.uint8))
-    res, dec = _round_trip(tiny_model, _png(im))
+    res, dec = _round_trip(tiny_model, image_file(im))
     assert read_header(res.data)[0].bit_depth == 16 and dec.mode == "L"
 
 
@@ -61,18 +56,18 @@ def test_alpha_is_kept_losslessly(tiny_model, mode):
     im = Image.fromarray(np.dstack((rgb, alpha)), "RGBA")
     if mode == "LA":
         im = im.convert("LA")
-    res, dec = _round_trip(tiny_model, _png(im))
+    res, dec = _round_trip(tiny_model, image_file(im))
     assert dec.mode == mode
     assert np.array_equal(dec.pixels[:, :, -1], np.asarray(im)[:, :, -1])
 
 
 def test_palette_with_and_without_transparency(tiny_model):
     rgb = Image.fromarray(_gradient(48, 40)).quantize(16)
-    _, dec = _round_trip(tiny_model, _png(rgb))
+    _, dec = _round_trip(tiny_model, image_file(rgb))
     assert dec.mode == "RGB"
     t = rgb.copy()
     t.info["transparency"] = 0
-    _, dec = _round_trip(tiny_model, _png(t, transparency=0))
+    _, dec = _round_trip(tiny_model, image_file(t, transparency=0))
     assert dec.mode == "RGBA"
     expected_alpha = np.asarray(t.convert("RGBA"))[:, :, 3]
     assert np.array_equal(dec.pixels[:, :, 3], expected_alpha)
@@ -80,9 +75,7 @@ def test_palette_with_and_without_transparency(tiny_model):
 
 def test_cmyk_is_converted_to_rgb(tiny_model):
     im = Image.fromarray(_gradient(64, 64)).convert("CMYK")
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=95)
-    res, dec = _round_trip(tiny_model, buf.getvalue())
+    res, dec = _round_trip(tiny_model, image_file(im, "JPEG", quality=95))
     assert dec.mode == "RGB" and read_header(res.data)[0].source_mode == "CMYK"
 
 
@@ -90,21 +83,19 @@ def test_exif_orientation_is_applied(tiny_model):
     im = Image.fromarray(_gradient(80, 40))
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
-    _, dec = _round_trip(tiny_model, buf.getvalue())
+    _, dec = _round_trip(tiny_model, image_file(im, "JPEG", exif=exif.tobytes(), quality=95))
     assert dec.pixels.shape[:2] == (80, 40)
 
 
 @pytest.mark.parametrize("size", [(1, 1), (7, 3), (3, 7), (64, 64), (65, 129)])
 def test_sizes_not_multiple_of_64(tiny_model, size):
     w, h = size
-    _, dec = _round_trip(tiny_model, _png(Image.fromarray(_gradient(w, h))))
+    _, dec = _round_trip(tiny_model, image_file(_gradient(w, h)))
     assert dec.pixels.shape == (h, w, 3)
 
 
 def test_large_images_are_tiled(tiny_model):
-    data = _png(Image.fromarray(_gradient(150, 100)))
+    data = image_file(_gradient(150, 100))
     res, dec = _round_trip(tiny_model, data, tile_pixels=64 * 64, tile_size=64)
     header = read_header(res.data)[0]
     assert len(header.tiles) == 3 * 2 and header.tile_width == 64
@@ -112,7 +103,7 @@ def test_large_images_are_tiled(tiny_model):
 
 
 def test_pixel_budget_and_bombs(tiny_model):
-    data = _png(Image.fromarray(_gradient(100, 100)))
+    data = image_file(_gradient(100, 100))
     with pytest.raises(ImageInputError, match="exceeds"):
         encode_image(tiny_model, data, Target("qp", 0), EncodeOptions(max_pixels=5000))
     # a PNG header claiming 100000 x 100000 pixels, with no real data behind it
@@ -129,7 +120,7 @@ def test_pixel_budget_and_bombs(tiny_model):
 def test_non_images_get_clear_errors(data, cause):
     if data is None:
         noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-        full = _png(Image.fromarray(noise))
+        full = image_file(noise)
         data = full[: len(full) // 2]
     with pytest.raises(ImageInputError, match=cause) as err:
         open_image(data, "thing.png")
@@ -144,17 +135,14 @@ def test_multi_frame_inputs_are_refused_with_their_frame_count(fmt):
     frames[0].save(buf, fmt, save_all=True, append_images=frames[1:])
     with pytest.raises(ImageInputError, match="has 3 frames"):
         open_image(buf.getvalue(), f"anim.{fmt.lower()}")
-    one = io.BytesIO()
-    frames[0].save(one, fmt)
-    assert open_image(one.getvalue(), "still").width == 32
+    assert open_image(image_file(frames[0], fmt), "still").width == 32
 
 
 def test_pillows_own_pixel_limit_does_not_override_ours(monkeypatch):
     """Images up to --max-pixels open, whatever Pillow's built-in bomb limit (89 MP by default) says."""
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # stands in for 89 MP against a 4096-pixel image
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, "PNG")
-    assert open_image(buf.getvalue(), "x", max_pixels=10_000).width == 64
+    png = image_file(Image.new("RGB", (64, 64), (9, 9, 9)))
+    assert open_image(png, "x", max_pixels=10_000).width == 64
     with pytest.raises(ImageInputError, match="exceeds the limit of 4000 pixels"):
-        open_image(buf.getvalue(), "x", max_pixels=4000)
+        open_image(png, "x", max_pixels=4000)
     assert Image.MAX_IMAGE_PIXELS == 1000  # restored

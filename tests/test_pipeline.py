@@ -19,6 +19,7 @@ from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, read_unit,
 
 from pipeline.cluster import RAY_ENV_DEFAULTS
 from pipeline.manifest import COLUMNS
+from pipeline.plan import read_plan
 from pipeline.runner import run_job
 from pipeline.spec import JobError, JobSpec
 
@@ -227,11 +228,13 @@ def test_encoder_actor_killed_mid_run(tmp_path, reference_run, tiny_checkpoint):
     while t.is_alive() and time.time() < deadline and not killed:
         man = tmp_path / "killed" / "manifest"
         if man.exists() and any(man.iterdir()):
-            plan_run = result.get("run_id")
-            del plan_run
-            names = [a for a in _named_encoders(ray) if a]
-            for name in names:
-                ray.kill(ray.get_actor(name), no_restart=False)
+            # this run's actors only: the cluster is shared with the suite's other tests
+            run_id = read_plan(spec.output, None).job["run_id"]
+            for name in _named_encoders(ray, run_id):
+                try:
+                    ray.kill(ray.get_actor(name), no_restart=False)
+                except ValueError:  # gone between the listing and the lookup (released at the end of the run)
+                    continue
                 killed = True
         time.sleep(0.05)
     t.join(300)
@@ -240,20 +243,23 @@ def test_encoder_actor_killed_mid_run(tmp_path, reference_run, tiny_checkpoint):
     assert verify_archive(fs, spec.output, keys, tiny_checkpoint) == reference
 
 
-def _named_encoders(ray) -> list[str]:
+def _named_encoders(ray, run_id: str) -> list[str]:
     from ray.util import list_named_actors
 
-    return [a for a in list_named_actors() if a.startswith("msinn-encoder-")]
+    return [a for a in list_named_actors() if a.startswith(f"msinn-encoder-{run_id}-")]
 
 
 def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, reference_run, tiny_checkpoint):
+    """The driver process killed mid-run (its cluster lives on, as under `ray job submit`); a new driver resumes."""
+    from conftest import shared_ray_address
+    from ray.util import list_named_actors
+
     ref_spec, keys, reference = reference_run
     fs = fsspec.filesystem("file")
     out = tmp_path / "driver"
     cmd = [sys.executable, str(REPO / "jobs" / "transcode.py"), "--input", ref_spec.input, "--output", str(out),
            "--qp", "2.5", "--model", tiny_checkpoint, "--shard-bytes", "6000", "--actors", "1"]
-    env = {**os.environ, **RAY_ENV_DEFAULTS}
-    env.pop("RAY_ADDRESS", None)
+    env = {**os.environ, **RAY_ENV_DEFAULTS, "RAY_ADDRESS": shared_ray_address()}  # both drivers join the cluster
     proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
@@ -266,6 +272,15 @@ def test_driver_killed_and_rerun_ends_as_uninterrupted(tmp_path, reference_run, 
     proc.wait(30)
     done_before = len(list((out / "manifest").iterdir())) if (out / "manifest").exists() else 0
     assert done_before >= 1
+    run_id = read_plan(str(out), None).job["run_id"]
+
+    def actors_of_the_killed_driver() -> list:
+        return [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith(f"msinn-encoder-{run_id}-")]
+
+    gone_by = time.time() + 60
+    while actors_of_the_killed_driver() and time.time() < gone_by:  # Ray ends a dead driver's actors
+        time.sleep(0.2)
+    assert not actors_of_the_killed_driver(), "the killed driver's encoder outlived it"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 1, rerun.stderr[-2000:]  # 1: the tree's three corrupt images failed, as documented
     assert verify_archive(fs, str(out), keys, tiny_checkpoint) == reference

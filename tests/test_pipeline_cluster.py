@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import fsspec
@@ -52,6 +53,7 @@ def _simulated_cluster(*nodes: dict):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray_cluster
 def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
     with _simulated_cluster(*[{"num_cpus": 1, "resources": {"gpu_like": 1}}] * 2) as (_, gpu_nodes):
         keys = _inputs(tmp_path / "in", 6)
@@ -65,6 +67,7 @@ def test_actors_are_placed_only_on_gpu_like_nodes(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray_cluster
 def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     import ray
 
@@ -77,14 +80,23 @@ def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     port, dash = free_port(), free_port()
     start = [ray_exe, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-             "--disable-usage-stats"]
-    subprocess.run(start, env=env, check=True, capture_output=True, timeout=180)
+             "--disable-usage-stats", "--block"]
+    # in its own process group, ended with its processes (never `ray stop`: that ends every cluster on the machine)
+    head = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     try:
         keys = _inputs(tmp_path / "in", 4)
         submit = [ray_exe, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(REPO),
                   "--runtime-env-json", json.dumps({"excludes": [".venv", "out", ".git", "*.pt"]}), "--",
                   "python", "jobs/transcode.py", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"),
                   "--qp", "2", "--model", tiny_checkpoint, "--actors", "1"]
+        for _ in range(60):  # until the head's dashboard answers (`ray start --block` does not wait for it)
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dash}/api/version", timeout=2)
+                break
+            except OSError:
+                assert head.poll() is None, "ray start failed"
+                time.sleep(1)
         for _ in range(6):  # a fresh head's job agent can lag its dashboard; Ray answers "try again later"
             res = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
             if "No available agent to submit job" not in res.stdout + res.stderr:
@@ -96,7 +108,7 @@ def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
         assert summary["ok"] == 4 and summary["errors"] == 0
         verify_archive(fsspec.filesystem("file"), str(tmp_path / "out"), keys, tiny_checkpoint)
     finally:
-        subprocess.run([ray_exe, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_processes_naming(port, head)
 
 
 def test_cluster_launcher_config_is_valid():
@@ -162,7 +174,7 @@ def _stop_processes_naming(port: int, head) -> None:
         pass
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if any(f"127.0.0.1:{port}" in c or f"--gcs-address=127.0.0.1:{port}" in c for c in p.info["cmdline"] or []):
+            if any(f"127.0.0.1:{port}" in c or c == f"--gcs_server_port={port}" for c in p.info["cmdline"] or []):
                 p.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
@@ -173,6 +185,7 @@ def _stop_processes_naming(port: int, head) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray_cluster
 def test_a_job_on_an_empty_autoscaling_cluster_waits_for_nodes_and_finishes(tmp_path, tiny_checkpoint, caplog):
     """No worker node at submission: the actors' demand makes the autoscaler add nodes, and every key lands once."""
     import logging
@@ -217,6 +230,7 @@ def test_a_job_on_an_empty_autoscaling_cluster_waits_for_nodes_and_finishes(tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray_cluster
 def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
     """A worker node removed while its actor encodes: that unit is redone elsewhere; every key exactly once."""
     import threading
@@ -260,6 +274,7 @@ def test_a_node_lost_mid_run_costs_only_its_shards(tmp_path, tiny_checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.own_ray_cluster
 def test_a_job_without_capacity_says_what_it_waits_for_then_runs_when_a_node_joins(
     tmp_path, tiny_checkpoint, caplog, monkeypatch
 ):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import image_file
 
 import msinn
 from msinn.checkpoint import CheckpointError, load_portable, save_portable
@@ -55,21 +56,11 @@ def coded(model) -> dict[str, tuple[bytes, str]]:
     try:
         for name, img in images.items():
             for qp in (0, 3.5, 6.25, 10):
-                res = encode_image(model, _png(img), Target("qp", qp))
+                res = encode_image(model, image_file(img), Target("qp", qp))
                 out[f"{name}@{qp}"] = (res.data, _digest(res.reconstruction))
     finally:
         torch.set_num_threads(threads)
     return out
-
-
-def _png(a: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, "PNG")
-    return buf.getvalue()
 
 
 DECODE_SCRIPT = """
@@ -324,7 +315,7 @@ def test_convert_cli_then_encode_and_decode(tiny_float_checkpoint, tmp_path, cap
 # ---------------------------------------------------------------------- float32 files
 def test_float_file_records_its_numerics_and_explains_a_mismatch(tiny_model):
     img = np.random.default_rng(2).integers(0, 256, (64, 64, 3), np.uint8)
-    res = encode_image(tiny_model, _png(img), Target("qp", 1))
+    res = encode_image(tiny_model, image_file(img), Target("qp", 1))
     header, payload = unpack(res.data)
     assert header.profile == "float32" and "threads=" in header.numerics and "torch=" in header.numerics
     assert np.array_equal(decode_image(res.data, tiny_model).pixels, res.reconstruction)
@@ -337,7 +328,7 @@ def test_float_file_records_its_numerics_and_explains_a_mismatch(tiny_model):
 
 def test_version_1_files_still_decode_as_float32(tiny_model):
     img = np.random.default_rng(3).integers(0, 256, (64, 64, 3), np.uint8)
-    res = encode_image(tiny_model, _png(img), Target("qp", 2))
+    res = encode_image(tiny_model, image_file(img), Target("qp", 2))
     header, start = read_header(res.data)
     header.numerics = ""
     body = encode_header(header)
@@ -352,13 +343,8 @@ def test_tiles_and_alpha_take_the_portable_path(model):
     """Tiles and alpha go through the portable path like whole images."""
     rng = np.random.default_rng(4)
     rgba = np.dstack([rng.integers(0, 256, (130, 200, 3), np.uint8), rng.integers(0, 256, (130, 200), np.uint8)])
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
-    res = encode_image(model, buf.getvalue(), Target("bpp", 1.0), EncodeOptions(tile_pixels=4096, tile_size=128))
+    res = encode_image(model, image_file(rgba, mode="RGBA"), Target("bpp", 1.0),
+                       EncodeOptions(tile_pixels=4096, tile_size=128))
     assert len(res.header.tiles) == 4 and res.header.mode == "RGBA" and res.header.profile == "portable-1"
     assert np.array_equal(decode_image(res.data, model).pixels, res.reconstruction)
 

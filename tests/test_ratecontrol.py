@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import image_file
 from PIL import Image
 
 from msinn.codec import encode_image
@@ -20,9 +20,7 @@ def image_bytes() -> bytes:
     y, x = np.mgrid[0:128, 0:192]
     base = np.stack((x, y * 1.5, (x + y) / 2), axis=2)
     img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, "PNG")
-    return buf.getvalue()
+    return image_file(img)
 
 
 @pytest.fixture(scope="module")
@@ -155,9 +153,7 @@ def test_a_cap_within_reach_is_never_exceeded_on_small_images(w, h, target):
 
     model = msinn.load()
     photo = np.asarray(Image.open(Path(__file__).resolve().parents[1] / "samples" / "kodim23.png").convert("RGB"))
-    buf = io.BytesIO()
-    Image.fromarray(photo[200 : 200 + h, 300 : 300 + w]).save(buf, "PNG")
     t = Target(*target)
-    res = encode_image(model, buf.getvalue(), t)
+    res = encode_image(model, image_file(photo[200 : 200 + h, 300 : 300 + w]), t)
     assert res.in_range, res.note  # each target here is reachable
     assert res.bytes <= t.cap_bytes(w * h), (res.bytes, t.cap_bytes(w * h))

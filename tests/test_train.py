@@ -193,19 +193,8 @@ def test_cli_config_layers(tmp_path):
     assert build_config(parser().parse_args(["--out", str(tmp_path)]), False) == MSINNConfig()
 
 
-@pytest.fixture()
-def ray_2cpu():
-    """A fresh local Ray of 2 CPUs (one per worker), shut down after the test."""
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-def test_ray_train_two_workers(tmp_path, image_dir, ray_2cpu):
+def test_ray_train_two_workers(tmp_path, image_dir, local_ray):
+    """On the suite's shared local cluster of 2 CPUs: one CPU per worker."""
     import msinn
     from msinn.training.distributed import run_ray
 
