@@ -65,6 +65,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default="kodak,graphics")
     ap.add_argument("--limit", type=int, default=6)
+    ap.add_argument("--stride", type=int, default=1, help="take every N-th image (spread over a set's kinds)")
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--qps", default="1,3,5,7")
     ap.add_argument("--try", dest="settings", default="60:0.01,150:0.01")
@@ -76,7 +77,7 @@ def main() -> None:
     settings = _settings(args.settings)
     for name in args.sets.split(","):
         folder = REPO.parent / "shared" / "datasets" / name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[: args.limit]
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")[:: args.stride][: args.limit]
         rows: dict[str, dict[float, list[tuple[float, float, float]]]] = {
             s: {q: [] for q in qps} for s in ["effort 0", *settings]}
         for f in files:
