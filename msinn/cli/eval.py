@@ -171,6 +171,8 @@ def main(argv: list[str]) -> int:
         paper = load_paper_rd(args.paper_rd) if args.paper_rd else {}
         if args.paper_rd and not paper and args.paper_rd != str(DEFAULT_PAPER_RD):
             log_stderr(f"msinn eval: no paper RD points read from {args.paper_rd}")
-        plot_rd(args.plot, name, result, paper)
+        n = len(result["per_image"])
+        where = Path(args.dir.rstrip("/")).name or args.dir
+        plot_rd(args.plot, name, result, paper, title=f"Rate-distortion on {n} image{'s' if n != 1 else ''} of {where}")
         log_stderr(f"msinn eval: wrote {args.plot}")
     return 0

@@ -391,7 +391,8 @@ def load_paper_rd(path: str | Path) -> dict[str, tuple[list[float], list[float]]
     return out
 
 
-def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tuple[list[float], list[float]]]) -> None:
+def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tuple[list[float], list[float]]],
+            title: str | None = None) -> None:
     """RD curves (bpp vs PSNR) of the model, the codecs and the paper's Kodak points, as a PNG."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -406,11 +407,12 @@ def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tu
 
     x, y = curve(result["points"])
     ax.plot(x, y, "o-", lw=2, color="C3", label=f"MS-INN {model_name}")
+    others = [f"C{i}" for i in range(10) if i != 3]  # C3 (red) is the model's
     for i, (c, cps) in enumerate(result["codecs"].items()):
         x, y = curve(cps)
         bd = result["bd_rate"].get(c)
         note = f" (model BD-rate {bd:+.1f}%)" if bd is not None else ""
-        ax.plot(x, y, "s-", ms=4, color=f"C{i}", label=f"{c}{note}")
+        ax.plot(x, y, "s-", ms=4, color=others[i % len(others)], label=f"{c}{note}")
     fl = result.get("choice")
     if fl and fl["curves"]["choice"]["bpp"]:
         c = fl["curves"]["choice"]
@@ -418,7 +420,7 @@ def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tu
     for j, (label, (bpp, psnr)) in enumerate(paper.items()):
         ax.plot(bpp, psnr, "x--", color="0.4" if j == 0 else "0.65", lw=1, label=label)
     n = len(result["per_image"])
-    ax.set_title(f"Rate-distortion on {n} image{'s' if n != 1 else ''}")
+    ax.set_title(title or f"Rate-distortion on {n} image{'s' if n != 1 else ''}")
     ax.set_xlabel("bits per pixel")
     ax.set_ylabel("RGB PSNR (dB)")
     ax.grid(True, alpha=0.3)
