@@ -19,6 +19,7 @@ from msinn.choice import Candidate, ChoiceOptions, choose, encode_best, parse_co
 from msinn.container import image_digest
 from msinn.images import PreparedImage, open_image
 from msinn.ratecontrol import QualitySearch, Target
+from msinn.refine import EFFORTS
 
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"
 
@@ -329,6 +330,25 @@ def test_soft_forward_with_rounding_is_the_coding_path():
     assert abs(float(bits) - coded) / coded < 0.05  # the CDF tables cost a little more than the Gaussian
     exact = model.to_uint8(enc.finish())
     assert np.abs(exact.astype(int) - to_uint8(x_hat).astype(int)).mean() < 3  # the float twin, roughly
+
+
+@pytest.mark.parametrize("level", sorted(EFFORTS)[:1])
+def test_a_shipped_effort_level_saves_bytes_on_photo_crops(level):
+    """The lowest shipped level, on the bundled model: floors still reached, fewer bytes in total than effort 0."""
+    import msinn
+    from msinn.codec import decode_image, encode_image
+
+    model = msinn.load()
+    plain_total = refined_total = 0
+    for name in ("kodim23.png", "kodim07.png"):
+        img = _photo(128, 128, name)
+        target = Target("psnr", 32.0)
+        plain = encode_image(model, img, target)
+        refined = encode_image(model, img, target, effort=level)
+        assert refined.psnr >= 32.0 and refined.bytes <= plain.bytes
+        assert np.array_equal(decode_image(refined.data, model).pixels, refined.reconstruction)
+        plain_total, refined_total = plain_total + plain.bytes, refined_total + refined.bytes
+    assert refined_total < plain_total
 
 
 def test_unknown_effort_levels_are_refused():
