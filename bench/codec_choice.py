@@ -1,6 +1,6 @@
 """Per-image codec choice against each codec alone, every image coded to each PSNR floor, in one run.
 
-    python bench/codec_choice.py [DIR] [--floors 30,31,...,40] [--caps 0.25,0.5,1] [--limit N] [--effort N]
+    python bench/codec_choice.py [DIR] [--floors 30,31,...,40] [--caps 0.25,0.5,1] [--limit N] [--stride N] [--effort N]
                                  [--crop SIDE]
 
 For every image and floor F: the model's rate control to F (``msinn``), the
@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--floors", default=",".join(str(v) for v in range(30, 41)))
     ap.add_argument("--caps", default="", help="bpp caps to check (no file of any codec may exceed one)")
     ap.add_argument("--limit", type=int, default=0)
+    ap.add_argument("--stride", type=int, default=1, help="take every N-th image (spread over a set's kinds)")
     ap.add_argument("--effort", type=int, default=0)
     ap.add_argument("--avif-speed", type=int, default=6)
     ap.add_argument("--json", default=None)
@@ -81,6 +82,7 @@ def main() -> None:
     args = ap.parse_args()
     model = msinn.load(args.model)
     files = sorted(p for p in Path(args.dir).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    files = files[:: args.stride]
     if args.limit:
         files = files[: args.limit]
     floors = _floats(args.floors)
