@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from msinn.evaluation.bdrate import rate_at  # noqa: E402
+from msinn.evaluation.bdrate import rate_reaching  # noqa: E402
 
 
 def _f(v: float | None, spec: str) -> str:
@@ -78,7 +78,7 @@ def wins(doc: dict, choice: list[str]) -> str:
     for f in floors:
         won = dict.fromkeys(choice, 0)
         for im in doc["per_image"]:
-            rates = {c: rate_at(*curve(im, c), float(f)) for c in choice}
+            rates = {c: rate_reaching(*curve(im, c), float(f)) for c in choice}
             rates = {c: r for c, r in rates.items() if r is not None}
             if rates:
                 won[min(rates, key=rates.get)] += 1

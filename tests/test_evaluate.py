@@ -66,6 +66,20 @@ def test_the_per_image_choice_takes_each_images_smaller_codec_at_each_floor():
     assert fl["bd_rate_vs"]["avif"] == pytest.approx(-40.0, abs=0.5)  # 0.75 of the model vs 1.25 of it
 
 
+def test_a_floor_below_a_codecs_lowest_quality_costs_its_smallest_file_reaching_it():
+    """Graphics: a codec's lowest quality is already above the floor; that file reaches it, so it counts."""
+    rate, psnr = [0.1, 0.2, 0.4], [41.0, 44.0, 47.0]
+    assert bdrate.rate_reaching(rate, psnr, 35.0) == pytest.approx(0.1)  # the smallest file, 41 dB >= 35 dB
+    assert bdrate.rate_reaching(rate, psnr, 48.0) is None  # out of reach
+    assert bdrate.rate_reaching(rate, psnr, 44.0) == pytest.approx(0.2)
+    assert 0.1 < bdrate.rate_reaching(rate, psnr, 42.5) < 0.2  # inside: interpolated
+    pts = lambda r, p: [{"bpp": b, "psnr": q} for b, q in zip(r, p)]  # noqa: E731
+    result = {"per_image": [{"points": pts([0.3, 0.6, 1.2], [30.0, 35.0, 40.0]), "codecs": {"avif": pts(rate, psnr)}}]}
+    fl = evaluate.floor_curves(result, ["msinn", "avif"], floors=[32.0, 38.0])
+    assert fl["curves"]["choice"]["bpp"] == pytest.approx([0.1, 0.1])  # AVIF's 41 dB file beats the model at both
+    assert fl["curves"]["avif"]["psnr"] == [32.0, 38.0]
+
+
 # ---------------------------------------------------------------------------------------------- metrics
 def test_metrics():
     rng = np.random.default_rng(1)

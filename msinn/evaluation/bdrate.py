@@ -71,3 +71,17 @@ def rate_at(rate: Sequence[float], psnr: Sequence[float], target_psnr: float) ->
     if isinstance(c, str) or not c[0][0] <= target_psnr <= c[0][-1]:
         return None
     return float(math.exp(PchipInterpolator(*c)(target_psnr)))
+
+
+def rate_reaching(rate: Sequence[float], psnr: Sequence[float], floor: float) -> float | None:
+    """The rate a codec needs to reach ``floor`` dB, as rate control would code it: interpolated (``rate_at``)
+    inside the measured PSNRs; below them, the smallest measured file that already reaches the floor (a
+    file that exists, so an upper bound on what a finer search would find); None above them (out of reach)."""
+    pts = [(r, p) for r, p in zip(rate, psnr) if r is not None and p is not None and math.isfinite(p)]
+    if not pts or floor > max(p for _, p in pts):
+        return None
+    if floor < min(p for _, p in pts):
+        return float(min(r for r, p in pts if p >= floor))
+    inside = rate_at([r for r, _ in pts], [p for _, p in pts], floor)
+    return inside if inside is not None else float(min(r for r, p in pts if p >= floor))
+

@@ -219,13 +219,15 @@ def floor_curves(result: dict, choice: Sequence[str], floors: Sequence[float] = 
     """Curves at PSNR floors from each image's own measured points: every codec alone, and the per-image choice.
 
     For each image and floor, each codec's rate comes from its measured
-    points (log-rate PCHIP over PSNR); the choice takes, per image, the
-    smallest of the ``choice`` codecs (``msinn`` is the model). A floor
-    enters a curve only where every image has a rate for it. This is the
-    ideal choice, interpolated: ``bench/codec_choice.py`` codes each image to
-    each floor for real.
+    points (``bdrate.rate_reaching``: log-rate PCHIP over PSNR inside them,
+    the smallest measured file reaching the floor below them, as on graphics
+    where a codec's lowest quality is already above 40 dB); the choice takes,
+    per image, the smallest of the ``choice`` codecs (``msinn`` is the model).
+    A floor enters a curve only where every image has a rate for it. This is
+    the choice interpolated from a sweep: ``bench/codec_choice.py`` codes each
+    image to each floor for real.
     """
-    from .bdrate import rate_at
+    from .bdrate import rate_reaching as rate_at
 
     def image_curves(im: dict) -> dict[str, tuple[list[float], list[float]]]:
         out = {"msinn": ([p["bpp"] for p in im["points"]], [p["psnr"] for p in im["points"]])}
