@@ -337,6 +337,15 @@ class MSINN(nn.Module):
             support = self.grow_support(level, y_hat, support)
         return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
 
+    def _level_start(self, level: Level, support: torch.Tensor | None, y: torch.Tensor, gains: list) -> tuple:
+        """A level's first half, shared by coding and ``soft_forward``: its gains, channel context, anchor
+        positions and the anchors' entropy parameters (from the channel context alone)."""
+        g, ig, sg = gains[level.index]
+        cc = self._channel_context(level, support, y)
+        anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+        scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+        return g, ig, sg, cc, anchor, scales1, means1
+
     def soft_forward(
         self, latents: list[torch.Tensor], qp: int | float, rounding: Callable[[torch.Tensor], torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,10 +363,7 @@ class MSINN(nn.Module):
         bits = latents[0].new_zeros(())
         zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
         for level, y in zip(LEVELS, latents):
-            g, ig, sg = gains[level.index]
-            cc = self._channel_context(level, support, y)
-            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
-            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            g, ig, sg, cc, anchor, scales1, means1 = self._level_start(level, support, y, gains)
             q1 = rounding((y - means1) * g)
             half = torch.where(anchor, q1 * ig + means1, zero)
             scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
@@ -419,10 +425,7 @@ class MSINN(nn.Module):
         level_symbols: list[np.ndarray] = []
         zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
         for level, y in zip(LEVELS, latents):
-            g, ig, sg = gains[level.index]
-            cc = self._channel_context(level, support, y)
-            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
-            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            g, ig, sg, cc, anchor, scales1, means1 = self._level_start(level, support, y, gains)
             q1 = torch.round((y - means1) * g)
             idx1 = self._indexes(scales1 * sg)
             y_hat1 = q1 * ig + means1
