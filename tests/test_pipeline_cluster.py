@@ -80,7 +80,10 @@ def test_ray_job_submit_end_to_end(tmp_path, tiny_checkpoint):
     port, dash = free_port(), free_port()
     start = [ray_exe, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", "--include-dashboard=true",
-             "--disable-usage-stats", "--block"]
+             "--disable-usage-stats", "--block",
+             # the job agent's HTTP port is 52365 for every cluster unless set: the shared cluster in the other
+             # xdist worker holds it, and this head's agent would answer no job ("No available agent")
+             f"--dashboard-agent-listen-port={free_port()}"]
     # in its own process group, ended with its processes (never `ray stop`: that ends every cluster on the machine)
     head = subprocess.Popen(start, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
