@@ -15,7 +15,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from msinn.evaluation.bdrate import rate_reaching  # noqa: E402
+from msinn.evaluation.rd import floor_winner, image_curves  # noqa: E402
 
 
 def _f(v: float | None, spec: str) -> str:
@@ -67,23 +67,15 @@ def tables(doc: dict) -> str:
 
 def wins(doc: dict, choice: list[str]) -> str:
     """How many images each codec of the choice wins at each floor (the smaller file at equal PSNR)."""
-    def curve(im: dict, c: str) -> tuple[list[float], list[float]]:
-        pts = im["points"] if c == "msinn" else im["codecs"][c]
-        return [p["bpp"] for p in pts], [p["psnr"] for p in pts]
-
     floors = doc["choice"]["floors"]
     rows = ["| images won at floor | " + " | ".join(f"{f:g}" for f in floors) + " |",
             "| --- |" + " --- |" * len(floors)]
     counts = {c: [] for c in choice}
+    curves = [image_curves(im) for im in doc["per_image"]]
     for f in floors:
-        won = dict.fromkeys(choice, 0)
-        for im in doc["per_image"]:
-            rates = {c: rate_reaching(*curve(im, c), float(f)) for c in choice}
-            rates = {c: r for c, r in rates.items() if r is not None}
-            if rates:
-                won[min(rates, key=rates.get)] += 1
+        winners = [floor_winner(curves_of, choice, float(f)) for curves_of in curves]
         for c in choice:
-            counts[c].append(won[c])
+            counts[c].append(sum(w is not None and w[0] == c for w in winners))
     for c in choice:
         rows.append(f"| {c} | " + " | ".join(str(v) for v in counts[c]) + " |")
     return "\n".join(rows)

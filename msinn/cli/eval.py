@@ -87,6 +87,8 @@ def main(argv: list[str]) -> int:
         p.error(f"unknown codec(s) {unknown}; choose from {','.join(CODEC_QUALITIES)}")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be at least 1")
+    if args.resume and not args.json_out:
+        p.error("--resume needs --json (the file to resume from)")
     try:
         qps_arg = _parse_qps(args.qps) if args.qps else None
     except ValueError:
@@ -132,11 +134,7 @@ def main(argv: list[str]) -> int:
     bad = [c for c in choice if c != "msinn" and c not in available]
     if bad:
         p.error(f"--choice names codecs not measured in this run: {bad} (add them to --codecs)")
-    done: list[dict] = []
-    if args.resume:
-        if not args.json_out:
-            p.error("--resume needs --json (the file to resume from)")
-        done = _earlier_results(Path(args.json_out), name)
+    done = _earlier_results(Path(args.json_out), name) if args.resume else []
 
     def checkpoint(partial: dict) -> None:
         _write_json(Path(args.json_out), to_json(name, partial))

@@ -215,6 +215,27 @@ def summarize(per_image: Sequence[dict], qps: Sequence[int | float], codecs: Seq
 DEFAULT_FLOORS = tuple(float(v) for v in range(30, 41))  # dB: the span of the issue's and README's choice figures
 
 
+def image_curves(im: dict) -> dict[str, tuple[list[float], list[float]]]:
+    """One image's measured (bpp, PSNR) curves by codec (``msinn``: the model), from an eval's per-image entry."""
+    out = {"msinn": ([p["bpp"] for p in im["points"]], [p["psnr"] for p in im["points"]])}
+    for c, pts in im.get("codecs", {}).items():
+        out[c] = ([p["bpp"] for p in pts], [p["psnr"] for p in pts])
+    return out
+
+
+def floor_winner(curves_of: dict[str, tuple[list[float], list[float]]], choice: Sequence[str],
+                 floor: float) -> tuple[str, float] | None:
+    """The codec of ``choice`` with the smallest rate reaching ``floor`` on one image, and that rate."""
+    from .bdrate import rate_reaching
+
+    rates = {c: rate_reaching(*curves_of[c], floor) for c in choice if c in curves_of}
+    rates = {c: r for c, r in rates.items() if r is not None}
+    if not rates:
+        return None
+    best = min(rates, key=rates.get)
+    return best, rates[best]
+
+
 def floor_curves(result: dict, choice: Sequence[str], floors: Sequence[float] = DEFAULT_FLOORS) -> dict:
     """Curves at PSNR floors from each image's own measured points: every codec alone, and the per-image choice.
 
@@ -227,13 +248,7 @@ def floor_curves(result: dict, choice: Sequence[str], floors: Sequence[float] = 
     the choice interpolated from a sweep: ``bench/codec_choice.py`` codes each
     image to each floor for real.
     """
-    from .bdrate import rate_reaching as rate_at
-
-    def image_curves(im: dict) -> dict[str, tuple[list[float], list[float]]]:
-        out = {"msinn": ([p["bpp"] for p in im["points"]], [p["psnr"] for p in im["points"]])}
-        for c, pts in im.get("codecs", {}).items():
-            out[c] = ([p["bpp"] for p in pts], [p["psnr"] for p in pts])
-        return out
+    from .bdrate import rate_reaching
 
     per_image = [image_curves(im) for im in result["per_image"]]
     names = list(per_image[0]) if per_image else []
@@ -244,11 +259,10 @@ def floor_curves(result: dict, choice: Sequence[str], floors: Sequence[float] = 
             rates = []
             for curves_of in per_image:
                 if name == "choice":
-                    options = [rate_at(*curves_of[c], f) for c in choice if c in curves_of]
-                    options = [r for r in options if r is not None]
-                    rates.append(min(options) if options else None)
+                    won = floor_winner(curves_of, choice, f)
+                    rates.append(won[1] if won else None)
                 else:
-                    rates.append(rate_at(*curves_of[name], f))
+                    rates.append(rate_reaching(*curves_of[name], f))
             if rates and all(r is not None for r in rates):
                 bpp.append(float(np.mean(rates)))
                 kept.append(float(f))
