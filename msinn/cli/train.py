@@ -37,7 +37,10 @@ PRESETS = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msinn train", description="Train an MS-INN model (resumes OUT/last.pt).")
     g = p.add_argument_group("data and output")
-    g.add_argument("--data", help="folder or fsspec URI of training images (taken from the checkpoint on resume)")
+    g.add_argument("--data", nargs="+", help="folder(s) or fsspec URI(s) of training images (taken from the checkpoint "
+                   "on resume)")
+    g.add_argument("--data-weights", type=float, nargs="+",
+                   help="with several --data sets: the share of crops drawn from each (default: every image equally)")
     g.add_argument("--storage-options", type=json.loads, help="JSON fsspec storage options for --data/--val-data")
     g.add_argument("--out", required=True, help="run folder: last.pt and history.jsonl; resumed when last.pt exists")
     g.add_argument("--init-from", help="start from this checkpoint (more anchors: new ones copy the top anchor)")
@@ -106,7 +109,11 @@ def build_settings(args: argparse.Namespace, saved: dict | None) -> TrainSetting
     values["out"] = args.out
     if not values.get("data"):
         raise ValueError("--data is required for a new run")
-    values["data"] = _absolute(values["data"])
+    from ..training.loop import DATA_SEPARATOR, data_sets
+
+    if isinstance(values["data"], list):
+        values["data"] = DATA_SEPARATOR.join(values["data"])
+    values["data"] = DATA_SEPARATOR.join(_absolute(d) for d in data_sets(values["data"]))
     values["val_data"] = _absolute(values.get("val_data"))
     return TrainSettings(**values)
 

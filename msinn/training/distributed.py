@@ -27,7 +27,7 @@ import torch
 from ..config import MSINNConfig
 from ..layers import ActNorm2d
 from ..raylocal import init_ray
-from .loop import Trainer, TrainSettings
+from .loop import DATA_SEPARATOR, Trainer, TrainSettings, data_sets
 
 log = logging.getLogger("msinn.train")
 
@@ -62,7 +62,8 @@ def run_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     use_gpu = settings.device.startswith("cuda")
-    settings = replace(settings, data=_absolute(settings.data), val_data=_absolute(settings.val_data),
+    data = DATA_SEPARATOR.join(_absolute(d) or d for d in data_sets(settings.data))
+    settings = replace(settings, data=data, val_data=_absolute(settings.val_data),
                        out=os.path.abspath(settings.out))
     loop_config = {
         "settings": asdict(settings),

@@ -36,7 +36,7 @@ PAPER_LAMBDAS = (0.0018, 0.0035, 0.0067, 0.0130, 0.0250, 0.0483, 0.0932, 0.1800,
 
 @dataclass
 class TrainSettings:
-    data: str
+    data: str  # one folder or URI, or several joined by DATA_SEPARATOR (``--data A B``)
     out: str
     steps: int = 100_000
     batch_size: int = 8
@@ -54,6 +54,16 @@ class TrainSettings:
     threads: int = 0
     lambdas: list[float] = field(default_factory=list)
     init_gain_range: tuple[float, float] = (1.0, 12.0)
+    # with several data sets: the share of crops drawn from each (empty: every image equally likely)
+    data_weights: list[float] = field(default_factory=list)
+
+
+DATA_SEPARATOR = "|"  # between data sets in ``TrainSettings.data`` (a string, so older checkpoints read alike)
+
+
+def data_sets(data: str) -> list[str]:
+    """The data sets of ``TrainSettings.data``."""
+    return [d for d in str(data).split(DATA_SEPARATOR) if d]
 
 
 def lambdas_for(anchor_num: int, lambdas: list[float] | None = None) -> list[float]:
@@ -103,19 +113,42 @@ def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0)
 
 
 class CropSampler:
-    """Random crops from images held in memory, reproducible per step."""
+    """Random crops from images held in memory, reproducible per step.
 
-    def __init__(self, images: list[np.ndarray], patch: int):
-        self.images = [im for im in images if im.shape[0] >= patch and im.shape[1] >= patch]
-        if not self.images:
+    With several image sets and ``weights``, a crop first draws its set by
+    weight, then an image of it: a small set of graphics can then count for
+    as much as a large set of photos. One set draws exactly as before sets
+    existed, so runs started then resume to the same weights.
+    """
+
+    def __init__(self, images: list[np.ndarray] | list[list[np.ndarray]], patch: int,
+                 weights: list[float] | None = None):
+        groups = images if images and isinstance(images[0], list) else [images]
+        self.groups = [[im for im in g if im.shape[0] >= patch and im.shape[1] >= patch] for g in groups]
+        if not any(self.groups):
             raise ValueError(f"no training image is at least {patch}x{patch}")
+        if weights:
+            if len(weights) != len(self.groups) or any(w < 0 for w in weights) or not sum(weights) > 0:
+                raise ValueError(f"{len(self.groups)} data sets need as many non-negative weights, got {weights}")
+            w = [wi if g else 0.0 for wi, g in zip(weights, self.groups)]
+            self.cumulative = torch.tensor(w, dtype=torch.float64).cumsum(0) / sum(w)
+        else:
+            self.cumulative = None
+        self.images = [im for g in self.groups for im in g]
         self.patch = patch
+
+    def _image(self, gen: torch.Generator) -> np.ndarray:
+        if self.cumulative is None or len(self.groups) == 1:
+            return self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+        u = float(torch.rand(1, generator=gen, dtype=torch.float64))
+        g = self.groups[min(int(torch.searchsorted(self.cumulative, u, right=True)), len(self.groups) - 1)]
+        return g[int(torch.randint(len(g), (1,), generator=gen))]
 
     def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
         crops = []
         p = self.patch
         for _ in range(n):
-            im = self.images[int(torch.randint(len(self.images), (1,), generator=gen))]
+            im = self._image(gen)
             top = int(torch.randint(im.shape[0] - p + 1, (1,), generator=gen))
             left = int(torch.randint(im.shape[1] - p + 1, (1,), generator=gen))
             crop = im[top : top + p, left : left + p]
@@ -126,11 +159,26 @@ class CropSampler:
 
 
 def load_images(uri: str, limit: int | None = None, storage_options: dict | None = None) -> list[np.ndarray]:
-    """All images under a folder or fsspec URI as RGB arrays: crops are drawn from memory."""
+    """All images under a folder or fsspec URI as RGB arrays: crops are drawn from memory.
+
+    A file that does not open is skipped and counted in one warning: one bad
+    file must not stop an hours-long run at its start (or at a resume).
+    """
     paths = list_images(uri, storage_options)
     if limit:
         paths = paths[:limit]
-    return [read_image_rgb(p, storage_options) for p in paths]
+    out, bad = [], []
+    for p in paths:
+        try:
+            out.append(read_image_rgb(p, storage_options))
+        except Exception as exc:  # noqa: BLE001 -- any decoder failure: skip the file, say which
+            bad.append(f"{p} ({type(exc).__name__}: {exc})")
+    if bad:
+        log.warning("%d of %d images under %s skipped (unreadable): %s", len(bad), len(paths), uri,
+                    "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+    if not out:
+        raise ValueError(f"{uri}: none of its {len(paths)} images could be read")
+    return out
 
 
 def center_crops(images: list[np.ndarray], size: int) -> list[torch.Tensor]:
@@ -238,8 +286,11 @@ class Trainer:
             log.info("initialised from %s (%d anchors, lambdas %s)", init_from, config.anchor_num, self.lambdas)
         else:
             init_gains(self.model, *settings.init_gain_range)
-        self.images = images if images is not None else load_images(settings.data, storage_options=storage_options)
-        self.sampler = CropSampler(self.images, settings.patch_size)
+        if images is None:
+            groups = [load_images(d, storage_options=storage_options) for d in data_sets(settings.data)]
+            images = groups if len(groups) > 1 else groups[0]
+        self.images = images
+        self.sampler = CropSampler(self.images, settings.patch_size, settings.data_weights or None)
         self.val_crops: list[torch.Tensor] = []
         if settings.val_data:
             val = load_images(settings.val_data, settings.val_images, storage_options)
@@ -387,7 +438,7 @@ def _history_step(line: str) -> int | None:
 
 
 # Settings whose change breaks the "resumed run equals uninterrupted run" property.
-_NUMERIC_SETTINGS = ("seed", "batch_size", "patch_size", "lr", "clip_max_norm", "lambdas", "data")
+_NUMERIC_SETTINGS = ("seed", "batch_size", "patch_size", "lr", "clip_max_norm", "lambdas", "data", "data_weights")
 
 
 def _warn_settings_drift(saved: dict, current: dict) -> None:
