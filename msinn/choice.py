@@ -8,7 +8,13 @@ The promise is the same whichever codec wins:
   highest PSNR);
 * ``qp``: the model's rate parameter. It needs ``msinn`` among the codecs:
   the model is coded at that qp, the PSNR it reaches becomes the floor of
-  every other codec, and the smallest file reaching it wins.
+  every other codec, and the smallest file reaching it wins;
+* ``lossless``: the exact file alone (:mod:`msinn.lossless`).
+
+``lossless`` among the codecs lets the exact file (the original back, or its
+pixels) compete at the target: its PSNR is infinite, so it reaches any floor
+and wins wherever it is the smallest file that does (within a cap it wins
+whenever it fits).
 
 The model runs first (its rate search is the costliest); each classical
 codec's quality search then stops as soon as its outcome is decided against
@@ -29,7 +35,8 @@ import numpy as np
 
 from . import classical
 from .container import Header, image_digest
-from .images import PreparedImage
+from .images import PreparedImage, restore_image
+from .lossless import LOSSLESS, ExactFile
 from .ratecontrol import QualitySearch, Target
 from .version import __version__
 
@@ -46,7 +53,7 @@ def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
         return DEFAULT_CODECS
     items = text.split(",") if isinstance(text, str) else list(text)
     names = tuple(dict.fromkeys(str(c).strip().lower() for c in items if str(c).strip()))
-    allowed = (MSINN, *classical.ARCHIVE_CODECS)
+    allowed = (MSINN, *classical.ARCHIVE_CODECS, LOSSLESS)
     unknown = [c for c in names if c not in allowed]
     if unknown or not names:
         raise ValueError(f"unknown codec(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
@@ -55,7 +62,7 @@ def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
 
 def missing_codecs(codecs: tuple[str, ...]) -> dict[str, str]:
     """Codecs this Pillow build cannot write or read, with why: a job refuses them at its start."""
-    return {c: why for c in codecs if c != MSINN and (why := classical.codec_available(c)) is not None}
+    return {c: why for c in codecs if c not in (MSINN, LOSSLESS) and (why := classical.codec_available(c)) is not None}
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class Candidate:
     codec_version: str
     codec_params: str | None = None
     header: Header | None = None  # the .msinn header (the model only)
+    exact: ExactFile | None = None  # the exact file (lossless only): what comes back, and what was tried
 
     @property
     def bytes(self) -> int:
@@ -97,6 +105,8 @@ class Candidate:
 
     @property
     def extension(self) -> str:
+        if self.exact is not None:
+            return self.exact.extension
         return "msinn" if self.codec == MSINN else classical.get(self.codec).extension
 
 
@@ -156,6 +166,18 @@ def from_encode_result(res: Any) -> Candidate:
         codec=MSINN, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
         probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
         pixel_hash=res.header.image_digest, codec_version=__version__, header=res.header,
+    )
+
+
+def from_exact(exact: ExactFile, img: PreparedImage | None) -> Candidate:
+    """The exact file as a candidate: infinite PSNR, the prepared image's own pixels as its reconstruction."""
+    pixels = restore_image(img.rgb, img.alpha, img.mode) if img is not None else np.zeros((0, 0), np.uint8)
+    from .lossless import versions
+
+    return Candidate(
+        codec=exact.codec, data=exact.data, psnr=math.inf, quality=0.0, in_range=True, note=exact.note, probes=1,
+        estimates=0, seconds=exact.seconds, pixels=pixels, pixel_hash=exact.pixel_hash or "",
+        codec_version=versions(exact.codec), exact=exact,
     )
 
 
@@ -232,15 +254,23 @@ def choose(
     target: Target,
     options: ChoiceOptions,
     model_result: Any = None,
+    exact: ExactFile | None = None,
 ) -> Choice:
     """Every allowed codec at ``target``, the winner by the module's rule.
 
     ``model_result`` is the model's finished encode (an
     :class:`msinn.codec.EncodeResult`) when ``msinn`` is among the codecs;
     the caller makes it, so the network half can run elsewhere (see
-    :class:`msinn.codec.PendingEncode`).
+    :class:`msinn.codec.PendingEncode`). ``exact`` is the exact file
+    (:func:`msinn.lossless.store_exactly` of the input's bytes) when
+    ``lossless`` is among the codecs or is the target.
     """
     t0 = time.perf_counter()
+    if target.kind == LOSSLESS or (LOSSLESS in options.codecs and exact is not None and img is None):
+        if exact is None:
+            raise ValueError("a lossless target needs the exact file of the input")
+        cand = from_exact(exact, img)
+        return Choice(cand, [cand], target, None, time.perf_counter() - t0 + exact.seconds)
     if target.kind == "qp" and model_result is None:
         raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
     cands: list[Candidate] = []
@@ -255,6 +285,10 @@ def choose(
     pixels = img.width * img.height
     for codec in options.codecs:
         if codec == MSINN:
+            continue
+        if codec == LOSSLESS:
+            if exact is not None:
+                cands.append(from_exact(exact, img))
             continue
         if target.kind == "qp" and not math.isfinite(floor):
             break  # lossless at that qp: nothing can match it with fewer bytes by this rule

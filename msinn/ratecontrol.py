@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-TARGET_KINDS = ("bpp", "bytes", "psnr", "qp")
+TARGET_KINDS = ("bpp", "bytes", "psnr", "qp", "lossless")  # lossless: msinn.lossless, the exact file
 QP_STEP = 1 / 256  # chosen qps are multiples of this: exact in binary, short in headers and manifests
 MAX_MEASURES = 8
 

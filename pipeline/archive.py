@@ -67,6 +67,7 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
 PAST_DEFAULTS = {
     "profile": "COALESCE({c}, CASE WHEN {codec} IS NULL OR {codec} = 'msinn' THEN 'float32' END)",
     "codec": "CASE WHEN {c} IS NULL AND status = 'ok' THEN 'msinn' ELSE {c} END",
+    "exact": "CASE WHEN {c} IS NULL AND status = 'ok' AND {codec} IS DISTINCT FROM 'none' THEN 'none' ELSE {c} END",
 }
 
 
@@ -87,7 +88,10 @@ def _current_columns(present: set[str]) -> str:
 
 
 def _duck_type(t: pa.DataType) -> str:
-
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    if pa.types.is_struct(t):
+        return "STRUCT(" + ", ".join(f"{f.name} {_duck_type(f.type)}" for f in t) + ")"
     if pa.types.is_string(t):
         return "VARCHAR"
     if pa.types.is_int32(t):
@@ -119,7 +123,7 @@ def connect_tables(tables: Iterable, database: str = ":memory:") -> duckdb.DuckD
         con.register("shard_rows", table)
         con.execute("INSERT INTO all_rows BY NAME SELECT * FROM shard_rows")
         con.unregister("shard_rows")
-    for column in ("codec", "profile"):  # the codec first: a row's profile default depends on it
+    for column in ("codec", "profile", "exact"):  # the codec first: the others' defaults depend on it
         con.execute(f"UPDATE all_rows SET {column} = {_past(column, set(SCHEMA.names))} WHERE {column} IS NULL")
     con.execute(CURRENT_VIEW_SQL)
     con.execute("SET enable_external_access=false")
@@ -145,9 +149,12 @@ def select(con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manif
     return [r for batch in iter_select(con, where, view) for r in batch]
 
 
+ORDERS = {"key": "key", "source": "source_uri, source_index, key"}  # the program's orders, never the user's text
+
+
 def iter_select(
     con: duckdb.DuckDBPyConnection, where: str | None, view: str = "manifest", batch: int = 4096,
-    sample: int | None = None, seed: int = 0, guard: str | None = None,
+    sample: int | None = None, seed: int = 0, guard: str | None = None, order: str = "key",
 ) -> Iterator[list[dict[str, Any]]]:
     """The same rows in batches, so a driver never holds a whole archive's manifest; ``sample`` keeps a
     reproducible random subset of that many rows (reservoir sampling in DuckDB). ``guard`` (the program's own
@@ -156,8 +163,10 @@ def iter_select(
     sql = f"SELECT * FROM {view}" + (f" WHERE {condition}" if condition else "")
     if sample:
         sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {sorted(ORDERS)}")
     try:
-        cur = con.execute(sql + " ORDER BY key")
+        cur = con.execute(sql + " ORDER BY " + ORDERS[order])
     except duckdb.InterruptException:
         raise ArchiveError(f"selection {where!r} ran over the time limit of {sql.SQL_SECONDS:g} s "
                            "(MSINN_SQL_SECONDS raises it)") from None

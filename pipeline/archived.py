@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from msinn.images import IMAGE_EXTENSIONS
 
 from . import storage
-from .keys import duplicate_reason, file_key, webdataset_key
+from .keys import duplicate_reason, file_key, unescape_name, webdataset_key
 from .sources import InputRecord, refused_or_failed
 from .spec import ArchivedRow, JobSpec, WorkUnit
 
@@ -30,13 +30,39 @@ FRAGMENT = re.compile(r"(.+?\.(?:tar|parquet))#(.+)", flags=re.DOTALL)
 
 def read_archived(unit: WorkUnit, spec: JobSpec, skip: dict[int, str] | None = None) -> Iterator[InputRecord]:
     """Inputs of a re-encode unit, one at a time: the original image if readable (and asked for), else the
-    decoded bitstream. What is read, from where and with which models is the job's (``spec``: the user's
-    command), never the plan's: a row brings only its key and where its original and bitstream are."""
-    for i, row in enumerate(unit.rows):
-        if skip and i in skip:
-            yield InputRecord(row.key, row.source_uri or "", None, skip[i])
-            continue
-        yield _read_row(row, spec)
+    decoded bitstream; then the sample's stored parts, read from this archive's shard, so the new row keeps
+    them. What is read, from where and with which models is the job's (``spec``: the user's command), never
+    the plan's: a row brings only its key and where its original and bitstream are."""
+    n = 0
+    for row in unit.rows:
+        if skip and n in skip:
+            rec = InputRecord(row.key, row.source_uri or "", None, skip[n])
+        else:
+            rec = _read_row(row, spec)
+        rec.index = row.source_index if row.source_index is not None else 0
+        rec.columns_uri = row.columns_uri
+        yield rec
+        n += 1
+        for entry in row.members or ():
+            yield _stored_part(row, entry, spec)
+            n += 1
+
+
+def _stored_part(row: ArchivedRow, entry: dict, spec: JobSpec) -> InputRecord:
+    """One stored part of an archived sample, read from its shard and checked, as a sidecar for the new row."""
+    from .bitstreams import read_part
+
+    data, why = None, entry.get("error")
+    if why is None and entry.get("member"):
+        try:
+            data = read_part(row.manifest_row(spec.input), entry, spec.input_options)
+        except Exception as exc:  # noqa: BLE001 -- the part is named in the new row with why it is missing
+            why = f"stored part unreadable: {type(exc).__name__}: {exc}"
+    elif why is None:
+        data = b""  # a link or folder: nothing stored
+    return InputRecord(row.key, row.source_uri or "", data, why, member=str(entry.get("name")),
+                       index=int(entry.get("index") or 0), sidecar=True, member_kind=entry.get("kind") or "file",
+                       link=entry.get("link"))
 
 
 def _read_row(row: ArchivedRow, spec: JobSpec) -> InputRecord:
@@ -44,8 +70,8 @@ def _read_row(row: ArchivedRow, spec: JobSpec) -> InputRecord:
     options = spec.input_options
     if spec.source_mode in ("auto", "source") and row.source_uri:
         try:
-            data = read_source(row.key, row.source_uri, options, spec.source_root, spec.key_column,
-                               spec.image_column, spec.max_input_bytes)
+            data = read_source(row.key, unescape_name(row.source_uri), options, spec.source_root,
+                               spec.key_column, spec.image_column, spec.max_input_bytes)
             return InputRecord(row.key, row.source_uri, data, encoded_from="source")
         except Exception as exc:  # the original may be gone, or not ours to read: fall back when allowed
             src_err = refused_or_failed(exc)
@@ -152,11 +178,20 @@ def decoded_bitstream(row: ArchivedRow, archive: str, options: dict | None, mode
     """The archived image as a PNG, decoded from its file in this archive's shards (any codec, every check:
     ``bitstreams.decode_row``), a ``.msinn`` file with a registered model or one of ``models`` (the user's)."""
     from msinn.images import to_pil
+    from msinn.lossless import write_png
 
-    from .bitstreams import decode_row
+    from .bitstreams import decode_row, exact_member, is_exact
 
-    pixels, mode = decode_row(row.manifest_row(archive), options, list(models) or None, "cpu")
-    buf = io.BytesIO()
-    to_pil(pixels, mode).save(buf, format="PNG")
-    return InputRecord(row.key, row.source_uri or "", buf.getvalue(), encoded_from="bitstream",
-                       original_bytes=row.source_bytes, original_sha256=row.source_sha256)
+    mrow = row.manifest_row(archive)
+    if is_exact(mrow):  # the original's bytes, or its exact pixels and metadata, checked against the row
+        got = exact_member(mrow, options)
+        data, original = (got, "bytes") if isinstance(got, bytes) else (write_png(got), "pixels")
+        if row.exact == "none":
+            original = "none"  # an exact copy of what was already not the original
+    else:
+        pixels, mode = decode_row(mrow, options, list(models) or None, "cpu")
+        buf = io.BytesIO()
+        to_pil(pixels, mode).save(buf, format="PNG")
+        data, original = buf.getvalue(), "none"
+    return InputRecord(row.key, row.source_uri or "", data, encoded_from="bitstream",
+                       original_bytes=row.source_bytes, original_sha256=row.source_sha256, original=original)

@@ -17,8 +17,11 @@ from typing import Any
 from . import storage
 
 SHARD_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,80}\.tar")
-# a member's file name extension by the row's codec (rows written before codec choice are .msinn files)
-MEMBER_EXTENSIONS = {"msinn": "msinn", "avif": "avif", "jpeg": "jpg", "webp": "webp", "jxl": "jxl"}
+# a member's file name extension by the row's codec (rows written before codec choice are .msinn files); the
+# exact codecs of --lossless (msinn.lossless) too, a stored original by its format; "none": a sample with no image
+MEMBER_EXTENSIONS = {"msinn": "msinn", "avif": "avif", "jpeg": "jpg", "webp": "webp", "jxl": "jxl",
+                     "lepton": "lep", "jxl-jpeg": "jxl", "jxl-lossless": "jxl", "webp-lossless": "webp", "png": "png",
+                     "stored": None, "none": None}
 RESTORE_MODES = ("L", "LA", "RGB", "RGBA")
 MAX_MEMBER_BYTES = 1 << 30  # one image's bitstream: far above any real one
 
@@ -50,9 +53,16 @@ def row_codec(row: dict) -> str:
     return codec
 
 
-def member_name(key: str, codec: str | None) -> str:
-    """The tar member of an image: ``<key>.msinn``, ``<key>.avif``, ... (each a file in its own standard format)."""
-    return f"{key}.{MEMBER_EXTENSIONS[codec or 'msinn']}"
+def member_name(key: str, codec: str | None, source_format: str | None = None) -> str:
+    """The tar member of an image: ``<key>.msinn``, ``<key>.avif``, ``<key>.lep``, ... (each a file in its own
+    standard format); an original stored as it is keeps its format's extension (``<key>.jpg``, ``<key>.gif``)."""
+    from msinn.lossless import stored_extension
+
+    codec = codec or "msinn"
+    if codec == "none":
+        raise UntrustedReference(f"{key}: a sample without an image has no image member")
+    ext = MEMBER_EXTENSIONS[codec] or stored_extension(source_format)
+    return f"{key}.{ext}"
 
 
 BLOCK = tarfile.BLOCKSIZE
@@ -66,11 +76,34 @@ def read_member(row: dict, options: dict | None) -> bytes:
     whose offset points at another member (another image) is refused, never
     decoded as this key.
     """
-    start, length = row.get("offset"), row.get("length")
-    if not isinstance(start, int) or not isinstance(length, int) or start < 0 or not 0 < length <= MAX_MEMBER_BYTES:
+    name = member_name(str(row["key"]), row_codec(row), row.get("source_format"))
+    return read_stored(row["archive_root"], row["tar_uri"], name, row.get("offset"), row.get("length"), options)
+
+
+def read_part(row: dict, entry: dict, options: dict | None) -> bytes:
+    """One stored part of a sample (an entry of the row's ``members``), checked against its size and hash."""
+    import hashlib
+
+    from .keys import part_of
+
+    name = str(entry.get("member") or "")
+    if not name or not part_of(str(row["key"]), name):
+        raise UntrustedReference(f"{row['key']}: member {name[:200]!r} is not a part of this sample")
+    data = read_stored(row["archive_root"], row["tar_uri"], name, entry.get("offset"), entry.get("length"), options,
+                       empty_ok=entry.get("bytes") == 0)
+    if len(data) != entry.get("bytes") or hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+        raise ValueError(f"{row['key']}: stored part {name!r} differs from the one archived (size or sha256)")
+    return data
+
+
+def read_stored(archive_root: str, tar_uri: str, member: str, start, length, options: dict | None,
+                empty_ok: bool = False) -> bytes:
+    """A member's data by one ranged read of a shard under ``archive_root``, its tar header checked first."""
+    low = 0 if empty_ok else 1
+    if not isinstance(start, int) or not isinstance(length, int) or start < 0 or not low <= length <= MAX_MEMBER_BYTES:
         raise UntrustedReference(f"offset/length {start!r}/{length!r} do not describe a bitstream")
-    uri = shard_uri(row["archive_root"], row["tar_uri"])
-    name = member_name(str(row["key"]), row_codec(row)).encode("utf-8", "surrogateescape")
+    uri = shard_uri(archive_root, tar_uri)
+    name = member.encode("utf-8", "surrogateescape")
     # a name over 100 bytes is held by a GNU long-name block (header and padded name) before the member's own header
     head = BLOCK + (BLOCK + math.ceil((len(name) + 1) / BLOCK) * BLOCK if len(name) > 100 else 0)
     if start < head:
@@ -152,6 +185,26 @@ def model_for_row(row: dict, models: str | list[str] | None, device: str):
     return load_model(entry.name, device)
 
 
+def is_exact(row: dict) -> bool:
+    from msinn.lossless import EXACT_CODECS
+
+    return row_codec(row) in EXACT_CODECS
+
+
+def exact_member(row: dict, options: dict | None, max_pixels: int | None = None):
+    """An exact row's file, checked: the original bytes (against ``source_sha256``) or the exact pixels and
+    metadata (``msinn.lossless.ExactPixels``, against ``pixel_hash``); BitstreamError naming what differs."""
+    from msinn.errors import BitstreamError
+    from msinn.lossless import check_exact
+
+    codec = row_codec(row)
+    data = read_member(row, options)
+    try:
+        return check_exact(codec, data, row, max_pixels)
+    except ValueError as exc:
+        raise BitstreamError(f"{row['key']}: {exc}") from None
+
+
 def decode_row(row: dict, options: dict | None, models: str | list[str] | None, device: str = "cpu") -> tuple[Any, str]:
     """An archived image as (pixels in its restore layout, mode), with every check its codec allows.
 
@@ -167,6 +220,15 @@ def decode_row(row: dict, options: dict | None, models: str | list[str] | None, 
 
     key = str(row["key"])
     codec = row_codec(row)
+    if codec == "none":
+        raise BitstreamError(f"{key}: a sample without an image (its other parts are stored as they are)")
+    if is_exact(row):  # checked exactly, then decoded as any input image is
+        from msinn.images import open_image, restore_image
+        from msinn.lossless import write_png
+
+        got = exact_member(row, options)
+        img = open_image(got if isinstance(got, bytes) else write_png(got), key)
+        return restore_image(img.rgb, img.alpha, img.mode), img.mode
     data = read_member(row, options)
     if codec == "msinn":
         from msinn.codec import decode_image

@@ -24,13 +24,18 @@ def add_target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--target-psnr", type=float, help="quality floor per image in dB")
     g.add_argument("--target-bytes", type=int, help="size cap per image in bytes")
     g.add_argument("--qp", type=float, help="fixed rate parameter")
+    g.add_argument("--lossless", action="store_true", default=None,
+                   help="store every image exactly: JPEGs recompressed to give the original bytes back (Lepton, "
+                        "else JPEG XL), other images pixel-lossless (JPEG XL, WebP or PNG), or the original file as "
+                        "it is when nothing is smaller")
 
 
 def add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--codecs", default="msinn",
-                   help="codecs each image may be archived in, comma-separated: msinn, avif, jpeg, webp, jxl (default "
-                        "msinn). Per image the best file at the target is kept: within a cap the highest PSNR, for "
-                        "a PSNR floor the smallest file; with --qp the model's PSNR at that qp is the others' floor")
+                   help="codecs each image may be archived in, comma-separated: msinn, avif, jpeg, webp, jxl, "
+                        "lossless (the exact file of --lossless, competing at the target) (default msinn). Per image "
+                        "the best file at the target is kept: within a cap the highest PSNR, for a PSNR floor the "
+                        "smallest file; with --qp the model's PSNR at that qp is the others' floor")
     p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
     p.add_argument("--effort", type=int, default=0,
                    help="the model's encoder-side refinement: 0 none, 1 (about 60x the encode time, -4%% to "
@@ -44,6 +49,8 @@ def coding_of(args: argparse.Namespace) -> dict:
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, float]:
+    if getattr(args, "lossless", None):
+        return "lossless", 0.0
     for kind, attr in (("bpp", "target_bpp"), ("psnr", "target_psnr"), ("bytes", "target_bytes"), ("qp", "qp")):
         v = getattr(args, attr, None)
         if v is not None:
@@ -235,12 +242,15 @@ def cmd_query(argv: list[str], prog: str = "msinn-pipeline query") -> int:
     return 0
 
 
-def _selection(args: argparse.Namespace, sample: int | None = None, seed: int = 0):
-    """The ok rows a --where selects, in batches; each reads its bitstream from this archive's shards only."""
+def _selection(args: argparse.Namespace, sample: int | None = None, seed: int = 0, every: bool = False):
+    """The ok rows a --where selects (``every``: error rows too, which may hold a failed image's bytes), in
+    batches; each reads its bitstream from this archive's shards only."""
     from .archive import iter_select
 
     # the user's condition is checked and re-rendered alone, then put inside the guard: it cannot widen it
-    for batch in iter_select(_connect(args), args.where, sample=sample, seed=seed, guard="status = 'ok'"):
+    guard = None if every else "status = 'ok'"
+    order = "source" if every else "key"
+    for batch in iter_select(_connect(args), args.where, sample=sample, seed=seed, guard=guard, order=order):
         yield [dict(r, archive_root=args.archive) for r in batch]
 
 
@@ -256,21 +266,36 @@ def cmd_restore(argv: list[str], prog: str = "msinn-pipeline restore") -> int:
     from .archive import ArchiveError
     from .restore import run_decode_jobs
 
-    p = _archive_parser(prog, "Decode a selection of an archive back to image files.")
+    p = _archive_parser(prog, "Decode a selection of an archive back to image files, or give the input back in "
+                        "its own shape (--layout source).")
     p.add_argument("dest", help="fsspec URI of the destination folder")
     p.add_argument("--where", help="SQL predicate over the manifest, e.g. \"bpp > 0.5\"")
-    p.add_argument("--format", default="png", help="image format of the restored files (png, webp, tiff, ...)")
+    p.add_argument("--layout", choices=["flat", "source"], default="flat",
+                   help="flat: one image file per key (--format); source: the input as it was laid out: its tars "
+                        "(same names, members and order), Parquet files (same columns and rows) and folders, "
+                        "exact rows byte for byte or pixel for pixel, every other part of a sample byte for byte")
+    p.add_argument("--format", default="png", help="flat layout: image format of the restored files (png, webp, "
+                   "tiff, ...)")
     p.add_argument("--model", action="append", help="model name or checkpoint; repeatable: each row decodes with "
                    "the one holding its weights, other rows with the model they name")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dest-storage-options", type=options_arg, default=None)
     args = _canonical_args(p.parse_args(argv))
     setup_logging()
+    source = args.layout == "source"
     try:
-        batches = _first_batch(_selection(args))
+        batches = _first_batch(_selection(args, every=source))
     except (ArchiveError, FileNotFoundError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
+    if source:
+        from .rebuild import input_root, run_rebuild
+
+        with quiet_stdout():
+            out = run_rebuild(batches, args.storage_options, args.model, args.device, args.dest,
+                              args.dest_storage_options, input_root(args.archive, args.storage_options))
+        print(json.dumps(out, indent=2))
+        return 1 if out["failed"] else 0
     with quiet_stdout():
         report = run_decode_jobs(batches, args.storage_options, args.model, args.device, args.dest,
                                  args.dest_storage_options, args.format)

@@ -22,6 +22,7 @@ from msinn.choice import MSINN, ChoiceOptions, choose, meets
 from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
+from msinn.lossless import LOSSLESS, store_exactly
 from msinn.metrics import ms_ssim_uint8
 from msinn.ratecontrol import Target
 from msinn.version import __version__
@@ -29,10 +30,10 @@ from msinn.version import __version__
 from .inputs import stream_unit
 from .keys import refuse_duplicates
 from .limits import memory_refusal
-from .manifest import ManifestRow
+from .manifest import ManifestRow, Member
 from .readahead import read_ahead
 from .shards import commit
-from .sources import InputRecord
+from .sources import InputRecord, unread_images
 from .spec import Attempt, JobSpec, WorkUnit
 
 log = logging.getLogger("pipeline.encoder")
@@ -42,9 +43,12 @@ log = logging.getLogger("pipeline.encoder")
 class PendingImage:
     """An image between the two stages: decoded, its target known, the model's encode prepared (if it competes)."""
 
-    img: PreparedImage
+    img: PreparedImage | None  # None for an exact file alone (a lossless target, or an image only it can store)
     target: Target
     model_encode: PendingEncode | None  # None when msinn is not among the job's codecs
+    data: bytes | None = None  # the input's bytes, when the exact file competes (lossless)
+    refusal: str | None = None  # why the image is not decoded (its exact file is stored as it is)
+    original: str = "bytes"  # what ``data`` is of the original (InputRecord.original): caps what the row promises
 
 
 def _node_id() -> str | None:
@@ -101,10 +105,22 @@ def _staged(records: Iterable[InputRecord]) -> Iterator[tuple[str, int, InputRec
         index += 1
 
 
+def _side(rec: InputRecord, sidecars: list[Member], readable: set[int]) -> bool:
+    """Take a sidecar record aside (True); note an image record read whole (False: it is to be coded)."""
+    if rec.sidecar:
+        sidecars.append(Member(rec.key, rec.member or rec.key, rec.data if rec.error is None else None, rec.index,
+                               rec.member_kind, rec.link, rec.error))
+        return True
+    if rec.data is not None:
+        readable.add(rec.index)
+    return False
+
+
 class UnitEncoder:
     """Holds the model; encodes units. Wrapped as a Ray actor by the runner."""
 
-    def __init__(self, model: str | None, device: str = "cpu", threads: int = 0, overlap: bool | None = None):
+    def __init__(self, model: str | None, device: str = "cpu", threads: int = 0, overlap: bool | None = None,
+                 load_model: bool = True):
         import msinn
 
         self.threads = threads
@@ -116,9 +132,10 @@ class UnitEncoder:
             torch.set_num_threads(threads)
         if device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device cuda requested but no GPU is visible to this worker")
-        self.model = msinn.load(model, device=device)
+        # a job that never runs the model (--lossless, classical codecs alone) does not load it
+        self.model = msinn.load(model, device=device) if load_model else None
         self.device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        self.model_name, self.model_hash = model_identity(self.model)
+        self.model_name, self.model_hash = model_identity(self.model) if self.model is not None else (None, None)
 
     def _coder_thread_init(self) -> None:
         if self.threads:
@@ -151,23 +168,31 @@ class UnitEncoder:
             source_bytes=rec.source_bytes,
             source_sha256=rec.sha256,
         )
+        row.source_index, row.columns_uri = rec.index, rec.columns_uri
         if rec.error is not None:
             return row.fail(rec.error), None
+        exact = spec.target_kind == LOSSLESS or LOSSLESS in spec.codecs
+        target = spec.target_for(rec.target_value)
+        if spec.target_kind == LOSSLESS:  # nothing to decode here: the exact file is made on the coding side
+            return row, PendingImage(None, target, None, rec.data, original=rec.original)
         refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels)
         if refusal is not None:  # judged from the header: nothing decoded yet
+            if exact:
+                return row, PendingImage(None, target, None, rec.data, f"refused: {refusal}", rec.original)
             return row.fail(f"refused: {refusal}"), None
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
-            target = spec.target_for(rec.target_value)
             model_encode = None
             if MSINN in spec.codecs:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
                 model_encode = prepare_encode(self.model, img, target, opts, effort=spec.effort)
         except ImageInputError as exc:
+            if exact:  # the exact file stores what cannot be coded: never an error for a file that can be stored
+                return row, PendingImage(None, target, None, rec.data, f"bad image: {exc}", rec.original)
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
-        return row, PendingImage(img, target, model_encode)
+        return row, PendingImage(img, target, model_encode, rec.data if exact else None, original=rec.original)
 
     @staticmethod
     def finish_record(
@@ -179,28 +204,52 @@ class UnitEncoder:
         img, target = pending.img, pending.target
         try:
             res = pending.model_encode.finish() if pending.model_encode is not None else None
-            choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res)
+            exact = None
+            if pending.data is not None:
+                exact = store_exactly(pending.data, row.source_uri or row.key, spec.max_pixels)
+                if pending.refusal:
+                    exact.notes.insert(0, pending.refusal)
+            choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res, exact)
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
         w = choice.winner
-        pixels = img.width * img.height
         row.status, row.error = "ok", None
-        row.width, row.height, row.bytes, row.bpp = img.width, img.height, w.bytes, w.bytes * 8 / pixels
-        row.psnr = w.psnr if np.isfinite(w.psnr) else None
-        row.qp = float(w.quality)
-        row.source_format, row.mode, row.source_mode, row.bit_depth = (
-            img.source_format, img.mode, img.source_mode, img.bit_depth)
-        row.target_met = bool(meets(w, target, choice.floor, pixels)) if target.kind != "qp" else True
-        row.in_range = w.in_range
-        row.probes = sum(c.probes for c in choice.candidates)
-        row.codec, row.pixel_hash, row.codec_version = w.codec, w.pixel_hash, w.codec_version
-        if w.header is not None:
-            row.profile, row.numerics, row.effort = w.header.profile, w.header.numerics or None, spec.effort
-        else:  # a classical file needs no model to decode
+        row.bytes, row.probes, row.encode_seconds = w.bytes, sum(c.probes for c in choice.candidates), choice.seconds
+        row.codec, row.codec_version = w.codec, w.codec_version
+        if w.exact is not None:
+            e = w.exact
+            row.width = e.width if e.width is not None else (img.width if img is not None else None)
+            row.height = e.height if e.height is not None else (img.height if img is not None else None)
+            row.source_format = e.source_format or (img.source_format if img is not None else None)
+            row.mode, row.bit_depth = e.mode, e.bit_depth
+            row.source_mode = img.source_mode if img is not None else e.mode
+            # exact only to what it was made from: a decoded lossy file stored exactly is still not the original
+            rank = {"bytes": 2, "pixels": 1, "none": 0}
+            row.exact = min(e.exact, pending.original, key=rank.__getitem__)
+            row.pixel_hash, row.note = e.pixel_hash, e.note or None
             row.model = row.model_hash = None
-            row.codec_params = w.codec_params
-        row.ms_ssim = ms_ssim_uint8(rgb_view(w.pixels, img.mode), img.rgb) if spec.ms_ssim else None
-        row.encode_seconds = choice.seconds
+            row.target_met = bool(meets(w, target, choice.floor, row.width * row.height)) if (
+                target.is_cap and row.width) else True
+            row.in_range = True
+            row.ms_ssim = 1.0 if spec.ms_ssim and img is not None else None
+        else:
+            pixels = img.width * img.height
+            row.width, row.height = img.width, img.height
+            row.psnr = w.psnr if np.isfinite(w.psnr) else None
+            row.qp = float(w.quality)
+            row.source_format, row.mode, row.source_mode, row.bit_depth = (
+                img.source_format, img.mode, img.source_mode, img.bit_depth)
+            row.target_met = bool(meets(w, target, choice.floor, pixels)) if target.kind != "qp" else True
+            row.in_range = w.in_range
+            row.pixel_hash, row.exact = w.pixel_hash, "none"
+            if w.header is not None:
+                row.profile, row.numerics, row.effort = w.header.profile, w.header.numerics or None, spec.effort
+            else:  # a classical file needs no model to decode
+                row.model = row.model_hash = None
+                row.codec_params = w.codec_params
+            row.ms_ssim = ms_ssim_uint8(rgb_view(w.pixels, img.mode), img.rgb) if spec.ms_ssim else None
+        if row.width and row.height:
+            row.bpp = w.bytes * 8 / (row.width * row.height)
         return row, w.data
 
     def process_unit(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> dict:
@@ -257,12 +306,14 @@ class UnitEncoder:
             coder_s[0] += time.perf_counter() - t
             return out
 
+        sidecars: list[Member] = []  # the samples' other parts, stored as they are
+        readable: set[int] = set()  # records read whole: if their row fails, their bytes are stored as they are
         if self.overlap if overlap is None else overlap:
             results: list[Future] = []
             with ThreadPoolExecutor(1, thread_name_prefix="entropy-coder", initializer=self._coder_thread_init) as pool:
                 for stage, index, rec in _staged(records):
                     yield stage, index
-                    if rec is None:
+                    if rec is None or _side(rec, sidecars, readable):
                         continue
                     if len(results) >= PIPELINE_DEPTH:  # one coder thread finishes in order
                         wait([results[-PIPELINE_DEPTH]])
@@ -272,13 +323,16 @@ class UnitEncoder:
             finished = []
             for stage, index, rec in _staged(records):
                 yield stage, index
-                if rec is not None:
+                if rec is not None and not _side(rec, sidecars, readable):
                     finished.append(finish(*prepare(rec)))
         yield "commit", None
         # keys shared within the unit are refused now that every key is known; their bitstreams are dropped
         refuse_duplicates([row for row, _ in finished], ManifestRow.fail)
         finished = [(row, data if row.status == "ok" else None) for row, data in finished]
-        rows = commit(spec, unit, finished)
+        failed = {r.source_index for r, _ in finished if r.status == "error" and r.source_index in readable}
+        # an image that could not be coded (or shares its key) is not lost: its bytes are stored as they are
+        kept = unread_images(unit, spec, failed, {r.source_index: r.key for r, _ in finished}) if failed else []
+        rows = commit(spec, unit, finished, sidecars + kept)
         ok = [r for r in rows if r.status == "ok"]
         yield "done", {  # what the driver's progress line needs; statistics are read from the manifest
             "unit_id": unit.unit_id,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .archived import read_archived
-from .keys import UNSAFE_KEY, safe_key, stand_in_key
+from .keys import UNSAFE_KEY, escape_name, safe_key, stand_in_key
 from .sources import InputRecord, read_files, read_parquet, read_tar
 from .spec import JobSpec, WorkUnit
 
@@ -34,7 +34,13 @@ def stream_unit(unit: WorkUnit, spec: JobSpec, skip: dict[int, str] | None = Non
     else:
         records = read_parquet(unit, options, spec.key_column, spec.image_column, spec.target_column, root, skip)
     for r in records:
-        if safe_key(r.key) is None:
-            r.error, r.data = UNSAFE_KEY.format(key=r.key[:80]), None
-            r.key = stand_in_key(r.key)
+        # names are bytes: what is not UTF-8 is escaped (keys.escape_name), and what cannot be a file name is refused
+        raw_key, raw_member = r.key, r.member
+        r.key, r.source_uri = escape_name(r.key), escape_name(r.source_uri)
+        r.member = escape_name(r.member) if r.member is not None else None
+        literal_backslash = "\\" in raw_key or "\\" in (raw_member or "")
+        if literal_backslash or safe_key(r.key) is None or (r.member is not None and safe_key(r.member) is None):
+            named = r.key if literal_backslash or safe_key(r.key) is None else r.member  # what is refused
+            r.error, r.data = UNSAFE_KEY.format(key=named[:80]), None
+            r.key, r.sidecar = stand_in_key(named), False
         yield r

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,14 +42,55 @@ def webdataset_key(member: str) -> str:
     return f"{folder}/{stem}" if folder else stem
 
 
+ESCAPED_BYTE = re.compile(r"\\x[89a-f][0-9a-f]")
+
+
+def escape_name(name: str) -> str:
+    """A name as text: each byte that is not UTF-8 (a surrogate, as Python reads such a file or tar member name)
+    becomes the four characters ``\\xHH``. Keys, manifests and plans hold only text; names read back with
+    :func:`unescape_name`. A literal backslash in an input name is refused as a key, so an escape never
+    collides with a real key."""
+    if not any("\udc80" <= c <= "\udcff" for c in name):
+        return name
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c for c in name)
+
+
+def unescape_name(text: str) -> str:
+    """The name :func:`escape_name` wrote, with its non-UTF-8 bytes back (as surrogates, which the local file
+    system and tarfile write as the original bytes)."""
+    if "\\x" not in text:
+        return text
+    return ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(0)[2:], 16)), text)
+
+
+def printable(text: object) -> str:
+    """A name as it may be printed in a log line or message: control, bidirectional and other invisible
+    characters escaped (``repr`` without its quotes), so a key cannot forge or reorder what a reader sees."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def part_of(key: str, name: str) -> bool:
+    """Whether a stored part's name belongs to the sample ``key``: by the webdataset rule (``key.field``) or as a
+    loose file of that key (``key.ext``), whatever suffix made a repeated name or key unique (``~N``, ``~dupN``)."""
+    base = re.sub(r"~dup\d+$", "", key)
+    name = re.sub(r"~\d+$", "", name)
+    return webdataset_key(name) == base or file_key(name, "") == base or name == base
+
+
 def safe_key(key: str) -> str | None:
     """A key usable as a tar member and a restored file name, or None.
 
-    No absolute paths, '.', '..', backslashes or control characters, and no
-    path component longer than 200 bytes (file systems stop at 255 with the
-    extension added on restore).
+    No absolute paths, '.', '..', backslashes (other than the ``\\xHH`` escapes
+    of :func:`escape_name`) or control characters, and no path component
+    longer than 200 bytes (file systems stop at 255 with the extension added
+    on restore).
     """
-    if not key or key.startswith("/") or "\\" in key or any(ord(c) < 32 for c in key):
+    if not key or key.startswith("/") or "\\" in ESCAPED_BYTE.sub("", key) or any(ord(c) < 32 for c in key):
+        return None
+    if any("\ud800" <= c <= "\udfff" for c in key):
         return None
     raw = key.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_KEY_BYTES or any(len(p.encode("utf-8", "surrogatepass")) > MAX_KEY_PART_BYTES

@@ -10,6 +10,7 @@ them. New columns go at the end; rows of older archives read them as NULL
 
 from __future__ import annotations
 
+import hashlib
 import io
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
@@ -17,6 +18,43 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# One stored part of a sample beside its image (a caption, metadata, any file that shares its key, a tar's link
+# or folder, an image that could not be coded): its name in the input, its member in this row's tar, and where.
+MEMBER = pa.struct([
+    ("name", pa.string()),  # in the input: tar member name, path under the input, or <key>.<column> (Parquet)
+    ("member", pa.string()),  # the tar member it is stored as in tar_uri (the name, unless two parts share it)
+    ("kind", pa.string()),  # file, directory, symlink, hardlink, special
+    ("link", pa.string()),  # a link's target
+    ("bytes", pa.int64()),
+    ("sha256", pa.string()),
+    ("offset", pa.int64()),  # of its data in tar_uri, for one ranged read
+    ("length", pa.int64()),
+    ("index", pa.int64()),  # its place in its input container: restore --layout source keeps the order
+    ("error", pa.string()),  # why it was not stored (over the size limit, a special file), else null
+])
+@dataclass
+class Member:
+    """One part of a sample stored as it is, beside its image: a sidecar, a link, or an image not coded."""
+
+    key: str  # its sample
+    name: str  # its name in the input (tar member, path under the input, <key>.<column> for Parquet)
+    data: bytes | None  # None: not stored (``error`` says why), or a link or folder (nothing to store)
+    index: int  # its place in its input container
+    kind: str = "file"  # file, directory, symlink, hardlink, special
+    link: str | None = None
+    error: str | None = None
+
+    def entry(self) -> dict:
+        """Its manifest entry (``manifest.MEMBER``), before the tar gives it a place."""
+        stored = self.data is not None and self.kind == "file"
+        return {"name": self.name, "member": None, "kind": self.kind, "link": self.link,
+                "bytes": len(self.data) if stored else None,
+                "sha256": hashlib.sha256(self.data).hexdigest() if stored else None,
+                "offset": None, "length": None, "index": self.index, "error": self.error}
+
+
+EXACT = ("bytes", "pixels", "none")  # what a row gives back of its input: the file, its pixels, or neither
 
 
 def _col(arrow: pa.DataType, result: bool = False) -> Any:
@@ -72,6 +110,13 @@ class ManifestRow:
     pixel_hash: str | None = _col(pa.string(), True)  # hash of the decoded pixels, every codec (container.image_digest)
     codec_params: str | None = _col(pa.string(), True)  # a classical file's settings (quality, speed, tune, ...)
     effort: int | None = _col(pa.int32(), True)  # the model's encoder-side refinement level
+    # what comes back of the input: "bytes" (the original file, byte for byte), "pixels" (its pixels, mode, depth
+    # and ICC/EXIF/XMP), "none" (a lossy file); rows written before --lossless read as none
+    exact: str | None = _col(pa.string(), True)
+    note: str | None = _col(pa.string(), True)  # how an exact file was chosen: the recompressions refused and why
+    source_index: int | None = _col(pa.int64())  # the image's place in its input container (tar member, row, file)
+    members: list | None = _col(pa.list_(MEMBER))  # the sample's other parts, stored beside the image (MEMBER)
+    columns_uri: str | None = _col(pa.string())  # Parquet inputs: the shard of the input's other columns
 
     def fail(self, error: str) -> ManifestRow:
         """Mark the row failed; an error row carries no bitstream, size or quality figures."""

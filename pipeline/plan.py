@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from msinn.images import IMAGE_EXTENSIONS
-
 from . import storage
 from .claims import Claim, refreshing
 from .keys import file_key
@@ -110,14 +108,14 @@ class _Planner:
             self.group, self.group_bytes = [], 0
 
 
-def _kind_of(uri: str) -> str | None:
+def _kind_of(uri: str) -> str:
+    """A listed file's kind: a tar or Parquet shard, else a loose file (an image, or a part of its key's sample:
+    a caption, metadata, anything; nothing under the input is left out of a plan that lists it)."""
     if uri.endswith(".tar"):
         return "tar"
     if uri.endswith(".parquet"):
         return "parquet"
-    if uri.lower().endswith(IMAGE_EXTENSIONS):
-        return "files"
-    return None
+    return "files"
 
 
 def iter_units(
@@ -126,12 +124,13 @@ def iter_units(
 ) -> Iterator[WorkUnit]:
     """Group a sorted listing of (URI, size) into work units, as it streams.
 
-    Each tar and each Parquet file is a unit; loose image files are grouped
-    into units of about ``shard_bytes`` (more only where files of one key
-    span the cut). ``auto`` plans every kind; a named kind plans only that
-    one. Files of another kind, and entries the listing passed over
-    (``skipped``), are named in a warning, never dropped silently. A listing
-    out of order raises ``ListingOrderError``.
+    Each tar and each Parquet file is a unit; loose files (images and the
+    files that share their keys) are grouped into units of about
+    ``shard_bytes`` (more only where files of one key span the cut).
+    ``auto`` plans every kind; a named kind plans only that one. Files of
+    another kind, and entries the listing passed over (``skipped``), are
+    named in a warning, never dropped silently. A listing out of order
+    raises ``ListingOrderError``.
     """
     if kind != "auto" and kind not in LISTED_KINDS:
         raise ValueError(f"input kind must be one of {LISTED_KINDS}")
@@ -153,7 +152,7 @@ def iter_units(
         raise FileNotFoundError(f"{input_uri}: no input files found")
     yield from planner.flush()
     if not planner.count:
-        raise FileNotFoundError(f"{input_uri}: no image files, tars or Parquet files found")
+        raise FileNotFoundError(f"{input_uri}: no files, tars or Parquet files found")
 
 
 def list_input(input_uri: str, options: dict | None, skipped: Skipped | None = None) -> Iterator[tuple[str, int]]:

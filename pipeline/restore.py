@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import storage
-from .bitstreams import decode_row
+from .bitstreams import decode_row, exact_member, is_exact, read_part, row_codec
 from .keys import safe_key
 
 
@@ -31,9 +31,12 @@ def decode_rows(
 ) -> list[dict]:
     """Decode each row; with ``dest``, write the image there. One result per row, never an exception.
 
-    Each row carries ``archive_root``: its bitstream is read from that archive's shards only.
+    Each row carries ``archive_root``: its bitstream is read from that archive's shards only. Without ``dest``
+    (verify) every stored part of the row's sample is read and checked too. An exact row is written as its
+    exact file: the original (``<key>.<its extension>``) or a PNG of the exact pixels and metadata.
     """
     from msinn.images import to_pil
+    from msinn.lossless import stored_extension, write_png
 
     out = []
     for row in rows:
@@ -42,12 +45,26 @@ def decode_rows(
         try:
             if safe_key(row["key"]) is None:
                 raise ValueError(f"unsafe key {row['key']!r}")
-            pixels, mode = decode_row(row, archive_options, models, device)
-            if dest is not None:
-                buf = io.BytesIO()
-                to_pil(pixels, mode).save(buf, format=image_format.upper())
-                uri = storage.join(dest, f"{row['key']}.{image_format.lower()}")
-                storage.write_bytes(uri, buf.getvalue(), dest_options)
+            data, ext = None, image_format.lower()
+            if row_codec(row) == "none":
+                pass  # a sample without an image: only its stored parts
+            elif is_exact(row):
+                got = exact_member(row, archive_options)
+                data, ext = (got, stored_extension(row.get("source_format"))) if isinstance(got, bytes) else (
+                    write_png(got), "png")
+            else:
+                pixels, mode = decode_row(row, archive_options, models, device)
+                if dest is not None:
+                    buf = io.BytesIO()
+                    to_pil(pixels, mode).save(buf, format=image_format.upper())
+                    data = buf.getvalue()
+            if dest is None:
+                for entry in row.get("members") or ():
+                    if not entry.get("error") and entry.get("member"):
+                        read_part(row, entry, archive_options)
+            elif data is not None:
+                uri = storage.join(dest, f"{row['key']}.{ext}")
+                storage.write_bytes(uri, data, dest_options)
                 res["uri"] = uri
             res["ok"] = True
         except Exception as exc:  # every failure is reported with its key

@@ -71,7 +71,15 @@ def check_job(spec: JobSpec) -> None:
         value = getattr(spec, name)
         if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0 or value != value:
             raise JobError(f"bad --{name.replace('_', '-')} {value!r}: must be a positive number")
-    check_model(spec.model, (spec.target_kind, spec.target_value))
+    if spec.needs_model:
+        check_model(spec.model, (spec.target_kind, spec.target_value))
+    else:
+        from msinn.ratecontrol import Target
+
+        try:
+            Target(spec.target_kind, spec.target_value)
+        except ValueError as exc:
+            raise JobError(f"bad target: {exc}") from None
     check_codecs(spec.codecs)
 
 
@@ -107,9 +115,16 @@ def check_codecs(codecs: tuple[str, ...]) -> None:
 def codec_versions(codecs: tuple[str, ...]) -> dict[str, str]:
     """The libraries behind each codec of the job, as the driver has them (each row records its worker's)."""
     from msinn.classical import versions
+    from msinn.lossless import LOSSLESS
+    from msinn.lossless import versions as exact_versions
     from msinn.version import __version__
 
-    return {c: (f"msinn {__version__}" if c == "msinn" else versions(c)) for c in codecs}
+    def of(c: str) -> str:
+        if c == LOSSLESS:
+            return "; ".join(exact_versions(x) for x in ("lepton", "jxl-jpeg", "webp-lossless", "png"))
+        return f"msinn {__version__}" if c == "msinn" else versions(c)
+
+    return {c: of(c) for c in codecs}
 
 
 def prepare_plan(spec: JobSpec) -> tuple[JobSpec, Plan]:
@@ -353,7 +368,7 @@ def execute_units(
             pending,
             todo,
             lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
-                spec.model, spec.device, threads),
+                spec.model, spec.device, threads, load_model=spec.needs_model),
             lambda actor, unit, attempt: actor.unit_steps.options(
                 num_returns="streaming", **(CAREFUL_STREAM if attempt.careful else {})).remote(unit, spec, attempt),
             settings,

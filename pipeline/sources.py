@@ -1,12 +1,17 @@
-"""Reading the images of one listed unit: loose files, webdataset tars, Parquet shards.
+"""Reading one listed unit: loose files, webdataset tars, Parquet shards, every part of every sample.
 
 Every input yields a record, good or bad: an unreadable shard member or a
 corrupt image becomes a record with an error, never an exception that would
-drop the unit's other images. A unit is read only under the job's input
+drop the unit's other images. Whatever is not an image is a sidecar record
+(a caption, a ``.json``, a ``.cls``, any file that shares a key, a tar's
+links and folders): it is stored as it is beside its sample's image, so an
+archive can replace its input (a Parquet file's other columns are copied by
+``shards.copy_columns``). A unit is read only under the job's input
 (``root``), from regular files (``storage.open_input``), whatever its plan
 says. Records are numbered in stream order; ``skip`` maps numbers to the
 reason they are refused unread (the pool's verdict on an image that killed
-its encoder).
+its encoder). Each record also keeps its place in its container (``index``),
+so a restore can rebuild the input in its own order.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ class InputRecord:
     original_bytes: int | None = None  # size and hash of the original input, when data is not it
     original_sha256: str | None = None
     target_value: float | None = None  # per-image target from an input column, overriding the job's
+    member: str | None = None  # its name in its container: tar member, path under the input; None for Parquet
+    index: int = 0  # its place in its container (tar member, file of the unit, Parquet row)
+    sidecar: bool = False  # not an image: stored as it is, beside its sample's image
+    member_kind: str = "file"  # sidecars: file, directory, symlink, hardlink
+    link: str | None = None  # a link member's target
+    original: str = "bytes"  # what ``data`` is of the original: its bytes, its pixels (a PNG of them), or neither
+    columns_uri: str | None = None  # re-encodes: the Parquet input's other columns the new row keeps
 
     @cached_property
     def sha256(self) -> str | None:
@@ -58,31 +70,42 @@ def refused_or_failed(exc: BaseException) -> str:
     return f"read failed: {type(exc).__name__}: {exc}"
 
 
+def is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def read_files(unit: WorkUnit, options: dict | None, root: str, max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
                skip: dict[int, str] | None = None) -> Iterator[InputRecord]:
+    """The unit's files one at a time: images to code, every other file a sidecar of its key."""
     for i, uri in enumerate(unit.uris):
-        key = file_key(uri, unit.root)
+        key, name = file_key(uri, unit.root), relative_path(uri, unit.root)
+        side = not is_image_name(uri)
         if skip and i in skip:
-            yield InputRecord(key, uri, None, skip[i])
+            yield InputRecord(key, uri, None, skip[i], member=name, index=i, sidecar=side)
             continue
         try:
             data = storage.read_input(uri, options, root, max_bytes)
         except Exception as exc:  # one unreadable or refused object must not stop the unit
-            yield InputRecord(key, uri, None, refused_or_failed(exc))
+            yield InputRecord(key, uri, None, refused_or_failed(exc), member=name, index=i, sidecar=side)
             continue
-        yield InputRecord(key, uri, data)
+        yield InputRecord(key, uri, data, member=name, index=i, sidecar=side)
+
+
+LINK_KINDS = {tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink", tarfile.DIRTYPE: "directory"}
 
 
 def read_tar(unit: WorkUnit, options: dict | None, root: str, max_bytes: int = DEFAULT_MAX_INPUT_BYTES,
              skip: dict[int, str] | None = None) -> Iterator[InputRecord]:
-    """Image members of one tar, streamed: one member in memory at a time, whatever the shard's size.
+    """Every member of one tar, streamed: one member in memory at a time, whatever the shard's size.
 
-    A shard damaged part-way yields its members up to the damage, then one
-    error record that says where reading stopped. A member over ``max_bytes``
-    gets an error record, unread.
+    Image members are records to code; every other member (``.txt``,
+    ``.json``, any bytes, folders and links) is a sidecar of its sample. A
+    shard damaged part-way yields its members up to the damage, then one
+    error record that says where reading stopped. A member over
+    ``max_bytes`` gets an error record, unread.
     """
     uri = unit.uris[0]
-    seen = index = 0
+    seen = count = 0
     try:
         f = storage.open_input(uri, options, root)
     except storage.RefusedInput as exc:
@@ -91,29 +114,40 @@ def read_tar(unit: WorkUnit, options: dict | None, root: str, max_bytes: int = D
     try:
         with f, tarfile.open(fileobj=f, mode="r|*") as tf:
             for m in tf:
+                position = seen
                 seen += 1
-                if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
+                key, src, i = webdataset_key(m.name), f"{uri}#{m.name}", count
+                count += 1
+                if not m.isfile():
+                    kind = LINK_KINDS.get(m.type)
+                    why = None if kind else f"tar member of type {m.type!r} (a device, FIFO or other special " \
+                                            "file): recorded, not stored"
+                    yield InputRecord(key, src, b"", why, member=m.name, index=position, sidecar=True,
+                                      member_kind=kind or "special", link=m.linkname or None)
                     continue
-                key, src, i = webdataset_key(m.name), f"{uri}#{m.name}", index
-                index += 1
+                side = not is_image_name(m.name)
                 if skip and i in skip:
-                    yield InputRecord(key, src, None, skip[i])
+                    yield InputRecord(key, src, None, skip[i], member=m.name, index=position, sidecar=side)
                     continue
                 if m.size > max_bytes:
+                    what = "input image" if not side else "input file"
                     yield InputRecord(key, src, None, f"refused: {src}: {m.size} bytes, over the limit of "
-                                                      f"{max_bytes} bytes per input image")
+                                                      f"{max_bytes} bytes per {what}", member=m.name,
+                                      index=position, sidecar=side)
                     continue
                 member = tf.extractfile(m)
                 data = member.read() if member is not None else None
                 if data is None or len(data) != m.size:
-                    yield InputRecord(key, src, None, "unreadable tar member: member truncated")
+                    yield InputRecord(key, src, None, "unreadable tar member: member truncated", member=m.name,
+                                      index=position, sidecar=side)
                     return
-                yield InputRecord(key, src, data)
+                yield InputRecord(key, src, data, member=m.name, index=position, sidecar=side)
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, FileNotFoundError | PermissionError):
             raise  # the shard itself cannot be read: the unit fails and is reported
         where = f" after {seen} members" if seen else ""
-        yield InputRecord(relative_path(uri, unit.root), uri, None, f"unreadable tar shard{where}: {exc}")
+        yield InputRecord(relative_path(uri, unit.root), uri, None, f"unreadable tar shard{where}: {exc}",
+                          index=seen)
 
 
 def read_parquet(
@@ -128,9 +162,15 @@ def read_parquet(
     except storage.RefusedInput as exc:
         yield InputRecord(relative_path(uri, unit.root), uri, None, refused_or_failed(exc))
         return
-    with f:  # ranged reads: one row group in memory at a time
-        yield from _parquet_records(pq.ParquetFile(f), uri, unit, key_column, image_column, target_column,
-                                    skip or {})
+    with f:  # buffered reads, a few rows at a time: a row group is never held whole (PARQUET_READ)
+        yield from _parquet_records(pq.ParquetFile(f, **PARQUET_READ), uri, unit, key_column, image_column,
+                                    target_column, skip or {})
+
+
+# How Parquet inputs are read: pages through a 1 MB buffer, 16 rows per batch, so the memory a record costs is
+# about its own size whatever the file's row groups (measured: tests/test_pipeline.py, bench/actor_memory.py).
+PARQUET_READ = {"buffer_size": 1 << 20, "pre_buffer": False}
+PARQUET_BATCH_ROWS = 16
 
 
 def _parquet_records(
@@ -143,20 +183,67 @@ def _parquet_records(
         if col not in names:
             raise ValueError(f"{uri}: no column {col!r} (columns: {names})")
     row = 0
-    for batch in pf.iter_batches(columns=columns, batch_size=256):
+    for batch in pf.iter_batches(columns=columns, batch_size=PARQUET_BATCH_ROWS):
         keys = batch.column(0).to_pylist()
         images = batch.column(1).to_pylist()
         targets = batch.column(2).to_pylist() if target_column else [None] * len(keys)
         for k, v, tv in zip(keys, images, targets):
-            src = f"{uri}#row={row}"
+            src, at = f"{uri}#row={row}", row
             row += 1
             if isinstance(v, dict):  # e.g. the {bytes, path} struct of HF datasets
                 v = v.get("bytes")
-            if k is None:
-                yield InputRecord(f"{relative_path(uri, unit.root)}#row={row - 1}", src, None, "missing key")
-            elif row - 1 in skip:
-                yield InputRecord(str(k), src, None, skip[row - 1])
+            if k is None:  # its bytes are kept (stored as they are) with the error
+                yield InputRecord(f"{relative_path(uri, unit.root)}#row={at}", src, None if v is None else bytes(v),
+                                  "missing key", index=at)
+            elif at in skip:
+                yield InputRecord(str(k), src, None, skip[at], index=at)
             elif v is None:
-                yield InputRecord(str(k), src, None, "missing image bytes")
+                yield InputRecord(str(k), src, None, "missing image bytes", index=at)
             else:
-                yield InputRecord(str(k), src, bytes(v), target_value=None if tv is None else float(tv))
+                yield InputRecord(str(k), src, bytes(v), target_value=None if tv is None else float(tv), index=at)
+
+
+def unread_images(unit: WorkUnit, spec, indices: set[int], keys: dict[int, str]) -> list:
+    """The bytes of the unit's images at ``indices`` (their rows failed), read again, as members to store as they
+    are: a bad image, or one whose key another shares, is kept rather than lost. Read a second time rather than
+    held: a unit's images are never all in memory at once. Files over the input limit stay unread."""
+    from .keys import escape_name
+    from .manifest import Member
+
+    out: list[Member] = []
+    limit = spec.max_input_bytes
+    try:
+        if unit.kind == "files":
+            for i in sorted(indices):
+                if 0 <= i < len(unit.uris):
+                    uri = unit.uris[i]
+                    data = storage.read_input(uri, spec.input_options, spec.input, limit)
+                    out.append(Member(keys[i], escape_name(relative_path(uri, unit.root)), data, i))
+        elif unit.kind == "tar":
+            with storage.open_input(unit.uris[0], spec.input_options, spec.input) as f, \
+                    tarfile.open(fileobj=f, mode="r|*") as tf:
+                for position, m in enumerate(tf):
+                    if position in indices and m.isfile() and m.size <= limit:
+                        member = tf.extractfile(m)
+                        if member is not None:
+                            out.append(Member(keys[position], escape_name(m.name), member.read(), position))
+        elif unit.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            with storage.open_input(unit.uris[0], spec.input_options, spec.input) as f:
+                pf = pq.ParquetFile(f, **PARQUET_READ)
+                row = 0
+                for batch in pf.iter_batches(columns=[spec.image_column], batch_size=PARQUET_BATCH_ROWS):
+                    for v in batch.column(0).to_pylist():
+                        if row in indices:
+                            v = v.get("bytes") if isinstance(v, dict) else v
+                            if v is not None:
+                                out.append(Member(keys[row], f"{keys[row]}.{spec.image_column}", bytes(v), row))
+                        row += 1
+    except Exception as exc:  # noqa: BLE001 -- the rows keep their own errors; only the stored copies are missing
+        import logging
+
+        logging.getLogger("pipeline.sources").warning("unit %s: failed images could not be read again to store "
+                                                      "them as they are (%s: %s)", unit.unit_id, type(exc).__name__,
+                                                      exc)
+    return out

@@ -49,14 +49,22 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         from msinn.choice import MSINN, ChoiceOptions
+        from msinn.lossless import LOSSLESS
 
         options = ChoiceOptions(self.codecs, self.avif_speed)  # unknown codecs or speeds are refused here
-        object.__setattr__(self, "codecs", options.codecs)
+        object.__setattr__(self, "codecs", (LOSSLESS,) if self.target_kind == LOSSLESS else options.codecs)
         if self.target_kind == "qp" and MSINN not in options.codecs:
             raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
         from msinn.refine import effort_of  # light: the levels, not torch
 
         effort_of(self.effort)  # a level this version does not have is refused here
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether the job runs the model (not for --lossless, nor for classical codecs alone)."""
+        from msinn.choice import MSINN
+
+        return MSINN in self.codecs
 
     @property
     def max_input_bytes(self) -> int:
@@ -123,15 +131,21 @@ class ArchivedRow:
     height: int | None = None
     pixel_hash: str | None = None  # hash of its decoded pixels, checked when it is decoded
     codec_version: str | None = None
+    source_format: str | None = None  # names a stored original's member (<key>.jpg, ...)
+    exact: str | None = None  # what its file gives back of the original: bytes, pixels or none
+    source_index: int | None = None  # its place in its input container, kept by the new row
+    members: tuple[dict, ...] | list[dict] | None = None  # its sample's stored parts, carried to the new shard
+    columns_uri: str | None = None  # a Parquet input's other columns, kept by the new row
 
     MANIFEST_FIELDS = ("key", "status", "source_uri", "tar_uri", "offset", "length", "model", "model_hash",
                        "source_bytes", "source_sha256", "codec", "mode", "width", "height", "pixel_hash",
-                       "codec_version")
+                       "codec_version", "source_format", "exact", "source_index", "members", "columns_uri")
 
     @classmethod
     def from_manifest(cls, row: dict, source_mode: str, decode_model: list[str] | None) -> ArchivedRow:
-        return cls(**{k: row.get(k) for k in cls.MANIFEST_FIELDS}, source_mode=source_mode,
-                   decode_model=tuple(decode_model or ()))
+        d = {k: row.get(k) for k in cls.MANIFEST_FIELDS}
+        d["members"] = [dict(m) for m in d["members"]] if d["members"] else None
+        return cls(**d, source_mode=source_mode, decode_model=tuple(decode_model or ()))
 
     def to_json(self) -> str:
         """The plan's stored form (the layout of plans written before this type existed)."""

@@ -93,7 +93,9 @@ def read_unit(unit, options=None, **kw) -> list:
     def fail(record, why: str) -> None:
         record.error, record.data = why, None
 
-    return refuse_duplicates(list(stream_unit(unit, unit_spec(unit, options, **kw))), fail)
+    records = list(stream_unit(unit, unit_spec(unit, options, **kw)))
+    refuse_duplicates([r for r in records if not r.sidecar], fail)  # as the encoder does: images only
+    return records
 
 
 def tar_bytes(members) -> bytes:

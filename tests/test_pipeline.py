@@ -338,15 +338,17 @@ def test_webdataset_keys_are_the_basename_up_to_its_first_dot(tmp_path):
     (tmp_path / "s.tar").write_bytes(tar_bytes([
         ("d/a.b.png", png_bytes(1)), ("d/a.b.json", b"{}"), ("c.d.e.png", png_bytes(2)), ("g.jpg", png_bytes(3)),
         ("g.seg.png", png_bytes(4))]))
-    recs = {r.key: r for r in read_unit(WorkUnit("000000", "tar", (str(tmp_path / "s.tar"),), 1, str(tmp_path)),
-                                        None)}
+    every = read_unit(WorkUnit("000000", "tar", (str(tmp_path / "s.tar"),), 1, str(tmp_path)), None)
+    recs = {r.key: r for r in every if not r.sidecar}
     assert recs["d/a"].data == png_bytes(1) and recs["d/a"].source_uri.endswith("s.tar#d/a.b.png")
+    side = [r for r in every if r.sidecar]  # the other field of sample d/a travels with it, in the tar's order
+    assert [(r.key, r.member, r.data, r.index) for r in side] == [("d/a", "d/a.b.json", b"{}", 1)]
     assert recs["c"].data == png_bytes(2)
     assert recs["g"].data is None and "duplicate key 'g'" in recs["g"].error and recs["g~dup2"].data is None
 
 
-def test_a_prefix_with_tars_and_loose_files_plans_both_and_names_the_rest(tmp_path, caplog):
-    """Nothing is skipped silently: tars, Parquet and loose images are all planned; other files are named."""
+def test_a_prefix_with_tars_and_loose_files_plans_both_and_keeps_the_rest(tmp_path, caplog):
+    """Nothing is skipped: tars, Parquet and loose images are all planned, other files as parts of their samples."""
     import logging
 
     from pipeline.plan import build_plan
@@ -361,8 +363,9 @@ def test_a_prefix_with_tars_and_loose_files_plans_both_and_names_the_rest(tmp_pa
     units = build_plan(str(src), None)
     assert sorted(u.kind for u in units) == ["files", "tar"]
     keys = {r.key: r for u in units for r in read_unit(u, None)}
-    assert set(keys) == {"t1", "loose", "broken"} and keys["loose"].data == png_bytes(2)
-    assert "notes.txt" in caplog.text and "not planned" in caplog.text
+    assert set(keys) == {"t1", "loose", "broken", "notes"} and keys["loose"].data == png_bytes(2)
+    assert keys["notes"].sidecar and keys["notes"].data == b"hello" and not keys["loose"].sidecar
+    assert "not planned" not in caplog.text
 
 
 def test_no_resource_shape_deadlocks_two_jobs_on_two_cpus(tmp_path, local_ray, tiny_checkpoint):
@@ -386,21 +389,24 @@ def test_no_resource_shape_deadlocks_two_jobs_on_two_cpus(tmp_path, local_ray, t
 
 
 def test_tar_shards_are_streamed_one_member_at_a_time(tmp_path):
-    """A 64 MB member that is not an image is never held; a shard cut short keeps the members before the cut."""
+    """Members are read one at a time (of eight 8 MB sidecars, about the one being read and the one just handed
+    over are held, never half the shard); a shard cut short keeps the members before the cut."""
     import tracemalloc
 
     from pipeline.inputs import stream_unit
     from pipeline.spec import WorkUnit
 
     path = tmp_path / "big.tar"
-    path.write_bytes(tar_bytes([("a.png", png_bytes(1)), ("blob.bin", bytes(64 << 20)), ("b.png", png_bytes(2))]))
+    blobs = [(f"blob{i}.bin", bytes(8 << 20)) for i in range(8)]
+    path.write_bytes(tar_bytes([("a.png", png_bytes(1)), *blobs[:4], ("b.png", png_bytes(2)), *blobs[4:]]))
     unit = WorkUnit("000000", "tar", (str(path),), path.stat().st_size, str(tmp_path))
     tracemalloc.start()
-    keys = [(r.key, r.data is not None) for r in stream_unit(unit, unit_spec(unit))]
+    keys = [(r.key, r.sidecar, r.data is not None) for r in stream_unit(unit, unit_spec(unit))]
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    assert keys == [("a", True), ("b", True)]
-    assert peak < 16 << 20, f"peak {peak >> 20} MB while streaming a {path.stat().st_size >> 20} MB shard"
+    assert keys == [("a", False, True), *[(f"blob{i}", True, True) for i in range(4)], ("b", False, True),
+                    *[(f"blob{i}", True, True) for i in range(4, 8)]]
+    assert peak < 32 << 20, f"peak {peak >> 20} MB while streaming a {path.stat().st_size >> 20} MB shard"
     # cut inside the last member: the first image survives, then one error record says where reading stopped
     cut = tmp_path / "cut.tar"
     with tarfile.open(path) as tf:
