@@ -109,11 +109,13 @@ def run_reencode(
 
     if source_mode not in SOURCE_MODES:
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
-    coding = JobSpec(input="", output="", target_kind=target_kind, target_value=float(target_value),
-                     codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort).coding_dict()
+    probe = JobSpec(input="", output="", target_kind=target_kind, target_value=float(target_value),
+                    codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort)
+    coding = probe.coding_dict()
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
-    check_model(model, (target_kind, float(target_value)))  # a bad --model or target fails before a plan is frozen
+    if probe.needs_model:  # a bad --model or target fails before a plan is frozen
+        check_model(model, (target_kind, float(target_value)))
     check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]
@@ -133,7 +135,8 @@ def run_reencode(
         run_id, plan = unfinished
         log.info("resuming re-encode %s", run_id)
     else:
-        batches = iter_select(connect(archive, options), where)
+        # samples without an image have nothing to code: their stored parts stay where they are
+        batches = iter_select(connect(archive, options), where, guard="codec IS DISTINCT FROM 'none'")
         first = next(batches, None)
         if not first:
             return {"run_id": None, "selected": 0, "note": "nothing selected: no-op"}
@@ -188,7 +191,7 @@ def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0
     archive = storage.canonical(archive)
     con = connect(archive, options)
     refs = [r[0] for r in con.execute(
-        "SELECT DISTINCT tar_uri FROM manifest WHERE status = 'ok' AND tar_uri IS NOT NULL").fetchall()]
+        "SELECT DISTINCT tar_uri FROM manifest WHERE tar_uri IS NOT NULL").fetchall()]
     folder = storage.join(archive, "bitstreams")
     result: dict[str, Any] = {"deleted": [], "kept_within_retention": [], "referenced": len(refs)}
     try:

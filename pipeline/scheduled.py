@@ -14,7 +14,7 @@ Example spec::
     effort = 0                           # optional: the model's encoder-side refinement level
 
     [target]
-    kind = "bpp"                         # bpp | psnr | bytes | qp
+    kind = "bpp"                         # bpp | psnr | bytes | qp | lossless (no value: --lossless)
     value = 0.5
 
 A run with nothing selected is a no-op; a run interrupted before it finished
@@ -52,8 +52,11 @@ def load_spec(path: str | Path) -> dict[str, Any]:
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
     t = spec["target"]
-    if not isinstance(t, dict) or t.get("kind") not in ("bpp", "psnr", "bytes", "qp") or "value" not in t:
-        raise ValueError(f"{path}: [target] needs kind (bpp, psnr, bytes or qp) and value")
+    if isinstance(t, dict) and t.get("kind") == "lossless":
+        t.setdefault("value", 0)
+    if not isinstance(t, dict) or t.get("kind") not in ("bpp", "psnr", "bytes", "qp", "lossless") or "value" not in t:
+        raise ValueError(f"{path}: [target] needs kind (bpp, psnr, bytes, qp or lossless) and value (none for "
+                         "lossless)")
     return spec
 
 

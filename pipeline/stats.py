@@ -15,11 +15,16 @@ import duckdb
 
 SUMMARY_SQL = """
 SELECT
-    count(*) AS images,
-    count(*) FILTER (WHERE status = 'ok') AS ok,
+    count(*) FILTER (WHERE codec IS DISTINCT FROM 'none') AS images,
+    count(*) FILTER (WHERE status = 'ok' AND codec IS DISTINCT FROM 'none') AS ok,
     count(*) FILTER (WHERE status <> 'ok') AS errors,
     coalesce(sum(source_bytes), 0) AS bytes_in,
     coalesce(sum(bytes) FILTER (WHERE status = 'ok'), 0) AS bytes_out,
+    count(*) FILTER (WHERE codec = 'none') AS samples_without_image,
+    coalesce(sum(len(members)), 0) AS stored_parts,
+    coalesce(sum(list_sum([m.bytes for m in members])), 0) AS stored_parts_bytes,
+    count(*) FILTER (WHERE status = 'ok' AND exact = 'bytes') AS exact_bytes,
+    count(*) FILTER (WHERE status = 'ok' AND exact = 'pixels') AS exact_pixels,
     avg(bpp) FILTER (WHERE status = 'ok') AS mean_bpp,
     quantile_cont(bpp, 0.05) FILTER (WHERE status = 'ok') AS bpp_p5,
     quantile_cont(bpp, 0.50) FILTER (WHERE status = 'ok') AS bpp_p50,
@@ -28,7 +33,8 @@ SELECT
     quantile_cont(psnr, 0.05) FILTER (WHERE status = 'ok') AS psnr_p5,
     quantile_cont(psnr, 0.50) FILTER (WHERE status = 'ok') AS psnr_p50,
     quantile_cont(psnr, 0.95) FILTER (WHERE status = 'ok') AS psnr_p95,
-    avg(CASE WHEN target_met THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'ok') AS target_met_share,
+    avg(CASE WHEN target_met THEN 1.0 ELSE 0.0 END) FILTER (WHERE status = 'ok' AND codec IS DISTINCT FROM 'none')
+        AS target_met_share,
     count(*) FILTER (WHERE status = 'ok' AND target_met) AS target_met
 FROM {rows}
 """
@@ -49,7 +55,7 @@ FROM manifest GROUP BY {col} ORDER BY {col}
 CODEC_SQL = """
 SELECT codec AS name, count(*) AS images, sum(bytes) AS bytes_out, avg(bpp) AS mean_bpp, avg(psnr) AS mean_psnr,
        count(*) / sum(count(*)) OVER () AS share
-FROM {rows} WHERE status = 'ok' GROUP BY codec ORDER BY codec
+FROM {rows} WHERE status = 'ok' AND codec IS DISTINCT FROM 'none' GROUP BY codec ORDER BY codec
 """
 
 
@@ -138,6 +144,9 @@ def stats_text(s: dict[str, Any]) -> str:
         ("compression ratio", s["compression_ratio"]),
         ("bpp mean / p5 / p50 / p95", _quad(s, "bpp")), ("PSNR mean / p5 / p50 / p95", _quad(s, "psnr")),
         ("share meeting target", s["target_met_share"]),
+        ("exact: original bytes / pixels back", f"{s['exact_bytes']} / {s['exact_pixels']}"),
+        ("other parts stored (files, bytes)", f"{s['stored_parts']} ({s['stored_parts_bytes']} bytes)"),
+        ("samples without an image", s["samples_without_image"]),
     ]
     out = [format_table(["statistic", "value"], head)]
     if s["errors_by_cause"]:
@@ -163,7 +172,8 @@ def plot_distributions(con: duckdb.DuckDBPyConnection, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = con.execute("SELECT codec, bpp, psnr FROM manifest WHERE status = 'ok'").fetchall()
+    rows = con.execute("SELECT codec, bpp, psnr FROM manifest WHERE status = 'ok' AND codec IS DISTINCT FROM 'none'"
+                       ).fetchall()
     codecs = sorted({r[0] or "msinn" for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for i, (ax, label) in enumerate(zip(axes, ("bits per pixel", "PSNR (dB)"))):
