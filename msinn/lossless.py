@@ -477,7 +477,7 @@ def _header_size(data: bytes, max_pixels: int | None, notes: list[str]) -> tuple
             w, h = im.size
             mode = im.mode
     except Exception as exc:  # noqa: BLE001
-        notes.append(f"JPEG header unreadable ({type(exc).__name__}: {exc})")
+        notes.append(f"JPEG header unreadable ({type(exc).__name__})")
         return None
     if max_pixels is not None and w * h > max_pixels:
         notes.append(f"{w}x{h} pixels is over the limit of {max_pixels}: not recompressed")

@@ -96,6 +96,9 @@ def commit(spec: JobSpec, unit: WorkUnit, results: list[tuple[ManifestRow, bytes
             row = by_key[m.key] = sample_row(spec, unit, m)
             rows.append(row)
         entry = m.entry()
+        if (row.status == "ok" and row.codec != "none" and m.index == row.source_index and entry["sha256"]
+                and entry["sha256"] == row.source_sha256):
+            continue  # a failed image's bytes kept by an earlier run: the image itself now has its file
         row.members = [*(row.members or []), entry]
         if m.data is not None and m.kind == "file":
             entry["member"] = _unique(m.name, taken)
