@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from msinn.images import IMAGE_EXTENSIONS
 
 from . import storage
-from .keys import duplicate_reason, file_key, unescape_name, webdataset_key
+from .keys import duplicate_reason, escape_name, file_key, unescape_name, webdataset_key
 from .sources import InputRecord, refused_or_failed
 from .spec import ArchivedRow, JobSpec, WorkUnit
 
@@ -111,7 +111,8 @@ def _loose_file(key: str, uri: str, options: dict | None, root: str, max_bytes: 
     if not storage.within(uri, root):
         raise storage.RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
     base = storage.canonical(root)
-    its_key = file_key(storage.canonical(uri), base if storage.canonical(uri) != base else base.rsplit("/", 1)[0])
+    its_key = escape_name(file_key(storage.canonical(uri), base if storage.canonical(uri) != base else
+                                   base.rsplit("/", 1)[0]))
     if its_key != key:
         raise storage.RefusedInput(f"{uri}: holds key {its_key!r}, not the row's {key!r}")
     stem = uri.rsplit("/", 1)[-1].rpartition(".")[0]
@@ -124,13 +125,14 @@ def _loose_file(key: str, uri: str, options: dict | None, root: str, max_bytes: 
 
 def _tar_member(key: str, uri: str, member: str, options: dict | None, root: str, max_bytes: int) -> bytes:
     """The member, streamed out of its tar, if it is the only image member of ``key`` there (as transcode requires)."""
-    if webdataset_key(member) != key:
+    if escape_name(webdataset_key(member)) != key:
         raise storage.RefusedInput(f"{uri}#{member}: holds key {webdataset_key(member)!r}, not the row's {key!r}")
     found: list[str] = []
     data = None
     with storage.open_input(uri, options, root) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
         for m in tf:
-            if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS) or webdataset_key(m.name) != key:
+            if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS) or escape_name(
+                    webdataset_key(m.name)) != key:
                 continue
             found.append(m.name)
             if m.name == member and len(found) == 1:

@@ -28,9 +28,9 @@ ROW_COLUMNS = ("key", "status", "codec", "exact", "tar_uri", "offset", "length",
 def decoded_sample(row: dict, options: dict | None, models: Any = None, device: str = "cpu",
                    parts: bool = True) -> dict[str, Any]:
     """One current row as a training sample: the image (H x W x C uint8, its layout in ``mode``) and its parts."""
-    from .bitstreams import decode_row, read_part, row_codec
-
     from msinn.errors import ImageInputError
+
+    from .bitstreams import decode_row, read_part, row_codec
 
     out: dict[str, Any] = {"key": row["key"], "codec": row.get("codec"), "exact": row.get("exact"), "image": None,
                            "mode": None, "note": None}

@@ -38,7 +38,8 @@ def stream_unit(unit: WorkUnit, spec: JobSpec, skip: dict[int, str] | None = Non
         raw_key, raw_member = r.key, r.member
         r.key, r.source_uri = escape_name(r.key), escape_name(r.source_uri)
         r.member = escape_name(r.member) if r.member is not None else None
-        literal_backslash = "\\" in raw_key or "\\" in (raw_member or "")
+        # a backslash in a name read from the input is refused (escapes use it); archived keys are escaped already
+        literal_backslash = unit.kind != "rows" and ("\\" in raw_key or "\\" in (raw_member or ""))
         if literal_backslash or safe_key(r.key) is None or (r.member is not None and safe_key(r.member) is None):
             named = r.key if literal_backslash or safe_key(r.key) is None else r.member  # what is refused
             r.error, r.data = UNSAFE_KEY.format(key=named[:80]), None

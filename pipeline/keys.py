@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .storage import ESCAPED_BYTE, escape_name, unescape_name  # noqa: F401  (names as text: the rules' home)
+
 MAX_KEY_BYTES = 1024  # keys become file names on restore: keep them within what file systems take
 MAX_KEY_PART_BYTES = 200
 UNSAFE_KEY = ("unsafe key {key!r} (absolute path, '.' or '..', control characters, or a name too long for a "
@@ -40,27 +42,6 @@ def webdataset_key(member: str) -> str:
     folder, _, base = member.rpartition("/")
     stem = base.split(".", 1)[0] or base
     return f"{folder}/{stem}" if folder else stem
-
-
-ESCAPED_BYTE = re.compile(r"\\x[89a-f][0-9a-f]")
-
-
-def escape_name(name: str) -> str:
-    """A name as text: each byte that is not UTF-8 (a surrogate, as Python reads such a file or tar member name)
-    becomes the four characters ``\\xHH``. Keys, manifests and plans hold only text; names read back with
-    :func:`unescape_name`. A literal backslash in an input name is refused as a key, so an escape never
-    collides with a real key."""
-    if not any("\udc80" <= c <= "\udcff" for c in name):
-        return name
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c for c in name)
-
-
-def unescape_name(text: str) -> str:
-    """The name :func:`escape_name` wrote, with its non-UTF-8 bytes back (as surrogates, which the local file
-    system and tarfile write as the original bytes)."""
-    if "\\x" not in text:
-        return text
-    return ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(0)[2:], 16)), text)
 
 
 def printable(text: object) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .storage import escape_name
+
 # One stored part of a sample beside its image (a caption, metadata, any file that shares its key, a tar's link
 # or folder, an image that could not be coded): its name in the input, its member in this row's tar, and where.
 MEMBER = pa.struct([
@@ -141,9 +143,22 @@ def _as_dict(row: ManifestRow | dict) -> dict:
     return row
 
 
+def _text(value: Any) -> Any:
+    """Strings as Parquet can hold them: a name's bytes that are not UTF-8 escaped (``storage.escape_name``),
+    wherever they travel (a key, a URI, an error message quoting either)."""
+    if isinstance(value, str):
+        return escape_name(value)
+    if isinstance(value, list):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _text(v) for k, v in value.items()}
+    return value
+
+
 def to_parquet(rows: list[ManifestRow] | list[dict]) -> bytes:
     """One manifest shard; dict rows (rewritten by tools) must use the schema's column names."""
-    table = pa.Table.from_pylist([{c: d.get(c) for c in COLUMNS} for d in map(_as_dict, rows)], schema=SCHEMA)
+    table = pa.Table.from_pylist([{c: _text(d.get(c)) for c in COLUMNS} for d in map(_as_dict, rows)],
+                                 schema=SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     return buf.getvalue()

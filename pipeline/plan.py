@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from . import storage
 from .claims import Claim, refreshing
-from .keys import file_key
+from .keys import escape_name, file_key, printable, unescape_name
 from .spec import INPUT_KINDS, ArchivedRow, JobError, WorkUnit
 
 log = logging.getLogger("pipeline")
@@ -56,7 +56,7 @@ class Skipped:
         if self.count:
             more = f"; and {self.count - len(self.examples)} more" if self.count > len(self.examples) else ""
             log.warning("%d entr%s under %s not planned: %s%s", self.count, "y" if self.count == 1 else "ies",
-                        input_uri, "; ".join(self.examples), more)
+                        printable(input_uri), printable("; ".join(self.examples)), more)
 
 
 class _Planner:
@@ -202,7 +202,7 @@ def _part_table(units: list[WorkUnit]):
     return pa.table({
         "unit_id": [u.unit_id for u in units],
         "kind": [u.kind for u in units],
-        "uris": [list(u.uris) for u in units],
+        "uris": [[escape_name(x) for x in u.uris] for u in units],  # names are bytes: escaped as text
         "input_bytes": [u.input_bytes for u in units],
         "root": [u.root for u in units],
         "rows": [[r.to_json() for r in u.rows] for u in units],
@@ -211,7 +211,8 @@ def _part_table(units: list[WorkUnit]):
 
 def _unit_of(r: dict, root: str = "") -> WorkUnit:
     rows = tuple(ArchivedRow.from_json(x) for x in r.get("rows") or ())
-    return WorkUnit(r["unit_id"], r.get("kind", "rows"), tuple(r.get("uris") or ()), r["input_bytes"],
+    return WorkUnit(r["unit_id"], r.get("kind", "rows"), tuple(unescape_name(x) for x in r.get("uris") or ()),
+                    r["input_bytes"],
                     r.get("root") or root, rows)
 
 

@@ -25,6 +25,7 @@ from . import storage
 from .claims import claim_output
 from .cluster import init_ray, new_run_id
 from .encoder import UnitEncoder
+from .keys import printable
 from .plan import PLAN_DIR, Plan, listed_units, plan_input, read_plan
 from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
@@ -262,7 +263,7 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
     duplicates = s["duplicate_keys"]
     if duplicates:
         log.warning("%d key(s) were archived from more than one input shard, e.g. %s", len(duplicates),
-                    ", ".join(duplicates[:5]))
+                    printable(", ".join(duplicates[:5])))
     return {
         "run_id": spec.run_id,
         "output": spec.output,

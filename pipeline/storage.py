@@ -38,6 +38,28 @@ PERMANENT_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"
 SELF_RETRYING = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
 
 
+ESCAPED_BYTE = re.compile(r"\\x[89a-f][0-9a-f]")
+
+
+def escape_name(name: str) -> str:
+    """A name as text: each byte that is not UTF-8 (a surrogate, as Python reads such a file or tar member name)
+    becomes the four characters ``\\xHH``. Keys, manifests and plans hold only text; names read back with
+    :func:`unescape_name`. A literal backslash in an input name is refused as a key, so an escape never
+    collides with a real key."""
+    if not any("\udc80" <= c <= "\udcff" for c in name):
+        return name
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if "\udc80" <= c <= "\udcff" else c for c in name)
+
+
+def unescape_name(text: str) -> str:
+    """The name :func:`escape_name` wrote, with its non-UTF-8 bytes back (as surrogates, which the local file
+    system and tarfile write as the original bytes)."""
+    if "\\x" not in text:
+        return text
+    return ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(0)[2:], 16)), text)
+
+
+
 def protocol_of(fs: fsspec.AbstractFileSystem) -> str:
     """A file system's main protocol name (fsspec gives a string or a tuple of aliases)."""
     return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
@@ -363,7 +385,7 @@ Skip = Callable[[str, str], None]  # (URI, why) of a listed entry that is not pl
 
 
 def _log_skip(uri: str, why: str) -> None:
-    log.warning("%s: not planned: %s", uri, why)
+    log.warning("%r: not planned: %s", uri, why)  # repr: a name's control or bidirectional characters escaped
 
 
 def _special(fs: fsspec.AbstractFileSystem, name: str, info: dict, real_root: str, on_skip: Skip) -> int | None:

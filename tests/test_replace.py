@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -35,7 +36,8 @@ def _tar(members: list[tuple]) -> bytes:
         for name, data, *rest in members:
             info = tarfile.TarInfo(name)
             if data is None:
-                info.type = {"symlink": tarfile.SYMTYPE, "directory": tarfile.DIRTYPE}[rest[0]]
+                info.type = {"symlink": tarfile.SYMTYPE, "directory": tarfile.DIRTYPE,
+                             "hardlink": tarfile.LNKTYPE}[rest[0]]
                 info.linkname = rest[1] if len(rest) > 1 else ""
                 tf.addfile(info)
             else:
@@ -58,12 +60,17 @@ def make_input(root: Path) -> dict:
         ("shard/c.txt", b"only a caption"),  # a sample without an image
         ("shard/bad.jpg", b"\xff\xd8\xffnot a jpeg after all"),
         ("shard/link.jpg", None, "symlink", "a.jpg"),
+        ("shard/hard.jpg", None, "hardlink", "shard/a.jpg"),
         ("shard/empty.txt", b""),
+        ("shard/n\udce9.png", png_bytes(9)),  # a name that is not UTF-8 (latin-1 bytes, as old tars hold)
+        ("shard/n\udce9.txt", b"its caption"),
     ]
     (root / "data-000.tar").write_bytes(_tar(members))
     (root / "loose").mkdir()
     (root / "loose" / "p.png").write_bytes(png_bytes(5))
     (root / "loose" / "p.txt").write_text("a caption beside a loose file")
+    with open(bytes(root / "loose") + b"/q\xff.png", "wb") as f:  # a file name that is not UTF-8
+        f.write(png_bytes(6))
     (root / "README.md").write_text("about this dataset")
     images = [image_file(photo(96, 64, 7), "JPEG", quality=90), png_bytes(8), None, b"junk that is no image"]
     table = pa.table({
@@ -101,6 +108,16 @@ def _members(path: Path) -> list[tuple]:
         return [(m.name, tf.extractfile(m).read() if m.isfile() else None, m.type, m.linkname) for m in tf]
 
 
+def assert_same_members(got: list[tuple], want: list[tuple]) -> None:
+    """The same members in the same order, byte for byte; PNGs (stored pixel-exact) pixel for pixel."""
+    assert [m[0] for m in got] == [m[0] for m in want]
+    for g, w in zip(got, want):
+        if w[0].endswith(".png"):  # the same pixels, another PNG file
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(g[1]))), np.asarray(Image.open(io.BytesIO(w[1]))))
+        else:
+            assert g == w, w[0]
+
+
 def _restore(archive: Path, dest: Path, model: str) -> None:
     from pipeline.cli import main
 
@@ -132,6 +149,11 @@ def test_every_part_of_every_sample_is_in_the_manifest(archives):
     assert rows["shard/bad"]["codec"] == "stored" and "JPEG header unreadable" in rows["shard/bad"]["note"]
     assert rows["loose/p"]["exact"] == "pixels" and [m["name"] for m in rows["loose/p"]["members"]] == ["loose/p.txt"]
     assert rows["README"]["codec"] == "none"
+    # names are bytes: what is not UTF-8 is escaped in keys and manifests (\xHH), and comes back as it was
+    assert rows["loose/q\\xff"]["status"] == "ok" and rows["shard/n\\xe9"]["status"] == "ok"
+    assert [m["name"] for m in rows["shard/n\\xe9"]["members"]] == ["shard/n\\xe9.txt"]
+    hard = rows["shard/hard"]["members"][0]
+    assert hard["kind"] == "hardlink" and hard["link"] == "shard/a.jpg"
     assert rows["r0"]["codec"] == "lepton" and rows["r0"]["columns_uri"].endswith("columns/part-000001.parquet")
     lossy = _rows(archives["base"] / "lossy")
     assert lossy["shard/a"]["exact"] == "none" and lossy["shard/bad"]["status"] == "error"
@@ -148,16 +170,12 @@ def test_a_lossless_archive_gives_the_input_back(archives, tmp_path):
     src, dest = archives["base"] / "in", tmp_path / "back"
     _restore(archives["base"] / "lossless", dest, archives["model"])
     got, want = _members(dest / "data-000.tar"), _members(src / "data-000.tar")
-    assert [m[0] for m in got] == [m[0] for m in want]
-    for g, w in zip(got, want):
-        if w[0] == "shard/b.png":  # stored pixel-exact: the same pixels, another PNG file
-            assert np.array_equal(np.asarray(Image.open(io.BytesIO(g[1]))), np.asarray(Image.open(io.BytesIO(w[1]))))
-        else:
-            assert g == w, w[0]
+    assert_same_members(got, want)
     assert (dest / "loose" / "p.txt").read_bytes() == (src / "loose" / "p.txt").read_bytes()
     assert np.array_equal(np.asarray(Image.open(dest / "loose" / "p.png")), np.asarray(Image.open(src / "loose" /
                                                                                                "p.png")))
     assert (dest / "README.md").read_text() == "about this dataset"
+    assert os.path.exists(bytes(dest / "loose") + b"/q\xff.png")
     a, b = pq.read_table(src / "rows.parquet"), pq.read_table(dest / "rows.parquet")
     assert a.schema == b.schema and a.schema.metadata == b.schema.metadata
     for col in ("key", "caption", "score"):
@@ -219,10 +237,7 @@ def test_re_encoding_keeps_every_part_and_the_input_still_comes_back(archives, t
         "shard/a.json", "shard/a.txt"}
     dest = tmp_path / "back"
     _restore(copy, dest, archives["model"])
-    got, want = _members(dest / "data-000.tar"), _members(archives["base"] / "in" / "data-000.tar")
-    assert [m for m in got if m[0] != "shard/b.png"] == [m for m in want if m[0] != "shard/b.png"]
-    b = [np.asarray(Image.open(io.BytesIO(m[1]))) for m in (got[4], want[4])]  # a PNG: pixel-exact
-    assert got[4][0] == "shard/b.png" and np.array_equal(*b)
+    assert_same_members(_members(dest / "data-000.tar"), _members(archives["base"] / "in" / "data-000.tar"))
 
 
 def test_the_archive_reads_as_a_dataset(archives):
