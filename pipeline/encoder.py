@@ -153,7 +153,7 @@ class UnitEncoder:
         )
         if rec.error is not None:
             return row.fail(rec.error), None
-        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels)
+        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels, spec.effort)
         if refusal is not None:  # judged from the header: nothing decoded yet
             return row.fail(f"refused: {refusal}"), None
         try:

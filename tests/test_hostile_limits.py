@@ -1,0 +1,174 @@
+"""Issue #29: bombs in every format, limits that hold for what they admit, and where originals may be read.
+
+Every image's size is known from its header before a pixel is decoded (JPEG
+XL included, whatever the file is called); archived members are held to
+their rows' sizes before decoding; the memory estimate covers the effort a
+job runs; every limit is checked the same way on every command; gc counts
+retention from when a shard stopped being referenced; claims and resumed
+evaluations cannot be planted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import image_file, png_stream
+from pipeline_helpers import png_bytes, read_manifest
+
+from msinn.errors import BitstreamError, ImageInputError
+from pipeline.spec import JobSpec, WorkUnit
+
+REPO = Path(__file__).resolve().parents[1]
+# a command in a fresh process: its exit code, its seconds after start-up (imports done) and its peak RSS (VmHWM: this
+# process's own, where ru_maxrss would carry the forking test process's)
+PEAK = ("import re, sys, time\nfrom msinn.cli import main\nt0 = time.perf_counter()\nrc = main(sys.argv[1:])\n"
+        "t = time.perf_counter() - t0\nhwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read())\n"
+        "print('RESULT', rc, t, int(hwm.group(1)) / 1024)")
+
+
+def _jxl(width: int, height: int, container: bool = False) -> bytes:
+    """A real JPEG XL file of black pixels (libjxl through imagecodecs): cheap to encode at any size."""
+    import imagecodecs
+
+    return imagecodecs.jpegxl_encode(np.zeros((height, width), np.uint8), effort=1, lossless=True,
+                                     usecontainer=container)
+
+
+@pytest.fixture(scope="module")
+def jxl_bomb() -> bytes:
+    """16000x16000 (256 MP, under the default --max-pixels) in about 26 KB."""
+    data = _jxl(16000, 16000)
+    assert len(data) < 64 << 10
+    return data
+
+
+def _webp_bomb(width: int, height: int) -> bytes:
+    """A 34-byte lossless WebP of one colour whose header claims width x height (one colour costs no bits, so it
+    decodes to that size)."""
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(buf, "WEBP", lossless=True)
+    d = buf.getvalue()
+    i = d.index(b"VP8L") + 8
+    bits = struct.unpack_from("<I", d, i + 1)[0] & ~((1 << 28) - 1) | (width - 1) | ((height - 1) << 14)
+    return d[: i + 1] + struct.pack("<I", bits) + d[i + 5 :]
+
+
+def _in_child(*argv: str) -> tuple[int, float, float, str]:
+    """(exit code, seconds after start-up, peak RSS in MB, stderr) of ``msinn ARGV`` in a fresh process."""
+    out = subprocess.run([sys.executable, "-c", PEAK, *argv], capture_output=True, text=True, timeout=300, cwd=REPO)
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    rc, seconds, peak = line.split()[1:]
+    return int(rc), float(seconds), float(peak), out.stderr
+
+
+# ---------------------------------------------------------------- 1: sizes from headers, JPEG XL included
+
+@pytest.mark.parametrize("container", [False, True])
+def test_jpeg_xl_sizes_are_read_from_the_header_as_libjxl_decodes_them(container):
+    import imagecodecs
+
+    from msinn.sizing import image_size, is_jxl
+
+    for w, h in ((1, 1), (64, 64), (1920, 1080), (517, 1999), (4096, 16), (9, 7), (1350, 1080), (3001, 17)):
+        data = _jxl(w, h, container)
+        assert is_jxl(data) and imagecodecs.jpegxl_decode(data).shape[:2] == (h, w)
+        size = image_size(data, "x.png")  # by signature, whatever the name says
+        assert (size.format, size.width, size.height) == ("JXL", w, h)
+    with pytest.raises(ImageInputError, match="JPEG XL header unreadable"):
+        image_size(_jxl(64, 64, container)[: 14 if container else 3], "cut.jxl")
+
+
+def test_a_jpeg_xl_bomb_is_refused_from_its_header_by_every_reader(jxl_bomb, tiny_checkpoint):
+    from msinn import classical
+    from pipeline.encoder import UnitEncoder
+    from pipeline.limits import memory_refusal
+    from pipeline.sources import InputRecord
+
+    t0 = time.perf_counter()
+    with pytest.raises(ImageInputError, match="16000x16000 pixels exceeds the limit of 1000000"):
+        classical.decode(jxl_bomb, "L", "bomb.jxl", max_pixels=1_000_000)
+    assert "16000x16000" in memory_refusal(jxl_bomb, 8 << 30, 1 << 21, 0)
+    enc = UnitEncoder(tiny_checkpoint)
+    unit = WorkUnit("0", "files", (), 0, "/")
+    t0 = time.perf_counter()
+    for spec, why in ((JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0),
+                       "refused: needs about"),  # the memory budget (8 GiB)
+                      (JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0, max_pixels=1 << 20,
+                               image_memory=1 << 40), "bad image: /in/x.png: 16000x16000 pixels exceeds")):
+        row, pending = enc.prepare_record(InputRecord("x", "/in/x.png", jxl_bomb), spec, unit)  # named x.png
+        assert pending is None and row.error.startswith(why), row.error
+    assert time.perf_counter() - t0 < 2
+
+
+def test_msinn_decode_and_encode_refuse_a_jpeg_xl_bomb_at_the_cost_of_its_header(tmp_path, jxl_bomb):
+    """The issue's goal: a 16000x16000 JPEG XL of a few KB refused well under a second after start-up, under 600 MB
+    peak, whatever the file is called."""
+    (tmp_path / "bomb.jxl").write_bytes(jxl_bomb)
+    (tmp_path / "x.png").write_bytes(jxl_bomb)
+    for argv in (["decode", str(tmp_path / "bomb.jxl"), str(tmp_path / "out.png"), "--max-pixels", "1000000"],
+                 ["encode", str(tmp_path / "x.png"), str(tmp_path / "x.msinn"), "--max-pixels", "1000000"]):
+        rc, seconds, peak_mb, err = _in_child(*argv)
+        assert rc == 1 and "16000x16000 pixels exceeds the limit of 1000000 pixels" in err, err[-1000:]
+        assert seconds < 1.0 and peak_mb < 600, (argv[0], seconds, peak_mb)
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "x.msinn").exists()
+
+
+# ---------------------------------------------------------------- 5: the memory estimate covers the effort
+
+def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
+    from pipeline.encoder import UnitEncoder
+    from pipeline.limits import memory_refusal, peak_bytes
+    from pipeline.sources import InputRecord
+
+    # measured with bench/image_memory.py (README, "Guarantees"): effort 0 and 1 at 512 and 1024 pixels a side
+    for side, effort, measured_mb in ((512, 0, 186), (1024, 0, 757), (512, 1, 1161), (1024, 1, 4089)):
+        assert measured_mb <= peak_bytes(side, side, 1 << 21, effort) / 2**20 <= measured_mb * 1.25
+    assert peak_bytes(1024, 1024, 1 << 21, 2) == peak_bytes(1024, 1024, 1 << 21, 1)  # more steps, same peak
+    assert peak_bytes(8192, 8192, 1 << 21, 1) - peak_bytes(8192, 8192, 1 << 21, 0) < 4 << 30  # one tile at a time
+    data = png_stream(1024, 1024)
+    budget = 2 << 30
+    assert memory_refusal(data, budget, 1 << 21, 0) is None
+    assert "1024x1024 at --effort 1" in memory_refusal(data, budget, 1 << 21, 1)
+    spec = JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0, effort=1, image_memory=budget)
+    row, pending = UnitEncoder(tiny_checkpoint).prepare_record(InputRecord("k", "/in/k.png", data), spec,
+                                                               WorkUnit("0", "files", (), 0, "/"))
+    assert pending is None and row.error.startswith("refused: needs about") and "--effort 1" in row.error
+
+
+# ---------------------------------------------------------------- 8: JPEG XL read everywhere; outputs named by content
+
+def test_jpeg_xl_is_read_wherever_images_are_and_outputs_are_named_by_what_they_hold(tmp_path, capsys):
+    from msinn.cli import main
+
+    png = tmp_path / "a.png"
+    png.write_bytes(image_file(np.random.default_rng(4).integers(0, 256, (48, 64, 3), np.uint8)))
+    assert main(["encode", str(png), str(tmp_path / "a.msinn"), "--codecs", "jxl", "--psnr", "28"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["codec"] == "jxl" and out["output"] == str(tmp_path / "a.jxl")  # one classical codec: never .msinn
+    assert not (tmp_path / "a.msinn").exists()
+    # a fresh process, where no --codecs option registered the plugin: msinn decode reads what encode wrote, and
+    # a .jxl input encodes with the model alone
+    code = ("import sys\nfrom msinn.cli import main\n"
+            f"print('RC', main(['decode', {str(tmp_path / 'a.jxl')!r}, {str(tmp_path / 'back.png')!r}]), "
+            f"main(['encode', {str(tmp_path / 'a.jxl')!r}, {str(tmp_path / 'b.msinn')!r}, '--qp', '1']))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert "RC 0 0" in res.stdout, res.stderr[-2000:]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "back.png").size == (64, 48) and (tmp_path / "b.msinn").stat().st_size > 0
+    from msinn.images import IMAGE_EXTENSIONS
+
+    assert ".jxl" in IMAGE_EXTENSIONS and ".avif" in IMAGE_EXTENSIONS  # listed inputs too: the formats it writes
