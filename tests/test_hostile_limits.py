@@ -126,6 +126,61 @@ def test_msinn_decode_and_encode_refuse_a_jpeg_xl_bomb_at_the_cost_of_its_header
     assert not (tmp_path / "out.png").exists() and not (tmp_path / "x.msinn").exists()
 
 
+# ---------------------------------------------------------------- 2: archived members held to their rows
+
+def _forged_archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[str, dict[str, dict]]:
+    """An archive shard holding ``members`` (name -> bytes), and a row for each claiming a 96x64 image."""
+    arch = tmp_path / "arch"
+    (arch / "bitstreams").mkdir(parents=True)
+    tar = arch / "bitstreams" / "part-000000.tar"
+    with tarfile.open(tar, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    rows = {}
+    with tarfile.open(tar) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.rsplit(".", 1)
+            codec = {"jpg": "jpeg"}.get(ext, ext)
+            rows[key] = {"key": key, "status": "ok", "codec": codec, "mode": "RGB", "width": 96, "height": 64,
+                         "pixel_hash": "0" * 16, "tar_uri": str(tar), "offset": m.offset_data, "length": m.size,
+                         "archive_root": str(arch), "model": "msinn-small-2026-11d-p1",
+                         "model_hash": "cd158f947d2d9aa3"}
+    return str(arch), rows
+
+
+def test_archived_members_are_held_to_their_rows_size_before_decoding(tmp_path):
+    """A 34-byte WebP and a JPEG XL of 12000x12000, and a .msinn file of another size, each in a 96x64 row."""
+    from pipeline.restore import decode_rows
+
+    golden = (Path(__file__).resolve().parent / "golden" / "k03-qp4.msinn").read_bytes()
+    arch, rows = _forged_archive(tmp_path, {"w.webp": _webp_bomb(12000, 12000), "j.jxl": _jxl(12000, 12000),
+                                            "m.msinn": golden})
+    rss0, t0 = _rss_mb(), time.perf_counter()
+    results = {r["key"]: r for r in decode_rows(list(rows.values()), None, None)}
+    assert time.perf_counter() - t0 < 3 and _rss_mb() - rss0 < 200
+    for key, codec in (("w", "webp"), ("j", "jxl"), ("m", "msinn")):
+        err = results[key]["error"]
+        assert not results[key]["ok"] and f"its {codec} file's header gives" in err, err
+        assert "differs from the manifest's 96x64; refused before decoding" in err
+    assert "12000x12000" in results["w"]["error"] and "12000x12000" in results["j"]["error"]
+    # a row that agrees with its bomb is still held to the largest classical file the pipeline writes
+    from pipeline.bitstreams import decode_row
+
+    big = dict(rows["w"], width=12000, height=12000)
+    with pytest.raises(BitstreamError, match="exceeds the limit of 40000000"):
+        decode_row(big, None, None)
+    with pytest.raises(BitstreamError, match="without the size of its image"):
+        decode_row(dict(rows["w"], width=None, height=None), None, None)
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 # ---------------------------------------------------------------- 5: the memory estimate covers the effort
 
 def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
