@@ -203,6 +203,28 @@ def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
     assert pending is None and row.error.startswith("refused: needs about") and "--effort 1" in row.error
 
 
+# ---------------------------------------------------------------- 6: a selection over the time limit
+
+def test_a_selection_over_the_sql_time_limit_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import sql
+    from pipeline.cli import main
+
+    n = 300_000
+    (tmp_path / "manifest").mkdir()
+    pq.write_table(pa.table({"key": [f"k{i:07d}" for i in range(n)], "status": ["ok"] * n,
+                             "bpp": np.linspace(0, 1, n), "run_id": ["r"] * n}),
+                   tmp_path / "manifest" / "part-000000.parquet")
+    monkeypatch.setattr(sql, "SQL_SECONDS", 0.001)
+    for cmd in (["verify", str(tmp_path)], ["restore", str(tmp_path), str(tmp_path / "out")]):
+        assert main([*cmd, "--where", "bpp > 0.5"]) == 2
+        err = capsys.readouterr().err
+        assert "ran over the time limit of 0.001 s (MSINN_SQL_SECONDS raises it)" in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
 # ---------------------------------------------------------------- 8: JPEG XL read everywhere; outputs named by content
 
 def test_jpeg_xl_is_read_wherever_images_are_and_outputs_are_named_by_what_they_hold(tmp_path, capsys):
