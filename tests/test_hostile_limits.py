@@ -181,6 +181,50 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# ---------------------------------------------------------------- 4: where originals may be read
+
+def test_where_originals_are_read_is_the_commands_word_never_the_archives(tmp_path, local_ray, tiny_checkpoint,
+                                                                          capsys):
+    """A plan.json whose input was edited to '/' and rows keyed 'etc/hostname' and 'private/secret' read nothing
+    without --source-prefix: --from source is refused, --from auto re-encodes from bitstreams only."""
+    from pipeline.cli import main
+    from pipeline.encoder import UnitEncoder
+    from pipeline.manifest import ManifestRow, to_parquet
+    from pipeline.plan import freeze_plan
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(png_bytes(1))
+    (tmp_path / "private").mkdir()
+    (tmp_path / "private" / "secret.png").write_bytes(png_bytes(7))
+    arch = tmp_path / "arch"
+    spec = JobSpec(input=str(tmp_path / "in"), output=str(arch), target_kind="qp", target_value=1.0,
+                   model=tiny_checkpoint, run_id="first")
+    UnitEncoder(tiny_checkpoint).process_unit(
+        WorkUnit("000000", "files", (str(tmp_path / "in" / "a.png"),), 1, str(tmp_path / "in")), spec)
+    freeze_plan(str(arch / "_plan"), iter([]), {**spec.job_dict(), "input": "/"}, None)  # planted: the whole disk
+    now = datetime.now(UTC)
+    planted = [ManifestRow(key="etc/hostname", status="ok", source_uri="/etc/hostname", run_id="planted",
+                           created_at=now),
+               ManifestRow(key="private/secret", status="ok", source_uri=str(tmp_path / "private" / "secret.png"),
+                           run_id="planted", created_at=now)]
+    (arch / "manifest" / "part-planted.parquet").write_bytes(to_parquet(planted))
+    base = ["reencode", str(arch), "--qp", "2", "--model", tiny_checkpoint, "--decode-model", tiny_checkpoint,
+            "--actors", "1"]
+    assert main([*base, "--from", "source"]) == 2
+    assert "--source-prefix" in capsys.readouterr().err and not (arch / "_reencode").exists()
+    assert main([*base, "--from", "auto"]) == 1  # the planted rows fail, nothing of theirs read
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["selected"] == 3 and summary["errors_this_run"] == 2
+    import fsspec
+
+    rows = {r["key"]: r for r in read_manifest(fsspec.filesystem("file"), str(arch))
+            if r["run_id"] == summary["run_id"]}
+    for key in ("etc/hostname", "private/secret"):
+        assert rows[key]["status"] == "error" and "--source-prefix" in rows[key]["error"], rows[key]["error"]
+        assert rows[key]["source_sha256"] is None and rows[key]["source_bytes"] is None
+    assert rows["a"]["status"] == "ok" and rows["a"]["encoded_from"] == "bitstream"
+
+
 # ---------------------------------------------------------------- 5: the memory estimate covers the effort
 
 def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
@@ -225,6 +269,47 @@ def test_a_selection_over_the_sql_time_limit_is_one_line_and_exit_2(tmp_path, mo
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
+# ---------------------------------------------------------------- 7: every limit checked once, the same way
+
+@pytest.mark.parametrize(("key", "value", "option"), [
+    ("image_timeout", "-1", "--image-timeout"), ("image_memory_mb", "-1", "--image-memory-mb"),
+    ("image_memory_mb", "0", "--image-memory-mb"), ("actors", '"two"', "--actors"),
+    ("rows_per_shard", "0", "--rows-per-shard"), ("retention_hours", "nan", "--retention-hours"),
+])
+def test_limits_are_refused_alike_on_every_command_and_in_specs(tmp_path, capsys, key, value, option):
+    from pipeline.cli import main
+
+    spec = tmp_path / "nightly.toml"
+    spec.write_text(f'archive = "{tmp_path / "arch"}"\n{key} = {value}\n\n[target]\nkind = "qp"\nvalue = 1\n')
+    assert main(["scheduled", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert f"bad {key} " in err and "must be" in err and len(err.strip().splitlines()) == 1, err
+    cli_value = value.strip('"')
+    for argv in (["reencode", str(tmp_path / "arch"), "--qp", "1"],
+                 ["transcode", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--qp", "1"]):
+        if argv[0] == "transcode" and key in ("rows_per_shard", "retention_hours"):
+            continue
+        try:
+            rc = main([*argv, option, cli_value])
+        except SystemExit as exc:  # argparse's own type check (an int option given "two")
+            rc = exc.code
+        assert rc == 2, (argv[0], option)
+        assert option in capsys.readouterr().err or cli_value == "two"
+    assert not (tmp_path / "out").exists() and not (tmp_path / "arch").exists()
+
+
+def test_one_check_for_every_limit_whoever_builds_the_job():
+    from pipeline.spec import JobError, check_limits
+
+    with pytest.raises(JobError, match=r"bad image_seconds -1: must be a number above 0"):
+        JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0, image_seconds=-1)
+    with pytest.raises(JobError, match=r"bad --actors 'two': must be a whole number of at least 1"):
+        check_limits({"actors": "two"})
+    with pytest.raises(JobError, match=r"bad actors 2.5"):
+        check_limits({"actors": 2.5}, option_style=False)
+    check_limits({"actors": 2, "image_timeout": 0.5, "retention_hours": 0, "unrelated": "x", "max_actors": None})
+
+
 # ---------------------------------------------------------------- 8: JPEG XL read everywhere; outputs named by content
 
 def test_jpeg_xl_is_read_wherever_images_are_and_outputs_are_named_by_what_they_hold(tmp_path, capsys):
@@ -249,3 +334,35 @@ def test_jpeg_xl_is_read_wherever_images_are_and_outputs_are_named_by_what_they_
     from msinn.images import IMAGE_EXTENSIONS
 
     assert ".jxl" in IMAGE_EXTENSIONS and ".avif" in IMAGE_EXTENSIONS  # listed inputs too: the formats it writes
+
+
+# ---------------------------------------------------------------- 9: gc's retention from when a shard was released
+
+def test_gc_keeps_a_shard_for_the_retention_after_the_run_that_stopped_referencing_it(tmp_path):
+    """An archive written ten days ago, re-encoded an hour ago: its old shard stays for the week's retention."""
+    from pipeline.manifest import ManifestRow, to_parquet
+    from pipeline.reencode import gc_shards
+
+    arch = tmp_path / "arch"
+    (arch / "manifest").mkdir(parents=True)
+    (arch / "bitstreams").mkdir()
+    now = datetime.now(UTC)
+    ten_days, hour = now - timedelta(days=10), now - timedelta(hours=1)
+    bits = arch / "bitstreams"
+
+    def rows(tar: str, run: str, at: datetime) -> bytes:
+        return to_parquet([ManifestRow(key=k, status="ok", tar_uri=str(bits / tar), offset=512, length=1, run_id=run,
+                                       created_at=at) for k in ("a", "b")])
+
+    (arch / "manifest" / "part-000000.parquet").write_bytes(rows("part-000000.tar", "old", ten_days))
+    (arch / "manifest" / "part-new-000000.parquet").write_bytes(rows("part-new-000000.tar", "new", hour))
+    for name in ("part-000000.tar", "part-new-000000.tar", "part-orphan-000000.tar"):
+        (bits / name).write_bytes(b"x")
+        os.utime(bits / name, (ten_days.timestamp(), ten_days.timestamp()))  # all written ten days ago
+    week = 168.0
+    res = gc_shards(str(arch), None, week)
+    assert res["kept_within_retention"] == [str(bits / "part-000000.tar")]  # released an hour ago: kept
+    assert res["deleted"] == [str(bits / "part-orphan-000000.tar")]  # never referenced: from when it was written
+    later = gc_shards(str(arch), None, week, dry_run=True, now=hour + timedelta(hours=week + 1))
+    assert later["deleted"] == [str(bits / "part-000000.tar")]
+    assert (bits / "part-000000.tar").exists() and (bits / "part-new-000000.tar").exists()
