@@ -366,3 +366,72 @@ def test_gc_keeps_a_shard_for_the_retention_after_the_run_that_stopped_referenci
     later = gc_shards(str(arch), None, week, dry_run=True, now=hour + timedelta(hours=week + 1))
     assert later["deleted"] == [str(bits / "part-000000.tar")]
     assert (bits / "part-000000.tar").exists() and (bits / "part-new-000000.tar").exists()
+
+
+# ---------------------------------------------------------------- 10a: planted claims
+
+@pytest.mark.parametrize("at", ["Infinity", "1e300", "NaN", '"soon"'])
+def test_a_claim_from_the_future_or_not_a_time_blocks_nobody(tmp_path, caplog, at):
+    from pipeline.claims import claim_output
+    from pipeline.spec import JobError
+
+    folder = tmp_path / "out" / "_plan"
+    (folder / "claims").mkdir(parents=True)
+    (folder / "claims" / "planted.json").write_text(f'{{"at": {at}, "job": {{"target_value": 9}}}}')
+    claim = claim_output(str(folder), str(tmp_path / "out"), "mine", {"target_value": 1}, None)
+    assert "unreadable claim ignored" in caplog.text
+    claim.release()
+    # a live claim of another driver (written now, or a few seconds ahead on its clock) still refuses
+    (folder / "claims" / "planted.json").write_text(json.dumps({"at": time.time() + 5, "job": {"target_value": 9}}))
+    with pytest.raises(JobError, match="being planned by another driver"):
+        claim_output(str(folder), str(tmp_path / "out"), "mine", {"target_value": 1}, None)
+
+
+# ---------------------------------------------------------------- 10b: a damaged eval JSON is never resumed
+
+def test_a_damaged_or_edited_eval_json_is_refused_in_one_line(tmp_path, tiny_model, capsys):
+    import msinn
+    from msinn.cli import eval as eval_cli
+
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.png").write_bytes(image_file(np.random.default_rng(3).integers(0, 256, (48, 64, 3),
+                                                                                            np.uint8)))
+    model = tmp_path / "tiny.pt"
+    msinn.save_checkpoint(model, tiny_model)
+    out = tmp_path / "rd.json"
+    argv = [str(tmp_path / "imgs"), "--model", str(model), "--qps", "1", "--codecs", "jpeg", "--json", str(out)]
+    assert eval_cli.main(argv) == 0
+    good = json.loads(out.read_text())
+    capsys.readouterr()
+
+    def damaged(change) -> dict:
+        doc = json.loads(json.dumps(good))
+        change(doc)
+        return doc
+
+    cases = {
+        "truncated": out.read_text()[:200],
+        "a list": "[]",
+        "psnr text": json.dumps(damaged(lambda d: d["per_image"][0]["points"][0].update(psnr="high"))),
+        "fabricated psnr": json.dumps(damaged(lambda d: d["per_image"][0]["points"][0].update(psnr=99.0))),
+        "quality missing": json.dumps(damaged(lambda d: d["per_image"][0]["codecs"]["jpeg"].pop())),
+        "no checksum": json.dumps(damaged(lambda d: d.pop("per_image_sha256"))),
+    }
+    for name, text in cases.items():
+        out.write_text(text)
+        assert eval_cli.main([*argv, "--resume"]) == 1, name
+        err = capsys.readouterr().err
+        assert f"{out}: cannot be resumed" in err and "Traceback" not in err, (name, err)
+        assert out.read_text() == text  # never overwritten by a run that did not start
+    # plausibility, not only the checksum: a re-hashed forgery of impossible points is refused too
+    from msinn.evaluation.rd import per_image_digest, resumable
+
+    forged = damaged(lambda d: d["per_image"][0]["points"][0].update(psnr=120.0))
+    forged["per_image_sha256"] = per_image_digest(forged["per_image"])
+    with pytest.raises(ValueError, match=r"points\[0\]\.psnr 120.0 is outside"):
+        resumable(forged, good["model"])
+    forged = damaged(lambda d: d["per_image"][0]["points"][0].update(bpp=0.001))
+    forged["per_image_sha256"] = per_image_digest(forged["per_image"])
+    with pytest.raises(ValueError, match=r"bpp 0.001 is not its \d+ bytes"):
+        resumable(forged, good["model"])
+    assert resumable(good, good["model"]) == good["per_image"]
