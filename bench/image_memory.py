@@ -1,11 +1,15 @@
-"""Working memory of encoding one image against its size: the figures behind ``pipeline/limits.py``.
+"""Working memory of encoding one image against its size and effort: the figures behind ``pipeline/limits.py``.
 
-    python bench/image_memory.py [--sides 1024,2048,4096] [--model NAME_OR_PATH] [--threads 1]
+    python bench/image_memory.py [--sides 1024,2048,4096] [--effort 0] [--model NAME_OR_PATH] [--threads 1]
+    python bench/image_memory.py --sides 256,512,1024 --effort 1 --iterations 3
 
 Each size runs in a fresh process: a smooth PNG of side x side pixels is
-opened and encoded at qp 3 (no rate search) with the pipeline's tiling, and
-the peak RSS above the loaded model is printed with what
-``limits.peak_bytes`` estimates for it. Not a test: 4096 takes minutes.
+opened and encoded at qp 3 (no rate search) with the pipeline's tiling and
+the given refinement level, and the peak RSS above the loaded model is
+printed with what ``limits.peak_bytes`` estimates for it. Refinement's peak
+is one optimisation step's (each step frees its graph before the next), so
+``--iterations`` may shorten a level to a few steps to measure it: the peak
+is the same, only the time differs. Not a test: 4096 takes minutes.
 """
 
 from __future__ import annotations
@@ -30,17 +34,21 @@ Image.fromarray(small).resize((side, side)).save(buf, "PNG")
 data = buf.getvalue()
 torch.set_num_threads({threads})
 import msinn
-from msinn.codec import EncodeOptions, plan_encode
+from dataclasses import replace
+from msinn import refine
+from msinn.codec import EncodeOptions, prepare_encode
 from msinn.images import open_image
 from msinn.ratecontrol import Target
 from pipeline.limits import peak_bytes
+if {effort} and {iterations}:
+    refine.EFFORTS[{effort}] = replace(refine.EFFORTS[{effort}], iterations={iterations})
 model = msinn.load({model!r})
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 base, t0 = rss(), time.time()
 img = open_image(data, "bench", 1 << 30)
 opts = EncodeOptions(tile_pixels=1 << 21, max_pixels=1 << 30)
-plan_encode(model, img, Target("qp", 3), opts).finish()
-estimate = peak_bytes(side, side, 1 << 21) / 2**20
+prepare_encode(model, img, Target("qp", 3), opts, effort={effort}).finish()
+estimate = peak_bytes(side, side, 1 << 21, {effort}) / 2**20
 print(json.dumps({{"side": side, "peak_mb": (rss() - base) / 2**20, "estimate_mb": estimate,
                   "seconds": time.time() - t0}}))
 """
@@ -49,17 +57,22 @@ print(json.dumps({{"side": side, "peak_mb": (rss() - base) / 2**20, "estimate_mb
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sides", default="1024,2048,4096", help="square image sides in pixels")
+    p.add_argument("--effort", type=int, default=0, help="refinement level (msinn.refine.EFFORTS)")
+    p.add_argument("--iterations", type=int, default=0,
+                   help="with --effort: this many optimisation steps instead of the level's (same peak, less time)")
     p.add_argument("--model", default=None, help="model name or checkpoint (default: bundled)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     repo = str(Path(__file__).resolve().parents[1])
-    print(f"{'side':>6} {'MP':>6} {'peak MB':>8} {'estimate MB':>12} {'seconds':>8}")
+    print(f"{'side':>6} {'MP':>6} {'effort':>6} {'peak MB':>8} {'estimate MB':>12} {'seconds':>8}")
     for side in (int(s) for s in args.sides.split(",")):
-        code = CHILD.format(repo=repo, side=side, model=args.model, threads=args.threads)
+        code = CHILD.format(repo=repo, side=side, model=args.model, threads=args.threads, effort=args.effort,
+                            iterations=args.iterations)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         mp = side * side / 1e6
-        print(f"{side:>6} {mp:>6.1f} {r['peak_mb']:>8.0f} {r['estimate_mb']:>12.0f} {r['seconds']:>8.0f}")
+        print(f"{side:>6} {mp:>6.1f} {args.effort:>6} {r['peak_mb']:>8.0f} {r['estimate_mb']:>12.0f} "
+              f"{r['seconds']:>8.0f}", flush=True)
 
 
 if __name__ == "__main__":

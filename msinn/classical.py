@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .images import DEFAULT_MAX_PIXELS, PreparedImage, open_image, restore_image, rgb_view
+from .sizing import register_plugins
 
 AVIF_SPEED = 6  # libavif's default speed; 0 is its slowest and strongest
 AVIF_BEST_SPEED = 0
@@ -116,12 +117,15 @@ CODECS: dict[str, ClassicalCodec] = {
     "webp": ClassicalCodec(
         "webp", "WEBP", "webp", (0, 10, 25, 50, 70, 85, 95, 100), True,
         lambda speed, alpha: {"method": 6}, _WEBP_PRIOR),  # lossy WebP is 4:2:0 only; its alpha is lossless by default
+    # quality 100 asks libjxl for distance 0 (lossless), which pillow_jxl's lossy encoder refuses ("The encoder
+    # API is used in an incorrect way"): the search stops at 99
     "jxl": ClassicalCodec(
         "jxl", "JXL", "jxl", (20, 40, 55, 70, 80, 88, 93, 97), True,
-        lambda speed, alpha: {"effort": JXL_EFFORT if speed is None else speed}, _JXL_PRIOR, JXL_EFFORT),
+        lambda speed, alpha: {"effort": JXL_EFFORT if speed is None else speed}, _JXL_PRIOR, JXL_EFFORT, (0, 99)),
     "jxl-best": ClassicalCodec(
         "jxl-best", "JXL", "jxl", (20, 40, 55, 70, 80, 88, 93, 97), True,
-        lambda speed, alpha: {"effort": JXL_BEST_EFFORT if speed is None else speed}, _JXL_PRIOR, JXL_BEST_EFFORT),
+        lambda speed, alpha: {"effort": JXL_BEST_EFFORT if speed is None else speed}, _JXL_PRIOR, JXL_BEST_EFFORT,
+        (0, 99)),
 }
 ARCHIVE_CODECS = ("avif", "jpeg", "webp", "jxl")  # what --codecs accepts beside msinn (eval takes every name)
 CODEC_QUALITIES = {name: c.sweep for name, c in CODECS.items()}  # msinn eval's quality sweeps
@@ -133,11 +137,6 @@ def get(name: str) -> ClassicalCodec:
         return CODECS[name]
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; choose from {', '.join(CODECS)}") from None
-
-
-def _register_plugins(name: str) -> None:
-    if name.startswith("jxl"):
-        import pillow_jxl  # noqa: F401  (registers the JXL format with Pillow)
 
 
 def _source_image(img: PreparedImage, codec: ClassicalCodec):
@@ -158,21 +157,22 @@ def encode(codec: str | ClassicalCodec, img: PreparedImage, quality: int, speed:
     c = get(codec) if isinstance(codec, str) else codec
     if img.alpha is not None and not c.keeps_alpha:
         raise ValueError(f"{c.name} cannot keep an alpha channel")
-    _register_plugins(c.name)
+    register_plugins()
     buf = io.BytesIO()
     _source_image(img, c).save(buf, c.pil_format, quality=int(quality), **c.options(speed, img.alpha is not None))
     return buf.getvalue()
 
 
-def decode(data: bytes, mode: str, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode(data: bytes, mode: str, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS,
+           expect: tuple[int, int] | None = None) -> np.ndarray:
     """A classical file's pixels in the layout ``mode`` names (as :func:`msinn.images.restore_image` gives).
 
-    Decoding goes through the same checks as any input (size limit before
-    decoding, one frame); a file without the alpha ``mode`` needs is refused.
+    Decoding goes through the same checks as any input (the size from the
+    header against ``max_pixels`` and, for an archived file, the recorded
+    ``expect`` (width, height), before decoding; one frame); a file without the
+    alpha ``mode`` needs is refused.
     """
-    for name in ("jxl",):
-        _register_plugins(name)
-    img = open_image(data, source, max_pixels)
+    img = open_image(data, source, max_pixels, expect)
     if mode in ("RGBA", "LA") and img.alpha is None:
         raise ValueError(f"{source}: decoded without the alpha channel its {mode} layout needs")
     return restore_image(img.rgb, img.alpha if mode in ("RGBA", "LA") else None, mode)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import warnings
 from dataclasses import dataclass
 
@@ -28,10 +27,12 @@ from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageInputError
+from .sizing import PILLOW_LOCK, check_size, image_size, register_plugins
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+# what a folder listing takes as images: every format the project reads (AVIF and JPEG XL too: it writes them)
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".gif", ".avif",
+                    ".jxl")
 DEFAULT_MAX_PIXELS = 256 * 1024 * 1024  # 256 MP: a decompression-bomb guard, configurable
-_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is global: set it for one open at a time
 GRAY_MODES = ("1", "L", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -71,25 +72,28 @@ def _to_uint8_gray(im: Image.Image) -> np.ndarray:
     return np.clip(np.round(a.astype(np.float64) / 257.0), 0, 255).astype(np.uint8)
 
 
-def open_image(data: bytes, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS) -> PreparedImage:
-    """Decode image bytes into codec input, refusing non-images and oversized images first."""
-    if not data:
-        raise ImageInputError(f"{source}: empty file")
+def open_image(data: bytes, source: str = "input", max_pixels: int = DEFAULT_MAX_PIXELS,
+               expect: tuple[int, int] | None = None) -> PreparedImage:
+    """Decode image bytes into codec input, refusing non-images, oversized images and (with ``expect``, a
+    recorded width and height) images of another size first: from the header alone, before any pixel is decoded
+    (:mod:`msinn.sizing`), whatever the format."""
+    size = image_size(data, source)
+    check_size(size, source, max_pixels, expect)
+    register_plugins()
     try:
-        with warnings.catch_warnings(), _PILLOW_LIMIT:
+        with warnings.catch_warnings(), PILLOW_LOCK:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # our limit (checked next, before any pixel is decoded) replaces Pillow's own 89 MP,
-            # which would refuse images below max_pixels
+            # our limit (checked above, from the header) replaces Pillow's own 89 MP, which would refuse images
+            # below max_pixels; only the plugin that sized the header may open the file
             saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
-                im = Image.open(io.BytesIO(data))
+                im = Image.open(io.BytesIO(data), formats=[size.format])
             finally:
                 Image.MAX_IMAGE_PIXELS = saved
             w, h = im.size
-            if w * h > max_pixels:
-                raise ImageInputError(f"{source}: {w}x{h} pixels exceeds the limit of {max_pixels} pixels")
-            if w < 1 or h < 1:
-                raise ImageInputError(f"{source}: image has no pixels ({w}x{h})")
+            if sorted((w, h)) != sorted((size.width, size.height)):
+                raise ImageInputError(f"{source}: opens as {w}x{h}, not the {size.width}x{size.height} its header "
+                                      "says")
             frames = getattr(im, "n_frames", 1)
             if frames > 1:
                 raise ImageInputError(
@@ -165,7 +169,7 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=["PNG"])  # a PNG by definition: no other plugin may open it
             if im.size != (width, height) or im.mode != "L":
                 raise ValueError(f"alpha plane is {im.mode} {im.size[0]}x{im.size[1]}, expected L {width}x{height}")
             return np.asarray(im).copy()
@@ -200,7 +204,13 @@ def read_uri(uri: str, storage_options: dict | None = None) -> bytes:
 
 
 def read_image_rgb(uri: str, storage_options: dict | None = None) -> np.ndarray:
-    """HxWx3 uint8 RGB array, EXIF orientation applied (evaluation and training; the codec uses open_image)."""
-    im = Image.open(io.BytesIO(read_uri(uri, storage_options)))
+    """HxWx3 uint8 RGB array, EXIF orientation applied (evaluation and training; the codec uses open_image).
+
+    Sized from its header and held to ``DEFAULT_MAX_PIXELS`` before decoding, as every image is."""
+    data = read_uri(uri, storage_options)
+    size = image_size(data, uri)
+    check_size(size, uri, DEFAULT_MAX_PIXELS)
+    register_plugins()
+    im = Image.open(io.BytesIO(data), formats=[size.format])
     im = ImageOps.exif_transpose(im)
     return np.asarray(im.convert("RGB"))

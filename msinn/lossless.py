@@ -427,12 +427,16 @@ def probe_format(data: bytes) -> str | None:
         return None
 
 
-def store_exactly(data: bytes, source: str = "input", max_pixels: int | None = None) -> ExactFile:
+def store_exactly(data: bytes, source: str = "input", max_pixels: int | None = None,
+                  recompress: bool = True) -> ExactFile:
     """The smallest file that gives back ``data`` (JPEG) or its pixels and metadata (other images); the
-    original itself when nothing smaller reads back exactly. Never raises for a file that can be stored."""
+    original itself when nothing smaller reads back exactly, or when ``recompress`` is False (an image over
+    the memory budget). Never raises for a file that can be stored."""
     t0 = time.perf_counter()
     notes: list[str] = []
     fmt = probe_format(data)
+    if not recompress:
+        return ExactFile("stored", data, "bytes", fmt, None, None, None, None, None, time.perf_counter() - t0, notes)
     shape: tuple[int | None, int | None, str | None, int | None] = (None, None, None, None)
 
     def keep(codec: str, packed: bytes, exact: str, px: ExactPixels | None = None) -> ExactFile:

@@ -50,9 +50,13 @@ def connect(archive: str, options: dict | None = None, locked: bool = True) -> d
         con.register_filesystem(fs)
     listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
     base = f"read_parquet([{listing}], union_by_name=true)"
-    cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()}
-    con.execute(f"CREATE OR REPLACE VIEW all_rows AS {_current_columns(cols)} FROM {base}")
-    con.execute(CURRENT_VIEW_SQL)
+    try:
+        cols = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {base}").fetchall()}
+        con.execute(f"CREATE OR REPLACE VIEW all_rows AS {_current_columns(cols)} FROM {base}")
+        con.execute(CURRENT_VIEW_SQL)
+    except duckdb.Error as exc:
+        raise _selection_error(exc, None, f"{archive}: cannot read the manifest", what="reading its manifest"
+                               ) from None
     if locked:
         folder = storage.join(storage.canonical(archive), "manifest") + "/"
         con.execute("SET allowed_directories=?", [[folder]])
@@ -159,25 +163,37 @@ def iter_select(
     """The same rows in batches, so a driver never holds a whole archive's manifest; ``sample`` keeps a
     reproducible random subset of that many rows (reservoir sampling in DuckDB). ``guard`` (the program's own
     condition) holds whatever ``where`` (the user's) says."""
-    condition = check_predicate(where, con, view, guard) if where else guard
-    sql = f"SELECT * FROM {view}" + (f" WHERE {condition}" if condition else "")
+    try:
+        condition = check_predicate(where, con, view, guard) if where else guard
+    except duckdb.Error as exc:  # reading the view's columns runs under the same limits
+        raise _selection_error(exc, where, "invalid selection") from None
+    text = f"SELECT * FROM {view}" + (f" WHERE {condition}" if condition else "")
     if sample:
-        sql = f"SELECT * FROM ({sql}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
+        text = f"SELECT * FROM ({text}) USING SAMPLE reservoir({int(sample)} ROWS) REPEATABLE ({int(seed)})"
     if order not in ORDERS:
         raise ValueError(f"order must be one of {sorted(ORDERS)}")
     try:
-        cur = con.execute(sql + " ORDER BY " + ORDERS[order])
-    except duckdb.InterruptException:
-        raise ArchiveError(f"selection {where!r} ran over the time limit of {sql.SQL_SECONDS:g} s "
-                           "(MSINN_SQL_SECONDS raises it)") from None
+        cur = con.execute(text + " ORDER BY " + ORDERS[order])
     except duckdb.Error as exc:
-        raise ArchiveError(f"invalid selection {where!r}: {exc}") from exc
+        raise _selection_error(exc, where, "invalid selection") from None
     cols = [d[0] for d in cur.description]
     while True:
-        rows = cur.fetchmany(batch)
+        try:
+            rows = cur.fetchmany(batch)
+        except duckdb.Error as exc:  # a streamed result can run over its limits while it is fetched
+            raise _selection_error(exc, where, "selection failed") from None
         if not rows:
             return
         yield [dict(zip(cols, r)) for r in rows]
+
+
+def _selection_error(exc: Exception, where: str | None, failed: str, what: str | None = None) -> ArchiveError:
+    """One line for a statement DuckDB stopped: over the time limit (``sql.SQL_SECONDS``), or otherwise."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, duckdb.InterruptException) or "maximum execution time" in text:
+        return ArchiveError(f"{what or f'selection {where!r}'} ran over the time limit of {sql.SQL_SECONDS:g} s "
+                            "(MSINN_SQL_SECONDS raises it)")
+    return ArchiveError(f"{failed} {where!r}: {text}" if what is None else f"{failed}: {text}")
 
 
 def query(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple]]:

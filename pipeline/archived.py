@@ -1,8 +1,9 @@
 """A re-encode's inputs: each archived row's original, read only where the archive's input was, or its bitstream.
 
 A manifest row is data, not an instruction. Its ``source_uri`` is followed
-only when it lies under the prefix the archive was made from (recorded in its
-``_plan/plan.json``) or a prefix the user passed (``--source-prefix``), names
+only when it lies under the prefix the user passed (``--source-prefix``: the
+input the archive records in its ``_plan/plan.json`` is data in the archive
+too, and never a permission to read), names
 a regular file there, and holds exactly one input of the row's key by the
 rules the transcode used (``keys``): so a row can neither make a worker read
 a file of its choosing nor take another key's image, and a key that two
@@ -96,7 +97,7 @@ def read_source(key: str, source_uri: str, options: dict | None, root: str | Non
     ``.parquet``.
     """
     if not root:
-        raise storage.RefusedInput(f"{source_uri}: the archive records no input prefix to read originals under; "
+        raise storage.RefusedInput(f"{source_uri}: originals are read only under the prefix the command names; "
                                    "pass --source-prefix")
     m = FRAGMENT.fullmatch(source_uri)
     if m is None or (storage.within(source_uri, root) and storage.exists(source_uri, options)):

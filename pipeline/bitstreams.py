@@ -205,11 +205,49 @@ def exact_member(row: dict, options: dict | None, max_pixels: int | None = None)
         raise BitstreamError(f"{row['key']}: {exc}") from None
 
 
+def recorded_size(row: dict) -> tuple[int, int] | None:
+    """The (width, height) a row records for its image, None if it records none; anything else is refused."""
+    w, h = row.get("width"), row.get("height")
+    if w is None and h is None:
+        return None
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+        raise UntrustedReference(f"width/height {w!r}/{h!r} do not describe an image")
+    return w, h
+
+
+def check_member_size(key: str, codec: str, data: bytes, expect: tuple[int, int] | None) -> None:
+    """The size a member's own header gives, against its row's, before a pixel is decoded (any codec).
+
+    A row's bitstream is decoded only into the image the row describes: a
+    38-byte WebP or a 19 KB JPEG XL member claiming 12000x12000 in a 96x64
+    row is refused here, from a few header bytes, not after gigabytes.
+    """
+    from msinn.errors import BitstreamError
+
+    if codec == "msinn":
+        from msinn.container import read_header
+
+        header, _ = read_header(data, key)
+        w, h = header.width, header.height
+    else:
+        from msinn.sizing import image_size
+
+        try:
+            size = image_size(data, key)
+        except ValueError as exc:
+            raise BitstreamError(f"{key}: {codec} file does not decode ({exc})") from None
+        w, h = size.width, size.height
+    if expect is not None and (w, h) != expect:
+        raise BitstreamError(f"{key}: its {codec} file's header gives {w}x{h}, which differs from the manifest's "
+                             f"{expect[0]}x{expect[1]}; refused before decoding")
+
+
 def decode_row(row: dict, options: dict | None, models: str | list[str] | None, device: str = "cpu") -> tuple[Any, str]:
     """An archived image as (pixels in its restore layout, mode), with every check its codec allows.
 
-    A ``.msinn`` file is checked by its container (CRCs, per-level symbol
-    hashes, image hash); every file, whatever its codec, is checked against
+    The member's header size must be the row's before anything is decoded
+    (:func:`check_member_size`). A ``.msinn`` file is checked by its container
+    (CRCs, per-level symbol hashes, image hash); every file, whatever its codec, is checked against
     the hash of the decoded pixels recorded in its row at encode time, so a
     decoder that disagrees with the one that wrote the file (another
     libavif, another colour conversion) is an error naming both, never a
@@ -222,20 +260,25 @@ def decode_row(row: dict, options: dict | None, models: str | list[str] | None, 
     codec = row_codec(row)
     if codec == "none":
         raise BitstreamError(f"{key}: a sample without an image (its other parts are stored as they are)")
-    if is_exact(row):  # checked exactly, then decoded as any input image is
+    expect = recorded_size(row)
+    if is_exact(row):  # checked exactly (size first), then decoded as any input image is
         from msinn.images import open_image, restore_image
         from msinn.lossless import write_png
 
         got = exact_member(row, options)
-        img = open_image(got if isinstance(got, bytes) else write_png(got), key)
+        img = open_image(got if isinstance(got, bytes) else write_png(got), key, expect=expect)
         return restore_image(img.rgb, img.alpha, img.mode), img.mode
+    if codec != "msinn" and expect is None:
+        raise BitstreamError(f"{key}: a {codec} row without the size of its image cannot be checked before decoding")
     data = read_member(row, options)
+    check_member_size(key, codec, data, expect)
     if codec == "msinn":
         from msinn.codec import decode_image
 
         decoded = decode_image(data, model_for_row(row, models, device), key)
         pixels, mode = decoded.pixels, decoded.mode
     else:
+        from msinn.choice import CLASSICAL_MAX_PIXELS  # the largest classical file the pipeline writes
         from msinn.classical import decode
 
         mode = row.get("mode")
@@ -244,7 +287,7 @@ def decode_row(row: dict, options: dict | None, models: str | list[str] | None, 
         if not row.get("pixel_hash"):
             raise BitstreamError(f"{key}: a {codec} row without the hash of its decoded pixels cannot be checked")
         try:
-            pixels = decode(data, mode, key)
+            pixels = decode(data, mode, key, CLASSICAL_MAX_PIXELS, expect)
         except ValueError as exc:
             raise BitstreamError(f"{key}: {codec} file does not decode ({exc})") from None
     if row.get("width") is not None and pixels.shape[:2] != (row["height"], row["width"]):

@@ -9,8 +9,11 @@ every claim: a live claim for a different job refuses this driver, in one
 line. If both write before either reads, both are refused: never a silent
 overwrite. A claim stays live for ``STALE_SECONDS`` after its last refresh
 (the driver refreshes it while it lists), so a driver that died blocks the
-output for minutes, not forever; once the plan is frozen, the plan's own job
-check takes over and the claim is removed. Drivers of the same job may share
+output for minutes, not forever (a claim whose time is not a finite number,
+or lies further in the future than clocks drift, is ignored with a warning:
+one planted with ``Infinity`` or next year's date would otherwise block the
+output for ever); once the plan is frozen, the plan's own job check takes
+over and the claim is removed. Drivers of the same job may share
 an output (a rerun after a killed driver must not wait).
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
@@ -31,6 +35,7 @@ T = TypeVar("T")
 CLAIMS = "claims"
 STALE_SECONDS = 900.0
 REFRESH_SECONDS = 60.0
+CLOCK_SKEW_SECONDS = 300.0  # a claim dated further ahead than drivers' clocks differ was not written by a driver
 
 
 def _differences(mine: dict, theirs: dict) -> dict:
@@ -69,7 +74,7 @@ class Claim:
                 continue
             try:
                 other = json.loads(storage.read_bytes(uri, self.options))
-                age = time.time() - float(other["at"])
+                age = claim_age(other["at"])
                 diff = _differences(self.job, dict(other["job"]))
             except FileNotFoundError:  # released meanwhile
                 continue
@@ -78,6 +83,17 @@ class Claim:
                 continue
             if age < STALE_SECONDS and diff:
                 yield uri, diff
+
+
+def claim_age(at: object, now: float | None = None) -> float:
+    """Seconds since a claim was written; a ValueError for a time that is not one (not a finite number, or
+    further in the future than clocks drift): such a claim is ignored, never live for ever."""
+    now = time.time() if now is None else now
+    if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+        raise ValueError(f"its time {at!r} is not a finite number of seconds")
+    if at - now > CLOCK_SKEW_SECONDS:
+        raise ValueError(f"it is dated {at - now:.0f} s in the future")
+    return max(0.0, now - at)
 
 
 def claim_output(plan_folder: str, output: str, run_id: str, job: dict, options: dict | None) -> Claim:

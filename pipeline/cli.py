@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from .spec import JobSpec
+from .spec import JobSpec, check_limits
 from .storage import options_arg
 
 
@@ -155,6 +155,7 @@ def cmd_transcode(argv: list[str], prog: str = "msinn-pipeline transcode") -> in
     args = transcode_parser(prog).parse_args(argv)
     setup_logging()
     try:
+        check_limits(vars(args))
         with quiet_stdout():
             summary = run_job(spec_from_args(args), actors=args.actors, actor_resources=args.actor_resources,
                               cpus_per_actor=args.cpus_per_actor, min_actors=args.min_actors,
@@ -343,8 +344,10 @@ def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--gc", action="store_true", help="afterwards, delete shards no current row references")
     p.add_argument("--retention-hours", type=float, default=168.0, help="gc keeps unreferenced shards this long")
     p.add_argument("--source-prefix", default=None,
-                   help="read originals only under this prefix (default: the input the archive was made from, as "
-                        "its _plan/plan.json records); rows elsewhere are re-encoded from their bitstreams or fail")
+                   help="where originals may be read (--from source or auto): only under this prefix, never where "
+                        "the archive's own files say. Without it no original is read: --from auto re-encodes from "
+                        "the bitstreams and --from source is refused. Rows elsewhere are re-encoded from their "
+                        "bitstreams (auto) or fail")
     add_limit_args(p)
     return p
 
@@ -359,6 +362,7 @@ def cmd_reencode(argv: list[str], prog: str = "msinn-pipeline reencode") -> int:
     kind, value = target_of(args)
     opts = args.storage_options
     try:
+        check_limits(vars(args))
         with quiet_stdout():
             summary = run_reencode(args.archive, args.where, kind, value, args.model, args.source_mode, opts,
                                    args.decode_model, args.rows_per_shard, args.actors, device=args.device,

@@ -49,6 +49,7 @@ class PendingImage:
     data: bytes | None = None  # the input's bytes, when the exact file competes (lossless)
     refusal: str | None = None  # why the image is not decoded (its exact file is stored as it is)
     original: str = "bytes"  # what ``data`` is of the original (InputRecord.original): caps what the row promises
+    recompress: bool = True  # False: over the memory budget, the exact file is the original as it is
 
 
 def _node_id() -> str | None:
@@ -173,13 +174,13 @@ class UnitEncoder:
             return row.fail(rec.error), None
         exact = spec.target_kind == LOSSLESS or LOSSLESS in spec.codecs
         target = spec.target_for(rec.target_value)
+        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels, spec.effort)
+        if refusal is not None:  # judged from the header: nothing decoded yet
+            if exact:  # too large to recompress here: stored as it is
+                return row, PendingImage(None, target, None, rec.data, f"refused: {refusal}", rec.original, False)
+            return row.fail(f"refused: {refusal}"), None
         if spec.target_kind == LOSSLESS:  # nothing to decode here: the exact file is made on the coding side
             return row, PendingImage(None, target, None, rec.data, original=rec.original)
-        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels)
-        if refusal is not None:  # judged from the header: nothing decoded yet
-            if exact:
-                return row, PendingImage(None, target, None, rec.data, f"refused: {refusal}", rec.original)
-            return row.fail(f"refused: {refusal}"), None
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             model_encode = None
@@ -206,7 +207,7 @@ class UnitEncoder:
             res = pending.model_encode.finish() if pending.model_encode is not None else None
             exact = None
             if pending.data is not None:
-                exact = store_exactly(pending.data, row.source_uri or row.key, spec.max_pixels)
+                exact = store_exactly(pending.data, row.source_uri or row.key, spec.max_pixels, pending.recompress)
                 if pending.refusal:
                     exact.notes.insert(0, pending.refusal)
             choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res, exact)

@@ -3,60 +3,63 @@
 A legitimate image can need more memory than an actor has (a 16384x16384
 PNG of 261 KB grew an actor past 3 GB and kept growing); Ray's memory
 monitor would then kill the actor again and again. So each image's peak is
-estimated from its size before a pixel is decoded and refused, with the
-reason, when it is over the job's budget (``--image-memory-mb``, a default a
-user can raise). The time limit is the pool's (``pool.py``): it needs a
-clock outside the actor.
+estimated from its size (read from its header by :mod:`msinn.sizing`, never
+by decoding it) and from what the job will run on it (the refinement level),
+and refused, with the reason, when it is over the job's budget
+(``--image-memory-mb``, a default a user can raise). The time limit is the
+pool's (``pool.py``): it needs a clock outside the actor.
 
 The model of the peak was measured on the bundled model, one image at a
-time, with ``python bench/image_memory.py`` (1024, 2048 and 4096 pixel
-squares: +600, +923 and +2593 MB over the loaded model): images up to
-``--tile-pixels`` are coded whole (about 600 bytes per pixel), larger ones in
-1 MP tiles (about 400 MB plus 140 bytes per pixel of the whole image).
+time, with ``python bench/image_memory.py`` (README, "Guarantees"; peak RSS
+over the loaded model, this project's 2-core CPU, one thread):
+
+* effort 0 (512, 1024, 2048 and 4096 pixel squares: +186, +757, +939 and
+  +2839 MB): images up to ``--tile-pixels`` are coded whole (about 760 bytes
+  per pixel), larger ones in 1 MP tiles (about 400 MB plus 160 bytes per
+  pixel of the whole image);
+* effort 1 and 2 add one refinement step's graph through the decoder, for
+  one tile at a time (the whole image up to ``--tile-pixels``): about 192 MB
+  plus 3400 bytes per pixel of the largest tile (256, 512, 1024 and 2048
+  squares at effort 1: +333, +1161, +4089 and +4411 MB). The number of steps
+  changes the time, not the peak (512 at effort 2 with 20 steps: see
+  README).
 """
 
 from __future__ import annotations
 
-import io
-import warnings
+from msinn.sizing import image_size
 
-UNTILED_BYTES_PER_PIXEL = 600
+UNTILED_BYTES_PER_PIXEL = 760
 TILED_BASE_BYTES = 400 << 20
-TILED_BYTES_PER_PIXEL = 140
+TILED_BYTES_PER_PIXEL = 160
+REFINE_BASE_BYTES = 192 << 20  # one SGA step (forward and backward through the float decoder) ...
+REFINE_BYTES_PER_PIXEL = 3400  # ... per pixel of the tile it refines
+TILE_SIDE = 1024  # the encoder's tiles above tile_pixels (msinn.codec.DEFAULT_TILE_SIZE; not imported: no torch)
 
 
-def peak_bytes(width: int, height: int, tile_pixels: int) -> int:
-    """Estimated working memory to encode a ``width`` x ``height`` image, above the loaded model."""
+def peak_bytes(width: int, height: int, tile_pixels: int, effort: int = 0) -> int:
+    """Estimated working memory to encode a ``width`` x ``height`` image at ``effort``, above the loaded model."""
     pixels = width * height
     if pixels <= tile_pixels:
-        return UNTILED_BYTES_PER_PIXEL * pixels
-    return TILED_BASE_BYTES + TILED_BYTES_PER_PIXEL * pixels
+        base, largest_tile = UNTILED_BYTES_PER_PIXEL * pixels, pixels
+    else:
+        base = TILED_BASE_BYTES + TILED_BYTES_PER_PIXEL * pixels
+        largest_tile = min(width, TILE_SIDE) * min(height, TILE_SIDE)
+    return base + (REFINE_BASE_BYTES + REFINE_BYTES_PER_PIXEL * largest_tile if effort else 0)
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from an image's header alone (nothing decoded), or None when Pillow cannot tell."""
-    from PIL import Image
+def memory_refusal(data: bytes, budget: int, tile_pixels: int, effort: int) -> str | None:
+    """Why an image is refused before decoding (its estimated peak at ``effort`` is over ``budget``), or None.
 
+    Data whose size its header does not tell is left to the decoder, which refuses it with its own reason
+    (:func:`msinn.images.open_image` sizes every image the same way before decoding)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the size is what we want to know
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    return im.size
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except Exception:  # not an image: the decoder says so, with its own reason
+        size = image_size(data)
+    except ValueError:
         return None
-
-
-def memory_refusal(data: bytes, budget: int, tile_pixels: int) -> str | None:
-    """Why an image is refused before decoding (its estimated peak is over ``budget``), or None."""
-    size = image_size(data)
-    if size is None:
-        return None
-    need = peak_bytes(*size, tile_pixels)
+    need = peak_bytes(size.width, size.height, tile_pixels, effort)
     if need <= budget:
         return None
-    return (f"needs about {need / 2**30:.1f} GiB to encode ({size[0]}x{size[1]}), over the image memory budget of "
-            f"{budget / 2**30:.1f} GiB (raise --image-memory-mb if the workers have the memory)")
+    at = f" at --effort {effort}" if effort else ""
+    return (f"needs about {need / 2**30:.1f} GiB to encode ({size.width}x{size.height}{at}), over the image memory "
+            f"budget of {budget / 2**30:.1f} GiB (raise --image-memory-mb if the workers have the memory)")

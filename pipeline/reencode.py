@@ -26,7 +26,7 @@ from .cluster import init_ray, new_run_id
 from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, PlanError, archived_rows, freeze_plan, read_frozen, read_plan
 from .runner import check_model, execute_units
 from .shards import committed_shards, is_committed
-from .spec import ArchivedRow, JobSpec, WorkUnit
+from .spec import ArchivedRow, JobError, JobSpec, WorkUnit, check_limits
 
 log = logging.getLogger("pipeline.reencode")
 SOURCE_MODES = ("auto", "source", "bitstream")
@@ -96,9 +96,10 @@ def run_reencode(
 ) -> dict[str, Any]:
     """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched.
 
-    Originals are read only under ``source_prefix``, or else under the input
-    the archive was made from (its ``_plan/plan.json``); a row elsewhere is
-    re-encoded from its bitstream (``--from auto``) or gets an error row.
+    Originals are read only under ``source_prefix`` (the caller's word, never
+    the archive's: see :func:`_source_root`); without it ``auto`` re-encodes
+    from bitstreams and ``source`` is refused. A row whose original lies
+    elsewhere is re-encoded from its bitstream (``auto``) or gets an error row.
     ``codecs`` (default: msinn alone) lets each image take whichever format is
     best at the target, so a re-encode can also migrate an archive to another
     codec set.
@@ -109,6 +110,9 @@ def run_reencode(
 
     if source_mode not in SOURCE_MODES:
         raise ValueError(f"--from must be one of {SOURCE_MODES}")
+    check_limits({"rows_per_shard": rows_per_shard, "actors": actors, "cpus_per_actor": cpus_per_actor,
+                  "image_memory": image_memory, "image_seconds": image_seconds}, option_style=False)
+    source_root = _source_root(source_prefix, source_mode)  # before anything is frozen: --from source needs it
     probe = JobSpec(input="", output="", target_kind=target_kind, target_value=float(target_value),
                     codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort)
     coding = probe.coding_dict()
@@ -146,7 +150,11 @@ def run_reencode(
                            {**job, "run_id": run_id, "created_at": datetime.now(UTC).isoformat()}, options)
     spec = _spec(archive, job, base_job, options, run_id, device)
     limits = {k: v for k, v in (("image_memory", image_memory), ("image_seconds", image_seconds)) if v is not None}
-    spec = replace(spec, source_root=_source_root(source_prefix, base_job), source_mode=source_mode,
+    if source_root is None and source_mode == "auto" and base_job.get("input"):
+        log.warning("no --source-prefix: originals are not read, every row is re-encoded from its bitstream (the "
+                    "archive records its input as %s; pass --source-prefix to read originals there)",
+                    str(base_job["input"])[:300])
+    spec = replace(spec, source_root=source_root, source_mode=source_mode,
                    decode_models=tuple(decode_model or ()), **limits)
     init_ray()
     stats = execute_units(spec, plan, actors=actors, cpus_per_actor=cpus_per_actor, max_units=max_units)
@@ -158,14 +166,22 @@ def run_reencode(
     return summary
 
 
-def _source_root(source_prefix: str | None, base_job: dict) -> str | None:
-    """Where originals may be read: the prefix the user passed, else the input the archive was planned from."""
-    root = source_prefix or base_job.get("input")
-    if not root:
-        log.warning("the archive records no input prefix (no _plan/plan.json): originals are not read unless "
-                    "--source-prefix names where they are")
-        return None
-    return storage.canonical(root)
+def _source_root(source_prefix: str | None, source_mode: str) -> str | None:
+    """Where originals may be read: only under the prefix the person running the command names.
+
+    The input an archive records (``_plan/plan.json``) is a file inside the
+    archive: whoever can write the archive could point it at ``/`` or at a
+    private folder and add a row keyed ``etc/hostname``. So it is never a
+    permission to read; without ``--source-prefix`` no original is read
+    (``--from auto`` re-encodes every row from its bitstream, ``--from
+    source`` is refused at the start).
+    """
+    if source_prefix:
+        return storage.canonical(source_prefix)
+    if source_mode == "source":
+        raise JobError("--from source reads originals, and only under --source-prefix PREFIX (where they are is "
+                       "yours to say, not the archive's); pass it, or use --from auto or bitstream")
+    return None
 
 
 def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id: str, device: str) -> JobSpec:
@@ -179,8 +195,29 @@ def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id:
     )
 
 
-def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0, dry_run: bool = False) -> dict:
-    """Delete this archive's bitstream shards that no current row references, once older than the retention.
+# For every shard some earlier ok row of a key lived in, when the key's current row (the one that took its
+# place) was written: the shard stopped being referenced when the last of its keys moved.
+SUPERSEDED_SQL = """
+SELECT old.tar_uri, max(epoch(cur.created_at)), count(*) FILTER (WHERE cur.created_at IS NULL)
+FROM (SELECT DISTINCT key, tar_uri FROM all_rows WHERE status = 'ok' AND tar_uri IS NOT NULL) AS old
+JOIN manifest AS cur ON cur.key = old.key
+WHERE cur.tar_uri IS DISTINCT FROM old.tar_uri
+GROUP BY old.tar_uri
+"""
+
+
+def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0, dry_run: bool = False,
+              now: datetime | None = None) -> dict:
+    """Delete this archive's bitstream shards that no current row references, ``retention_hours`` after they
+    stopped being referenced.
+
+    A shard stops being referenced when the last of its keys gets a newer
+    row elsewhere (the time that row was written, from the manifest), not
+    when the shard was written: a re-encode of an archive written ten days
+    ago keeps the shards it replaces for the whole retention, so the run can
+    be checked (or undone) before they go. A shard no row ever referenced (a
+    unit that never committed its manifest shard) counts from when it was
+    written. ``now`` is the clock (tests).
 
     Shards are matched by name under ``ARCHIVE/bitstreams/``, not by the
     spelling of the URI a row was written with (``./arch``, ``/a/./arch``,
@@ -188,6 +225,7 @@ def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0
     something that is not a shard there, or a shard that is missing, nothing
     is deleted: the result says ``refused`` and why.
     """
+    check_limits({"retention_hours": retention_hours})
     archive = storage.canonical(archive)
     con = connect(archive, options)
     refs = [r[0] for r in con.execute(
@@ -208,21 +246,43 @@ def gc_shards(archive: str, options: dict | None, retention_hours: float = 168.0
     if missing:
         return {**result, "refused": f"not collecting garbage: {len(missing)} shard(s) that current rows reference "
                                      f"are not under {folder} ({', '.join(missing[:3])}); is that the archive's root?"}
+    released = _released(con)
     fs, _ = storage.filesystem(archive, options)
-    cutoff = datetime.now(UTC) - timedelta(hours=retention_hours)
+    cutoff = (now or datetime.now(UTC)) - timedelta(hours=retention_hours)
     for name, uri in sorted(listed.items()):
         if name in referenced:
             continue
-        info = fs.info(uri.split("://", 1)[-1] if "://" in uri else uri)
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
-        if isinstance(mtime, int | float):
-            mtime = datetime.fromtimestamp(mtime, UTC)
-        if mtime is not None and mtime.tzinfo is None:
-            mtime = mtime.replace(tzinfo=UTC)
-        if mtime is not None and mtime > cutoff:
+        since = released.get(name) if name in released else _written(fs, uri)
+        if since is None or since > cutoff:  # unknown: kept, never guessed away
             result["kept_within_retention"].append(uri)
             continue
         if not dry_run:
             storage.delete(uri, options)
         result["deleted"].append(uri)
     return result
+
+
+def _released(con) -> dict[str, datetime | None]:
+    """By shard name, when the last key a shard held got its current row elsewhere (None: a row without a time)."""
+    out: dict[str, datetime | None] = {}
+    for uri, epoch, untimed in con.execute(SUPERSEDED_SQL).fetchall():
+        try:
+            name = shard_name(uri)
+        except UntrustedReference:  # an old row's odd tar_uri names no shard of this archive: nothing to date
+            continue
+        when = None if untimed or epoch is None else datetime.fromtimestamp(float(epoch), UTC)
+        if name in out:
+            when = None if out[name] is None or when is None else max(out[name], when)
+        out[name] = when
+    return out
+
+
+def _written(fs, uri: str) -> datetime | None:
+    """When a shard file was written, as its store says (local mtime, S3 LastModified, ...)."""
+    info = fs.info(uri.split("://", 1)[-1] if "://" in uri else uri)
+    mtime = info.get("mtime") or info.get("LastModified") or info.get("created")
+    if isinstance(mtime, int | float):
+        mtime = datetime.fromtimestamp(mtime, UTC)
+    if mtime is not None and mtime.tzinfo is None:
+        mtime = mtime.replace(tzinfo=UTC)
+    return mtime

@@ -29,7 +29,7 @@ from .keys import printable
 from .plan import PLAN_DIR, Plan, listed_units, plan_input, read_plan
 from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
-from .spec import JobError, JobSpec, WorkUnit
+from .spec import JobError, JobSpec, WorkUnit, check_limits
 
 log = logging.getLogger("pipeline")
 
@@ -62,16 +62,9 @@ def check_model(model: str | None, target: tuple[str, float] | None = None):
     return loaded
 
 
-POSITIVE = ("shard_bytes", "read_ahead_bytes", "max_pixels", "tile_pixels", "image_memory", "image_seconds")
-
-
 def check_job(spec: JobSpec) -> None:
     """Refuse a job with a bad parameter before anything is frozen: a plan fixes its job, so a typo frozen in
-    would refuse the corrected rerun."""
-    for name in POSITIVE:
-        value = getattr(spec, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0 or value != value:
-            raise JobError(f"bad --{name.replace('_', '-')} {value!r}: must be a positive number")
+    would refuse the corrected rerun. (Its limits were checked when the spec was made: ``spec.check_limits``.)"""
     if spec.needs_model:
         check_model(spec.model, (spec.target_kind, spec.target_value))
     else:
@@ -294,6 +287,8 @@ def run_job(
 ) -> dict[str, Any]:
     """Transcode every uncommitted unit of the plan; returns the run summary (also written under the output)."""
     t0 = time.time()
+    check_limits({"actors": actors, "cpus_per_actor": cpus_per_actor, "min_actors": min_actors,
+                  "max_actors": max_actors})
     spec = canonical_spec(spec)
     check_job(spec)  # before anything is frozen (or Ray started): a bad --model or target must not pin the plan
     spec, plan = prepare_plan(spec)

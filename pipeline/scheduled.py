@@ -6,7 +6,8 @@ Example spec::
     where = "status = 'error' OR bpp > 0.6"
     model = "msinn-small-2026-11d-p1"    # optional
     from = "auto"                        # auto | source | bitstream
-    source_prefix = "s3://bucket/images" # optional: where originals may be read (default: the archive's input)
+    source_prefix = "s3://bucket/images" # where originals may be read (without it, none is: from = "auto"
+                                         # re-encodes from the bitstreams, "source" is refused)
     gc = true
     retention_hours = 168
     codecs = ["msinn", "avif"]           # optional: per-image codec choice (default msinn)
@@ -51,6 +52,12 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             spec["codecs"] = parse_codecs(codecs)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+    from .spec import JobError, check_limits  # light: no torch
+
+    try:
+        check_limits(spec, option_style=False)  # the same check as the command line's options
+    except JobError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     t = spec["target"]
     if isinstance(t, dict) and t.get("kind") == "lossless":
         t.setdefault("value", 0)
@@ -65,13 +72,15 @@ def run_scheduled(path: str | Path) -> dict[str, Any]:
     from .reencode import gc_shards, run_reencode  # after the spec is read: a bad spec fails without torch
 
     opts = spec.get("storage_options")
-    limits = spec.get("image_memory_mb"), spec.get("image_timeout")
+    memory_mb, timeout = spec.get("image_memory_mb"), spec.get("image_timeout")
+    actors = spec.get("actors")
     summary = run_reencode(
         spec["archive"], spec.get("where"), spec["target"]["kind"], float(spec["target"]["value"]),
         spec.get("model"), spec.get("from", "auto"), opts, spec.get("decode_model"),
-        int(spec.get("rows_per_shard", 256)), spec.get("actors"), device=spec.get("device", "cpu"),
-        source_prefix=spec.get("source_prefix"), image_memory=int(limits[0]) << 20 if limits[0] else None,
-        image_seconds=float(limits[1]) if limits[1] else None,
+        int(spec.get("rows_per_shard", 256)), int(actors) if actors is not None else None,
+        device=spec.get("device", "cpu"), source_prefix=spec.get("source_prefix"),
+        image_memory=int(memory_mb) << 20 if memory_mb is not None else None,
+        image_seconds=float(timeout) if timeout is not None else None,
         codecs=spec.get("codecs"), avif_speed=int(spec.get("avif_speed", 6)), effort=int(spec.get("effort", 0)),
     )
     if spec.get("gc"):

@@ -9,11 +9,42 @@ Nothing here imports torch or Ray, so the command line can build jobs cheaply.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from msinn.ratecontrol import Target
 
 INPUT_KINDS = ("files", "tar", "parquet", "rows")  # "rows": a re-encode of archived images
+
+# Every numeric limit a job takes, by the name its command-line option and spec-file key share
+# (``--image-timeout``, ``image_timeout``), and the JobSpec fields that carry them: (whole number, lowest
+# allowed, whether the lowest itself is allowed).
+LIMITS: dict[str, tuple[bool, float, bool]] = {
+    "image_memory_mb": (True, 1, True), "image_timeout": (False, 0, False),
+    "actors": (True, 1, True), "min_actors": (True, 1, True), "max_actors": (True, 1, True),
+    "cpus_per_actor": (False, 0, False), "rows_per_shard": (True, 1, True), "retention_hours": (False, 0, True),
+    "shard_bytes": (True, 1, True), "read_ahead_bytes": (True, 1, True), "max_pixels": (True, 1, True),
+    "tile_pixels": (True, 1, True), "image_memory": (True, 1, True), "image_seconds": (False, 0, False),
+}
+
+
+def check_limits(values: Mapping[str, Any], option_style: bool = True) -> None:
+    """Refuse, in one line naming it, any limit in ``values`` that is not a number in its range (None: the
+    default). The one check of every limit: command lines (``--image-timeout``), spec files (``image_timeout``,
+    ``option_style`` False) and every JobSpec, so no command takes a value another refuses."""
+    for name, value in values.items():
+        if name not in LIMITS or value is None:
+            continue
+        whole, low, inclusive = LIMITS[name]
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        ok = number and (value >= low if inclusive else value > low) and (not whole or float(value).is_integer())
+        if not ok:
+            label = "--" + name.replace("_", "-") if option_style else name
+            kind = "a whole number" if whole else "a number"
+            bound = f"of at least {low:g}" if inclusive else f"above {low:g}"
+            raise JobError(f"bad {label} {value!r}: must be {kind} {bound}")
 
 
 @dataclass(frozen=True)
@@ -48,6 +79,8 @@ class JobSpec:
     effort: int = 0  # the model's encoder-side refinement level (msinn.refine)
 
     def __post_init__(self) -> None:
+        check_limits({f: getattr(self, f) for f in ("shard_bytes", "read_ahead_bytes", "max_pixels", "tile_pixels",
+                                                    "image_memory", "image_seconds")}, option_style=False)
         from msinn.choice import MSINN, ChoiceOptions
         from msinn.lossless import LOSSLESS
 

@@ -138,7 +138,7 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     rc = eval_cli.main([*argv, "--json", str(out_json), "--plot", str(out_png)])
     assert rc == 0
     doc = json.loads(out_json.read_text())
-    assert set(doc) == {"model", "points", "per_image", "codecs", "bd_rate", "choice"}
+    assert set(doc) == {"model", "points", "per_image", "per_image_sha256", "codecs", "bd_rate", "choice"}
     assert doc["choice"]["codecs"] == ["msinn", "jpeg"] and "choice" in doc["choice"]["curves"]
     assert doc["model"] == "tiny-eval.pt"
     assert [p["qp"] for p in doc["points"]] == [0, 3]

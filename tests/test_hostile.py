@@ -23,7 +23,7 @@ from pathlib import Path
 import fsspec
 import numpy as np
 import pytest
-from helpers import image_file
+from helpers import image_file, png_stream
 from pipeline_helpers import png_bytes, read_manifest
 
 import msinn
@@ -198,24 +198,12 @@ def test_awkward_names_round_trip_or_are_refused_with_a_reason(tmp_path, local_r
     assert main(["restore", str(out), str(tmp_path / "dest"), "--model", tiny_checkpoint]) == 0
     assert (tmp_path / "dest" / "a#b.png").exists()
     # re-encoding from the source reads the file whose name holds '#', not a tar member
-    s = run_reencode(str(out), "key = 'a#b'", "qp", 2.0, model=tiny_checkpoint, source_mode="source")
+    s = run_reencode(str(out), "key = 'a#b'", "qp", 2.0, model=tiny_checkpoint, source_mode="source",
+                     source_prefix=str(src))
     assert s["selected"] == 1 and s["shards_failed"] == []
 
 
 # ---------------------------------------------------------------- issue 23: a job that survives any input
-
-def _png_stream(width: int, height: int) -> bytes:
-    """A valid black PNG of any size, written row by row (nothing of its pixel size is ever held)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    z = zlib.compressobj(6)
-    rows = bytes(1 + 3 * width) * 64  # filter byte and pixels, 64 rows at a time
-    idat = b"".join(z.compress(rows) for _ in range(height // 64)) + z.compress(rows[: (height % 64) * (1 + 3 * width)])
-    idat += z.flush()
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-
 
 @pytest.fixture(scope="module")
 def small_archive(tmp_path_factory, tiny_checkpoint) -> Path:
@@ -241,7 +229,7 @@ def test_an_image_too_big_for_the_memory_budget_is_refused_before_decoding(tiny_
     from pipeline.sources import InputRecord
     from pipeline.spec import WorkUnit
 
-    data = _png_stream(16384, 16384)
+    data = png_stream(16384, 16384)
     assert len(data) < 2 << 20
     spec = JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0)
     enc = UnitEncoder(tiny_checkpoint)
@@ -253,7 +241,7 @@ def test_an_image_too_big_for_the_memory_budget_is_refused_before_decoding(tiny_
     assert "--image-memory-mb" in row.error
     assert time.perf_counter() - t0 < 5 and _rss_mb() - before < 200
     # the budget is the user's to raise; small images are far below it
-    assert memory_refusal(data, 64 << 30, spec.tile_pixels) is None
+    assert memory_refusal(data, 64 << 30, spec.tile_pixels, 0) is None
     assert peak_bytes(4096, 4096, 1 << 21) < spec.image_memory < peak_bytes(16384, 16384, 1 << 21)
 
 
@@ -530,7 +518,8 @@ def test_exit_codes_bad_parameters_and_duplicates_through_reencode(tmp_path, loc
     assert main([*base, "--qp", "1"]) == 1  # two images failed (a shared name): 1, as documented
     summary = json.loads(capsys.readouterr().out)
     assert summary["ok"] == 1 and summary["errors"] == 2 and summary["shards_failed"] == []
-    again = ["reencode", str(out), "--where", "key LIKE 'dup%'", "--from", "source", "--model", tiny_checkpoint]
+    again = ["reencode", str(out), "--where", "key LIKE 'dup%'", "--from", "source", "--model", tiny_checkpoint,
+             "--source-prefix", str(tmp_path / "in")]
     assert main([*again, "--qp", "99"]) == 2 and not (out / "_reencode").exists()
     capsys.readouterr()
     assert main([*again, "--qp", "2"]) == 1

@@ -55,7 +55,7 @@ def other_checkpoint(tmp_path_factory) -> str:
 def test_reencode_with_a_new_target_then_gc(tmp_path, local_ray, tiny_checkpoint):
     archive, keys = _archive(tmp_path, tiny_checkpoint)
     before = _current(archive)
-    s = run_reencode(archive, "status = 'ok'", "qp", 3.0, model=tiny_checkpoint)
+    s = run_reencode(archive, "status = 'ok'", "qp", 3.0, model=tiny_checkpoint, source_prefix=str(tmp_path / "in"))
     assert s["selected"] == len(keys) - 1 and s["shards_failed"] == []
     after = _current(archive)
     assert set(after) == keys
@@ -101,7 +101,8 @@ def test_reencode_with_a_new_model_from_bitstreams(tmp_path, local_ray, tiny_che
     assert all(r["model"] == "other-model.pt" and r["encoded_from"] == "bitstream" for r in ok.values())
     assert all(r["model_hash"] == new_hash for r in ok.values())
     # with --from source and no originals, rows fail with a clear reason and the old rows stay current
-    s2 = run_reencode(archive, "status = 'ok'", "qp", 1.0, model=other_checkpoint, source_mode="source")
+    s2 = run_reencode(archive, "status = 'ok'", "qp", 1.0, model=other_checkpoint, source_mode="source",
+                      source_prefix=str(tmp_path / "in"))
     assert s2["selected"] == len(ok)
     errs = [r for r in read_manifest(FS, archive) if r["run_id"] == s2["run_id"]]
     assert errs and all(r["status"] == "error" and "no input" in r["error"] for r in errs)
@@ -152,7 +153,7 @@ def test_scheduled_spec(tmp_path, local_ray, tiny_checkpoint):
     spec = tmp_path / "job.toml"
     spec.write_text(
         f'archive = "{archive}"\nwhere = "status = \'ok\' AND qp < 2"\nmodel = "{tiny_checkpoint}"\n'
-        'gc = true\nretention_hours = 0\n\n[target]\nkind = "qp"\nvalue = 2\n'
+        f'source_prefix = "{tmp_path / "in"}"\ngc = true\nretention_hours = 0\n\n[target]\nkind = "qp"\nvalue = 2\n'
     )
     s = run_scheduled(spec)
     assert s["selected"] == 2 and s["gc"]["deleted"]
@@ -187,7 +188,8 @@ def test_reencode_and_verify_on_s3(s3_bucket, local_ray, tiny_checkpoint, capsys
     run_job(JobSpec(input=src, output=out, target_kind="qp", target_value=1.0, model=tiny_checkpoint,
                     input_options=opts, output_options=opts), actors=1)
     first = {r["tar_uri"].rsplit("/", 1)[1] for r in _current_s3(out, opts).values()}
-    assert main(["reencode", out, "--where", "qp < 2", "--qp", "2", "--model", tiny_checkpoint]) == 0
+    assert main(["reencode", out, "--where", "qp < 2", "--qp", "2", "--model", tiny_checkpoint, "--source-prefix",
+                 src]) == 0
     assert json.loads(capsys.readouterr().out)["selected"] == 3
     fs.invalidate_cache()
     in_use = {r["tar_uri"].rsplit("/", 1)[1] for r in _current_s3(out, opts).values()}
@@ -285,7 +287,8 @@ def test_gc_matches_shards_whatever_the_archive_spelling(tmp_path, local_ray, ti
 
 def test_gc_refuses_when_rows_reference_shards_it_cannot_find(tmp_path, local_ray, tiny_checkpoint):
     archive, _ = _archive(tmp_path, tiny_checkpoint, n=2)
-    run_reencode(archive, "status = 'ok'", "qp", 2.0, model=tiny_checkpoint)  # the first shards become garbage
+    run_reencode(archive, "status = 'ok'", "qp", 2.0, model=tiny_checkpoint,
+                 source_prefix=str(tmp_path / "in"))  # the first shards become garbage
     # the wrong root (a copy holding only the manifests): everything looks unreferenced, nothing may go
     import shutil
 
@@ -343,7 +346,8 @@ def test_an_archive_migrates_between_codec_sets_and_every_codec_verifies(tmp_pat
     from pipeline.cli import main
 
     archive, keys = _archive(tmp_path, tiny_checkpoint, n=3)
-    s = run_reencode(archive, "key IN ('x0', 'x1')", "psnr", 30.0, model=tiny_checkpoint, codecs="avif")
+    s = run_reencode(archive, "key IN ('x0', 'x1')", "psnr", 30.0, model=tiny_checkpoint, codecs="avif",
+                     source_prefix=str(tmp_path / "in"))
     assert s["selected"] == 2 and s["shards_failed"] == []
     cur = _current(archive)
     assert {k: cur[k]["codec"] for k in ("x0", "x1", "x2")} == {"x0": "avif", "x1": "avif", "x2": "msinn"}

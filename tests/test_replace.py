@@ -230,6 +230,7 @@ def test_re_encoding_keeps_every_part_and_the_input_still_comes_back(archives, t
     copy = tmp_path / "arch"
     shutil.copytree(archives["base"] / "lossy", copy)
     summary = run_reencode(str(copy), "key LIKE 'shard/%'", "lossless", 0.0, source_mode="source", actors=1,
+                           source_prefix=str(archives["base"] / "in"),
                            decode_model=archives["model"])
     assert summary["errors_this_run"] == 0
     rows = _rows(copy)

@@ -24,7 +24,8 @@ def _encode_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
     p.add_argument("--codecs", default="msinn",
                    help="codecs to choose from per image, comma-separated: msinn, avif, jpeg, webp, jxl (default "
-                        "msinn). The best file at the target is written, the output's extension set to its format's")
+                        "msinn). The best file at the target is written; an output named .msinn, .avif, .jpg, "
+                        ".webp or .jxl takes the written format's extension (the JSON line says which)")
     p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
     p.add_argument("--effort", type=int, default=0,
                    help="the model's encoder-side refinement: 0 none, 1 (about 60x the encode time, -4%% to "
@@ -80,19 +81,31 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _output_path(path: str, extension: str, several: bool) -> str:
-    """Where the chosen file goes: with several codecs, a known extension becomes the winner's format's."""
+def _output_path(path: str, extension: str) -> str:
+    """Where the kept file goes: an output named with one of the formats' extensions takes the winner's (a
+    ``.msinn`` name never holds AVIF bytes, however many codecs competed); any other name is kept as given, and
+    the printed ``codec`` says what it holds."""
     from ..classical import EXTENSIONS
 
     p = Path(path)
-    known = {"msinn", *EXTENSIONS}
-    if several and p.suffix.lower().lstrip(".") in known:
+    known = {"msinn", "jpeg", *EXTENSIONS}
+    suffix = p.suffix.lower().lstrip(".")
+    if suffix in known and suffix != extension and {suffix, extension} != {"jpeg", "jpg"}:
         return str(p.with_suffix("." + extension))
     return path
 
 
 def cmd_encode(argv: list[str]) -> int:
     args = _encode_parser().parse_args(argv)
+    try:  # the input's size from its header first: an image over the limit costs a few bytes, not a model load
+        from ..sizing import check_size, image_size
+
+        max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
+        data = Path(args.input).read_bytes()
+        check_size(image_size(data, args.input), args.input, max_pixels)
+    except (ImageInputError, OSError) as exc:
+        print(f"msinn encode: {exc}", file=sys.stderr)
+        return 1
     from ..choice import ChoiceOptions, encode_best, missing_codecs
     from ..codec import EncodeOptions
     from ..images import open_image
@@ -130,13 +143,13 @@ def cmd_encode(argv: list[str]) -> int:
             target = Target("qp", (model.anchor_num - 1) / 2)
         if target.kind == "qp":
             model.check_qp(target.value)
-        img = open_image(Path(args.input).read_bytes(), args.input, options.max_pixels)
+        img = open_image(data, args.input, options.max_pixels)
         result = encode_best(model, img, target, choice, options, args.effort)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
     winner = result.winner
-    out = _output_path(args.output, winner.extension, len(choice.codecs) > 1)
+    out = _output_path(args.output, winner.extension)
     _write_atomic(out, winner.data)
     summary = {**result.summary(img.width * img.height), "output": out}
     if winner.header is not None:
@@ -161,12 +174,13 @@ def cmd_decode(argv: list[str]) -> int:
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="refuse files claiming more pixels than this, before allocating (default %(default)s)")
     args = p.parse_args(argv)
-    from ..codec import decode_image
     from ..container import MAGIC, read_header
 
     try:
         data = Path(args.input).read_bytes()
         if data[: len(MAGIC)] == MAGIC:
+            from ..codec import decode_image  # torch: only for the model's own files
+
             header, _ = read_header(data, args.input)
             model = _load_model(args.model or _registered_name(header, args.input), args.device)
             img = decode_image(data, model, args.input, max_pixels=args.max_pixels).to_pil()

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..classical import CODEC_QUALITIES, codec_available
-from ..evaluation.rd import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, to_json
+from ..evaluation.rd import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, resumable, to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_RD = REPO_ROOT.parent / "shared" / "reference" / "paper_rd.json"
@@ -67,14 +67,20 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def _earlier_results(path: Path, model_name: str) -> list[dict]:
-    """Per-image results of an earlier run of the same model, from its --json file (none if it is absent)."""
+    """Per-image results of an earlier run of the same model, from its --json file (none if it is absent); a
+    ValueError (one line) when the file is not one this command wrote, or was damaged or edited since."""
     if not path.is_file():
         return []
-    doc = json.loads(path.read_text())
-    if doc.get("model") != model_name:
-        raise SystemExit(f"msinn eval: error: {path} holds results of model {doc.get('model')!r}, not {model_name!r}")
-    log_stderr(f"msinn eval: resuming: {len(doc.get('per_image', []))} image(s) already in {path}")
-    return list(doc.get("per_image", []))
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot be resumed: not readable JSON ({exc})") from None
+    try:
+        per_image = resumable(doc, model_name)
+    except ValueError as exc:
+        raise ValueError(f"cannot be resumed: {exc}") from None
+    log_stderr(f"msinn eval: resuming: {len(per_image)} image(s) already in {path}")
+    return per_image
 
 
 def main(argv: list[str]) -> int:
@@ -134,7 +140,11 @@ def main(argv: list[str]) -> int:
     bad = [c for c in choice if c != "msinn" and c not in available]
     if bad:
         p.error(f"--choice names codecs not measured in this run: {bad} (add them to --codecs)")
-    done = _earlier_results(Path(args.json_out), name) if args.resume else []
+    try:
+        done = _earlier_results(Path(args.json_out), name) if args.resume else []
+    except ValueError as exc:
+        log_stderr(f"msinn eval: error: {args.json_out}: {exc}")
+        return 1
 
     def checkpoint(partial: dict) -> None:
         _write_json(Path(args.json_out), to_json(name, partial))

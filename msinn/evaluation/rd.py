@@ -10,6 +10,7 @@ comparison. The command line is :mod:`msinn.cli.eval`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -378,6 +379,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def per_image_digest(per_image: Sequence[dict]) -> str:
+    """SHA-256 of the per-image results as the ``--json`` file holds them: a file damaged or edited since it was
+    written no longer matches, so ``--resume`` never reports its numbers as measured."""
+    text = json.dumps(_finite(list(per_image)), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def to_json(model_name: str, result: dict) -> dict:
     """The documented ``--json`` document."""
     return _finite(
@@ -385,6 +393,7 @@ def to_json(model_name: str, result: dict) -> dict:
             "model": model_name,
             "points": result["points"],
             "per_image": result["per_image"],
+            "per_image_sha256": per_image_digest(result["per_image"]),
             "codecs": result["codecs"],
             "bd_rate": result["bd_rate"],
             **({"compare": result["compare"]} if "compare" in result else {}),
@@ -445,3 +454,95 @@ def plot_rd(path: str | Path, model_name: str, result: dict, paper: dict[str, tu
     fig.savefig(str(path), format="png")
 
 
+
+
+# ------------------------------------------------------------------------------------------ --resume's input
+def resumable(doc: Any, model_name: str) -> list[dict]:
+    """The per-image results of an earlier ``--json`` file, if they are whole, unaltered and plausible; else a
+    ValueError naming the first thing wrong (one line), so nothing damaged is reported as measured.
+
+    Checked: the file's own checksum of its results (:func:`per_image_digest`),
+    the model, and every entry's types and ranges: a size in whole pixels,
+    bytes and bpp that agree, a PSNR no 8-bit image of that size can exceed
+    (null: lossless), MS-SSIM within [0, 1], times not negative, each
+    classical codec's qualities those ``msinn eval`` measures.
+    """
+    if not isinstance(doc, dict):
+        raise ValueError(f"holds a JSON {type(doc).__name__}, not an msinn eval result")
+    if doc.get("model") != model_name:
+        raise ValueError(f"holds results of model {doc.get('model')!r}, not {model_name!r}")
+    per_image = doc.get("per_image")
+    if not isinstance(per_image, list):
+        raise ValueError("has no per_image list")
+    digest = doc.get("per_image_sha256")
+    if digest is None:
+        raise ValueError("has no per_image_sha256 (written by an earlier version, or edited): start afresh")
+    try:
+        ok = digest == per_image_digest(per_image)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"per_image cannot be checked ({exc})") from None
+    if not ok:
+        raise ValueError("per_image does not match its per_image_sha256: the file was damaged or edited since it "
+                         "was written; start afresh")
+    seen: set[str] = set()
+    for i, im in enumerate(per_image):
+        _check_entry(im, f"per_image[{i}]", seen)
+    return per_image
+
+
+def _number(d: Any, key: str, where: str, low: float = -math.inf, high: float = math.inf, whole: bool = False,
+            none: bool = False) -> float | None:
+    """``d[key]`` if it is a finite number within [low, high] (a whole one with ``whole``; None with ``none``)."""
+    if not isinstance(d, dict) or key not in d:
+        raise ValueError(f"{where}: no {key}")
+    v = d[key]
+    if v is None and none:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"{where}.{key} {v!r} is not a finite number")
+    if whole and not float(v).is_integer():
+        raise ValueError(f"{where}.{key} {v!r} is not a whole number")
+    if not low <= v <= high:
+        raise ValueError(f"{where}.{key} {v!r} is outside [{low:g}, {high:g}]")
+    return v
+
+
+def _check_point(p: Any, where: str, pixels: int, psnr_max: float, timings: tuple[str, ...]) -> None:
+    nbytes = _number(p, "bytes", where, 1, math.inf, whole=True)
+    bpp = _number(p, "bpp", where, 0, math.inf)
+    if not math.isclose(bpp, nbytes * 8 / pixels, rel_tol=1e-9):
+        raise ValueError(f"{where}.bpp {bpp!r} is not its {nbytes} bytes over {pixels} pixels")
+    _number(p, "psnr", where, 0, psnr_max, none=True)
+    _number(p, "ms_ssim", where, 0, 1, none=True)
+    for t in timings:
+        _number(p, t, where, 0)
+
+
+def _check_entry(im: Any, where: str, seen: set[str]) -> None:
+    if not isinstance(im, dict) or not isinstance(im.get("image"), str) or not im["image"]:
+        raise ValueError(f"{where}: not an image's results (no image name)")
+    where = f"{where} ({im['image'][:200]})"
+    if im["image"] in seen:
+        raise ValueError(f"{where}: the image appears twice")
+    seen.add(im["image"])
+    w = _number(im, "width", where, 1, 1 << 20, whole=True)
+    h = _number(im, "height", where, 1, 1 << 20, whole=True)
+    pixels = int(w) * int(h)
+    psnr_max = 10 * math.log10(255**2 * 3 * pixels)  # one sample off by one: the highest finite PSNR there is
+    points = im.get("points")
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"{where}: no points")
+    for j, p in enumerate(points):
+        _number(p, "qp", f"{where}.points[{j}]", 0)
+        _check_point(p, f"{where}.points[{j}]", pixels, psnr_max, ("encode_s", "decode_s"))
+    codecs = im.get("codecs", {})
+    if not isinstance(codecs, dict):
+        raise ValueError(f"{where}: codecs is not an object")
+    for c, rows in codecs.items():
+        if c not in CODEC_QUALITIES:
+            raise ValueError(f"{where}: codec {str(c)[:40]!r} is not one msinn eval measures")
+        if not isinstance(rows, list) or [r.get("quality") if isinstance(r, dict) else None for r in rows] != list(
+                CODEC_QUALITIES[c]):
+            raise ValueError(f"{where}: {c}'s qualities are not the {list(CODEC_QUALITIES[c])} msinn eval measures")
+        for j, r in enumerate(rows):
+            _check_point(r, f"{where}.codecs.{c}[{j}]", pixels, psnr_max, ("encode_s",))
