@@ -95,7 +95,7 @@ def _duck_type(t: pa.DataType) -> str:
     if pa.types.is_list(t):
         return _duck_type(t.value_type) + "[]"
     if pa.types.is_struct(t):
-        return "STRUCT(" + ", ".join(f"{f.name} {_duck_type(f.type)}" for f in t) + ")"
+        return "STRUCT(" + ", ".join(f'"{f.name}" {_duck_type(f.type)}' for f in t) + ")"
     if pa.types.is_string(t):
         return "VARCHAR"
     if pa.types.is_int32(t):

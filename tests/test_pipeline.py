@@ -38,7 +38,7 @@ def _write_tree(root: Path, n: int = 6) -> set[str]:
     for name, data in corrupt_bytes().items():
         (root / f"{name}.png").write_bytes(data)
         keys.add(name)
-    (root / "notes.txt").write_text("not an image extension: ignored")
+    (root / "notes.txt").write_text("not an image: kept as a sample of its own")
     return keys
 
 
@@ -100,7 +100,9 @@ def test_local_files_end_to_end_and_rerun_is_a_noop(tmp_path, local_ray, tiny_ch
     assert rows["zero"]["status"] == "error" and "empty" in rows["zero"]["error"]
     assert rows["a/img3"]["mode"] == "L" and rows["b/img0"]["qp"] == 2.0
     assert rows["b/img0"]["source_sha256"] and rows["b/img0"]["run_id"] == summary["run_id"]
-    assert all(r["model"] == "tiny-test.pt" for r in rows.values())
+    assert all(r["model"] == "tiny-test.pt" for r in rows.values() if r["codec"] != "none")
+    assert rows["notes"]["codec"] == "none" and rows["notes"]["members"][0]["name"] == "notes.txt"
+    assert [m["name"] for m in rows["text"]["members"]] == ["text.png"]  # a bad image's bytes are kept
     # a rerun finds every shard committed and rewrites nothing
     tars = {p: p.stat().st_mtime_ns for p in (out / "bitstreams").iterdir()}
     again = run_job(spec, actors=1)
