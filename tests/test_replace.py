@@ -254,3 +254,20 @@ def test_the_archive_reads_as_a_dataset(archives):
                                                         shardshuffle=False).decode(webdataset_decoder())}
     a = samples["shard/a"]
     assert a["lep"].shape == (128, 192, 3) and a["txt"] == "a photo of a gradient" and a["json"]["n"] == 1
+
+
+def test_lossless_is_a_target_on_every_command_and_in_specs(tmp_path):
+    """--lossless on transcode and reencode, kind = "lossless" in a scheduled spec; it needs no model."""
+    from pipeline.cli import reencode_parser, spec_from_args, target_of, transcode_parser
+    from pipeline.scheduled import load_spec
+
+    args = transcode_parser().parse_args(["--input", "in", "--output", "out", "--lossless"])
+    spec = spec_from_args(args)
+    assert (spec.target_kind, spec.codecs, spec.needs_model) == ("lossless", ("lossless",), False)
+    assert target_of(reencode_parser("reencode").parse_args(["arch", "--lossless"])) == ("lossless", 0.0)
+    path = tmp_path / "spec.toml"
+    path.write_text('archive = "arch"\n[target]\nkind = "lossless"\n')
+    assert load_spec(path)["target"] == {"kind": "lossless", "value": 0}
+    lossy = spec_from_args(transcode_parser().parse_args(["--input", "i", "--output", "o", "--qp", "2",
+                                                          "--codecs", "msinn,avif,lossless"]))
+    assert lossy.codecs == ("msinn", "avif", "lossless") and lossy.needs_model
