@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--lambdas", type=float, nargs="+", help="new runs: one per anchor (default: the checkpoint's)")
     p.add_argument("--anchor-num", type=int)
+    p.add_argument("--reserve-seconds", type=float, default=RESERVE_SECONDS,
+                   help="of the budget, kept for loading, the checkpoint, validation and export")
+    p.add_argument("--model-flags", nargs=argparse.REMAINDER, default=[],
+                   help="new runs: further msinn train flags (model shape, threads), given last")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("train_budget")
@@ -79,13 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             flags += ["--anchor-num", str(args.anchor_num)]
         if args.lambdas:
             flags += ["--lambdas", *map(str, args.lambdas)]
+        flags += args.model_flags
     else:
         for name in ("batch_size", "patch_size", "lr"):
             v = getattr(args, name)
             if v is not None:
                 flags += [f"--{name.replace('_', '-')}", str(v)]
-    left = args.budget_minutes * 60 - (time.time() - t0) - RESERVE_SECONDS
-    if left <= 5:
+    left = args.budget_minutes * 60 - (time.time() - t0) - args.reserve_seconds
+    if left <= 1:
         print(f"train_budget: a budget of {args.budget_minutes} minutes leaves no time to train", file=sys.stderr)
         return 2
     log.info("%s %s for %.0f s of training", "resuming" if resuming else "starting", run, left)

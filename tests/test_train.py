@@ -14,12 +14,13 @@ from PIL import Image
 
 from msinn.config import MSINNConfig
 from msinn.raylocal import RAY_ENV_DEFAULTS
-from msinn.training.loop import PAPER_LAMBDAS, Trainer, TrainSettings, load_images
+from msinn.training.loop import PAPER_LAMBDAS, CropSampler, Trainer, TrainSettings, load_images
 
 # Before anything imports ray: servers on 127.0.0.1 only, no auth token file, no usage stats.
 os.environ.update(RAY_ENV_DEFAULTS)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parents[1]
 
 TINY = MSINNConfig(N=8, M=8, depths=(1, 1, 1, 1), context_channels=8, anchor_num=3, post_process=False)
 TINY_FLAGS = ["--N", "8", "--M", "8", "--depths", "1", "1", "1", "1", "--context-channels", "8",
@@ -216,3 +217,49 @@ def test_ray_train_two_workers(tmp_path, image_dir, local_ray):
     assert t.step == 3
     t.run()
     assert torch.load(out / "last.pt", weights_only=True)["step"] == 4
+
+
+def test_data_sets_are_drawn_by_their_weights():
+    """With several data sets a crop draws its set by weight first: a small set can count as much as a large one."""
+    dark = [np.zeros((80, 80, 3), np.uint8)] * 9
+    light = [np.full((80, 80, 3), 255, np.uint8)]
+    for weights, expect in (([0.8, 0.2], 0.2), ([1.0, 0.0], 0.0), (None, 0.1)):
+        sampler = CropSampler([dark, light], 64, weights)
+        crops = sampler.batch(500, torch.Generator().manual_seed(1))
+        share = float((crops.mean(dim=(1, 2, 3)) > 0.5).float().mean())
+        assert abs(share - expect) < 0.05, (weights, share)
+    with pytest.raises(ValueError, match="weights"):
+        CropSampler([dark, light], 64, [1.0])
+
+
+def test_training_images_that_do_not_open_are_skipped_with_a_count(tmp_path, image_dir, caplog):
+    import logging
+    import shutil
+
+    for name in ("0.png", "1.png"):
+        shutil.copy(image_dir / name, tmp_path / name)
+    (tmp_path / "2.png").write_bytes(b"not a png")
+    caplog.set_level(logging.WARNING, logger="msinn.train")
+    assert len(load_images(str(tmp_path))) == 2
+    assert "1 of 3 images" in caplog.text and "2.png" in caplog.text
+
+
+@pytest.mark.slow
+def test_a_budgeted_run_trains_validates_exports_and_is_continued(tmp_path, image_dir):
+    """scripts/train_budget.py: within its budget it trains, checkpoints, validates and exports; the next call
+    resumes the same run (here on the CPU; on a lent GPU with --device cuda)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_budget", ROOT / "scripts" / "train_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "run"
+    base = ["--run", str(run), "--budget-minutes", "0.2", "--reserve-seconds", "6", "--device", "cpu",
+            "--val-data", str(image_dir), "--batch-size", "2", "--patch-size", "64"]
+    assert mod.main([*base, "--data", str(image_dir), "--lr", "1e-5", "--model-flags", "--threads", "1"]) == 0
+    first = json.loads((run / "validation.json").read_text())
+    assert first["step"] > 0 and len(first["validation"]) == 3 and (run / "export.pt").exists()
+    assert mod.main(base) == 0
+    second = json.loads((run / "validation.json").read_text())
+    assert second["step"] > first["step"]
+    assert "optimizer" not in torch.load(run / "export.pt", weights_only=True)
