@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from compressai.ans import RansDecoder, RansEncoder
-from compressai.entropy_models import GaussianConditional
+
+from .compressai_parts import GaussianConditional, RansDecoder, RansEncoder
 
 
 class EntropyDecodeError(ValueError):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from compressai.layers import ResidualBlock
 from torch import nn
+
+from .compressai_parts import ResidualBlock
 
 
 def space_to_depth(x: torch.Tensor, r: int = 2) -> torch.Tensor:

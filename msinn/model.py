@@ -20,10 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from compressai.entropy_models import GaussianConditional
-from compressai.ops import LowerBound
 from torch import nn
 
+from .compressai_parts import GaussianConditional, LowerBound
 from .config import LATENT_CHANNELS, MSINNConfig
 from .entropy import RansTables
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
