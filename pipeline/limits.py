@@ -10,7 +10,7 @@ and refused, with the reason, when it is over the job's budget
 pool's (``pool.py``): it needs a clock outside the actor.
 
 The model of the peak was measured on the bundled model, one image at a
-time, with ``python bench/image_memory.py`` (README, "Guarantees"; peak RSS
+time, with ``python bench/image_memory.py`` (docs/pipeline.md, "Guarantees"; peak RSS
 over the loaded model, this project's 2-core CPU, one thread):
 
 * effort 0 (512, 1024, 2048 and 4096 pixel squares: +186, +757, +939 and
@@ -22,7 +22,7 @@ over the loaded model, this project's 2-core CPU, one thread):
   plus 3400 bytes per pixel of the largest tile (256, 512, 1024 and 2048
   squares at effort 1: +333, +1161, +4089 and +4411 MB). The number of steps
   changes the time, not the peak (512 at effort 2 with 20 steps: see
-  README).
+  docs/pipeline.md).
 """
 
 from __future__ import annotations

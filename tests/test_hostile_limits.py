@@ -232,7 +232,7 @@ def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
     from pipeline.limits import memory_refusal, peak_bytes
     from pipeline.sources import InputRecord
 
-    # measured with bench/image_memory.py (README, "Guarantees"): effort 0 and 1 at 512 and 1024 pixels a side
+    # measured with bench/image_memory.py (docs/pipeline.md, "Guarantees"): effort 0 and 1 at 512 and 1024 pixels a side
     for side, effort, measured_mb in ((512, 0, 186), (1024, 0, 757), (512, 1, 1161), (1024, 1, 4089)):
         assert measured_mb <= peak_bytes(side, side, 1 << 21, effort) / 2**20 <= measured_mb * 1.25
     assert peak_bytes(1024, 1024, 1 << 21, 2) == peak_bytes(1024, 1024, 1 << 21, 1)  # more steps, same peak
