@@ -308,12 +308,13 @@ def choose(
 
 def encode_best(
     model: Any, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
-    effort: int = 0,
+    effort: int = 0, exact: ExactFile | None = None,
 ) -> Choice:
-    """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``)."""
+    """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);
+    ``exact`` is the input's exact file when ``lossless`` is among the codecs."""
     result = None
     if MSINN in options.codecs:
         from .codec import prepare_encode
 
         result = prepare_encode(model, img, target, encode_options, effort=effort).finish()
-    return choose(img, target, options, result)
+    return choose(img, target, options, result, exact)

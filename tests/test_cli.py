@@ -152,3 +152,22 @@ def test_python_dash_m_runs_the_same_command():
     assert "--resume" in res.stdout
     res = subprocess.run([sys.executable, "-m", "msinn.cli", "nonsense"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "nonsense" in res.stderr + res.stdout
+
+
+def test_the_exact_file_competes_in_msinn_encode_and_a_lep_decodes_to_its_jpeg(tmp_path, model_path, capsys):
+    """--codecs msinn,lossless above what the model reaches keeps the Lepton file; decoding it to a .jpg gives the
+    original JPEG back byte for byte."""
+    import json
+
+    import numpy as np
+    from helpers import image_file
+
+    rng = np.random.default_rng(3)
+    jpeg = tmp_path / "p.jpg"
+    jpeg.write_bytes(image_file(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8), "JPEG", quality=92))
+    assert main(["encode", str(jpeg), str(tmp_path / "p.msinn"), "--psnr", "80", "--codecs", "msinn,lossless",
+                 "--model", model_path]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["codec"] == "lepton" and out["output"].endswith("p.lep") and out["psnr"] is None
+    assert main(["decode", str(tmp_path / "p.lep"), str(tmp_path / "back.jpg")]) == 0
+    assert (tmp_path / "back.jpg").read_bytes() == jpeg.read_bytes()

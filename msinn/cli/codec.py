@@ -88,7 +88,7 @@ def _output_path(path: str, extension: str) -> str:
     from ..classical import EXTENSIONS
 
     p = Path(path)
-    known = {"msinn", "jpeg", *EXTENSIONS}
+    known = {"msinn", "jpeg", "lep", *EXTENSIONS}
     suffix = p.suffix.lower().lstrip(".")
     if suffix in known and suffix != extension and {suffix, extension} != {"jpeg", "jpg"}:
         return str(p.with_suffix("." + extension))
@@ -144,7 +144,12 @@ def cmd_encode(argv: list[str]) -> int:
         if target.kind == "qp":
             model.check_qp(target.value)
         img = open_image(data, args.input, options.max_pixels)
-        result = encode_best(model, img, target, choice, options, args.effort)
+        exact = None
+        if "lossless" in choice.codecs:  # the exact file competes: the original bytes (JPEG) or pixels back
+            from ..lossless import store_exactly
+
+            exact = store_exactly(data, args.input, options.max_pixels)
+        result = encode_best(model, img, target, choice, options, args.effort, exact)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
@@ -166,7 +171,8 @@ def cmd_decode(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="msinn decode",
         description="Decode a .msinn file to an image (an .avif, .jpg, .webp or .jxl file written by --codecs "
-        "decodes too, through Pillow, with the same size limit).")
+        "decodes too, through Pillow, with the same size limit; a .lep file gives its original JPEG back, byte for "
+        "byte when the output is named .jpg).")
     p.add_argument("input")
     p.add_argument("output", help="image file; the format follows the extension (png, webp, tiff, ...)")
     p.add_argument("--model", help="model name or checkpoint path (default: the registered model the file names)")
@@ -178,6 +184,15 @@ def cmd_decode(argv: list[str]) -> int:
 
     try:
         data = Path(args.input).read_bytes()
+        if Path(args.input).suffix.lower() == ".lep":  # a losslessly recompressed JPEG (--codecs lossless)
+            from ..lossless import original_bytes
+
+            data = original_bytes("lepton", data)
+            if Path(args.output).suffix.lower() in (".jpg", ".jpeg"):  # the original file, byte for byte
+                tmp = f"{args.output}.tmp{os.getpid()}"
+                Path(tmp).write_bytes(data)
+                os.replace(tmp, args.output)
+                return 0
         if data[: len(MAGIC)] == MAGIC:
             from ..codec import decode_image  # torch: only for the model's own files
 
