@@ -191,6 +191,17 @@ def save_portable_copy(model, path: Path) -> str:
     return str(path)
 
 
+BUNDLED = "msinn-small-2026-11d-p1"  # the default portable model whose golden files the suite decodes
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The bundled default model, loaded once per module (tests may change its state; other modules get a fresh one)."""
+    import msinn
+
+    return msinn.load(BUNDLED)
+
+
 @pytest.fixture(scope="session")
 def tiny_float_checkpoint(tmp_path_factory, tiny_model) -> str:
     """The tiny float model as a checkpoint file (float32 profile: decodes only under its own numerics)."""

@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import msinn
 from msinn.cli import main
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory, tiny_model):
-    p = tmp_path_factory.mktemp("m") / "tiny.pt"
-    msinn.save_checkpoint(p, tiny_model)
-    return str(p)
+def model_path(tiny_float_checkpoint):
+    return tiny_float_checkpoint
 
 
 @pytest.fixture()
@@ -39,7 +36,7 @@ def test_encode_decode_info(tmp_path, png_path, model_path, capsys):
 
     assert main(["info", str(out)]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["width"] == 90 and info["height"] == 70 and info["qp"] == 2.5 and info["model_name"] == "tiny.pt"
+    assert info["width"] == 90 and info["height"] == 70 and info["qp"] == 2.5 and info["model_name"] == "tiny-float.pt"
 
     png = tmp_path / "y.png"
     assert main(["decode", str(out), str(png), "--model", model_path]) == 0
@@ -84,7 +81,7 @@ def test_decode_needs_the_named_model(tmp_path, png_path, model_path, capsys):
     capsys.readouterr()
     # without --model the decoder looks for the model named in the file, which is not registered
     assert main(["decode", str(out), str(tmp_path / "o.png")]) == 1
-    assert "tiny.pt" in capsys.readouterr().err
+    assert "tiny-float.pt" in capsys.readouterr().err
 
 
 def test_help():

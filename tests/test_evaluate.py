@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import msinn
 from msinn import classical, images, metrics
 from msinn.cli import eval as eval_cli
 from msinn.evaluation import bdrate
@@ -119,10 +118,8 @@ def small_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture()
-def checkpoint(tmp_path: Path, tiny_model) -> str:
-    p = tmp_path / "tiny-eval.pt"
-    msinn.save_checkpoint(p, tiny_model)
-    return str(p)
+def checkpoint(tiny_float_checkpoint) -> str:
+    return tiny_float_checkpoint
 
 
 def test_code_image_pads_and_crops(tiny_model):
@@ -140,7 +137,7 @@ def test_eval_end_to_end(kodak_crops: Path, checkpoint: str, tmp_path: Path, cap
     doc = json.loads(out_json.read_text())
     assert set(doc) == {"model", "points", "per_image", "per_image_sha256", "codecs", "bd_rate", "choice"}
     assert doc["choice"]["codecs"] == ["msinn", "jpeg"] and "choice" in doc["choice"]["curves"]
-    assert doc["model"] == "tiny-eval.pt"
+    assert doc["model"] == "tiny-float.pt"
     assert [p["qp"] for p in doc["points"]] == [0, 3]
     for p in doc["points"]:
         assert set(p) == {"qp", "bpp", "psnr", "ms_ssim", "encode_s", "decode_s"}

@@ -37,11 +37,6 @@ GOLDEN = Path(__file__).resolve().parent / "golden"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return msinn.load()
-
-
-@pytest.fixture(scope="module")
 def small_file() -> bytes:
     return (GOLDEN / "k03-qp4.msinn").read_bytes()
 
@@ -678,7 +673,6 @@ def test_float32_numerics_are_informational_and_messages_blame_the_right_thing(t
     a profile mismatch with the very model the file names is a damaged header, not advice to load it again."""
     import torch
 
-    import msinn
     from msinn.codec import NumericsMismatch, encode_image
     from msinn.ratecontrol import Target
 

@@ -37,11 +37,6 @@ PORTABLE = "msinn-small-2026-11d-p1"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return msinn.load(PORTABLE)
-
-
-@pytest.fixture(scope="module")
 def coded(model) -> dict[str, tuple[bytes, str]]:
     """Files encoded here with one thread: (bytes, digest of the encoder's reconstruction)."""
     from PIL import Image

@@ -20,7 +20,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import msinn
 from msinn.codec import decode_image
 from msinn.images import pixels_sha256
 from msinn.portable import kernels
@@ -31,11 +30,6 @@ INDEX = json.loads((GOLDEN / "golden.json").read_text())
 PORTABLE = "msinn-small-2026-11d-p1"
 CASE = "k03-qp4"
 SMALL = "gray-qp0"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return msinn.load(PORTABLE)
 
 
 def _round_mantissa(t: torch.Tensor, bits: int) -> torch.Tensor:

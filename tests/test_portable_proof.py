@@ -22,13 +22,7 @@ from msinn.portable.decoder import IntegerDecoder
 from msinn.portable.exact import BoundError, build_layer
 from msinn.portable.proof import MAIN_SOURCE, check_tables, prove
 
-PORTABLE = "msinn-small-2026-11d-p1"
 FIELDS = ("in_bound", "out_bound", "frac_in", "frac_out")
-
-
-@pytest.fixture(scope="module")
-def model():
-    return msinn.load(PORTABLE)
 
 
 @pytest.fixture(scope="module")
