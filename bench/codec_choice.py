@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
-from msinn.choice import ChoiceOptions, choose, code_classical  # noqa: E402
+from msinn.choice import ChoiceOptions, choose, search_classical  # noqa: E402
 from msinn.codec import prepare_encode  # noqa: E402
 from msinn.evaluation.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.images import PreparedImage, open_image  # noqa: E402
@@ -61,7 +61,7 @@ def code_floor(model, img, floor: float, effort: int, speed: int) -> dict:
                      "probes": sum(c.probes for c in ch.candidates)}
     for name, codec in (("avif", "avif"), ("avif-default", "avif-default")):
         t0 = time.perf_counter()
-        c = code_classical(codec, img, target, floor, speed)
+        c = search_classical(codec, img, target, floor, speed)
         out[name] = {"bytes": c.bytes, "psnr": c.psnr, "probes": c.probes, "seconds": time.perf_counter() - t0,
                      "in_range": c.in_range}
     return out

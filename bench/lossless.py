@@ -120,8 +120,8 @@ def main() -> None:
     os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     import numpy as np
 
+    from msinn.raylocal import init_ray
     from pipeline.cli import main as cli
-    from pipeline.cluster import init_ray
 
     jpegs = sorted(Path(args.jpegs).glob("*.jpg"))[: args.limit or None]
     pngs = sorted(Path(args.pngs).glob("*.png"))[: args.limit or None]

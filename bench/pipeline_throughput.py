@@ -80,7 +80,7 @@ def main() -> None:
     from msinn.codec import encode_image
     from msinn.images import open_image
     from msinn.ratecontrol import Target
-    from pipeline.cluster import init_ray
+    from msinn.raylocal import init_ray
     from pipeline.runner import run_job
     from pipeline.spec import JobSpec
 

@@ -40,8 +40,8 @@ from .lossless import LOSSLESS, ExactFile
 from .ratecontrol import QualitySearch, Target
 from .version import __version__
 
-MSINN = "msinn"
-DEFAULT_CODECS = (MSINN,)
+MODEL_CODEC = "msinn"  # the --codecs name of the model's own .msinn files
+DEFAULT_CODECS = (MODEL_CODEC,)
 # Larger images are not offered to classical codecs: their encoders hold the whole image, at several
 # bytes per pixel, where the model codes bounded tiles (and WebP stops at 16383 pixels a side).
 CLASSICAL_MAX_PIXELS = 40_000_000
@@ -53,7 +53,7 @@ def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
         return DEFAULT_CODECS
     items = text.split(",") if isinstance(text, str) else list(text)
     names = tuple(dict.fromkeys(str(c).strip().lower() for c in items if str(c).strip()))
-    allowed = (MSINN, *classical.ARCHIVE_CODECS, LOSSLESS)
+    allowed = (MODEL_CODEC, *classical.ARCHIVE_CODECS, LOSSLESS)
     unknown = [c for c in names if c not in allowed]
     if unknown or not names:
         raise ValueError(f"unknown codec(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(allowed)}")
@@ -62,7 +62,8 @@ def parse_codecs(text: str | list[str] | tuple[str, ...] | None) -> tuple[str, .
 
 def missing_codecs(codecs: tuple[str, ...]) -> dict[str, str]:
     """Codecs this Pillow build cannot write or read, with why: a job refuses them at its start."""
-    return {c: why for c in codecs if c not in (MSINN, LOSSLESS) and (why := classical.codec_available(c)) is not None}
+    return {c: why for c in codecs
+            if c not in (MODEL_CODEC, LOSSLESS) and (why := classical.codec_available(c)) is not None}
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ class Candidate:
     def extension(self) -> str:
         if self.exact is not None:
             return self.exact.extension
-        return "msinn" if self.codec == MSINN else classical.get(self.codec).extension
+        return "msinn" if self.codec == MODEL_CODEC else classical.get(self.codec).extension
 
 
 @dataclass
@@ -163,7 +164,7 @@ def pick(cands: list[Candidate], target: Target, floor: float | None, pixels: in
 def from_encode_result(res: Any) -> Candidate:
     """The model's :class:`msinn.codec.EncodeResult` as a candidate."""
     return Candidate(
-        codec=MSINN, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
+        codec=MODEL_CODEC, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
         probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
         pixel_hash=res.header.image_digest, codec_version=__version__, header=res.header,
     )
@@ -185,7 +186,7 @@ class Unsuitable(ValueError):
     """A codec that cannot carry this image (alpha it would lose, a size it should not be given)."""
 
 
-def code_classical(
+def search_classical(
     codec: str,
     img: PreparedImage,
     target: Target,
@@ -284,7 +285,7 @@ def choose(
         floor = cands[0].psnr  # the model's quality at that qp is what the others must reach
     pixels = img.width * img.height
     for codec in options.codecs:
-        if codec == MSINN:
+        if codec == MODEL_CODEC:
             continue
         if codec == LOSSLESS:
             if exact is not None:
@@ -294,7 +295,7 @@ def choose(
             break  # lossless at that qp: nothing can match it with fewer bytes by this rule
         leader = pick(cands, target, floor, pixels) if cands else None
         try:
-            cands.append(code_classical(codec, img, target, floor, options.speed(codec), leader))
+            cands.append(search_classical(codec, img, target, floor, options.speed(codec), leader))
         except Unsuitable as exc:
             failed[codec] = str(exc)
         except (ValueError, OSError, MemoryError) as exc:  # a library that fails on this image: the others compete
@@ -313,7 +314,7 @@ def encode_best(
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);
     ``exact`` is the input's exact file when ``lossless`` is among the codecs."""
     result = None
-    if MSINN in options.codecs:
+    if MODEL_CODEC in options.codecs:
         from .codec import prepare_encode
 
         result = prepare_encode(model, img, target, encode_options, effort=effort).finish()

@@ -233,7 +233,7 @@ def codec_available(name: str) -> str | None:
     return None
 
 
-def code_classical(name: str, img_uint8_hwc: np.ndarray, quality: int) -> tuple[int, np.ndarray, float]:
+def code_at_quality(name: str, img_uint8_hwc: np.ndarray, quality: int) -> tuple[int, np.ndarray, float]:
     """(bytes, 8-bit RGB reconstruction, encode seconds) of one RGB image at one quality, for ``msinn eval``."""
     import time
 

@@ -435,7 +435,7 @@ def _refined(session: _ImageSession, target: Target, exact_sizes: bool, base: tu
     return (*chosen[:5], probes, estimates)
 
 
-def check_model(header: Header, model: MSINN, source: str = "input") -> None:
+def check_header_model(header: Header, model: MSINN, source: str = "input") -> None:
     name, h = model_identity(model)
     if header.model_hash != h[: len(header.model_hash)]:
         raise BitstreamError(
@@ -505,7 +505,7 @@ def decode_image(
     """
     header, payload = unpack(data, source)
     check_profile(header, model, source)
-    check_model(header, model, source)
+    check_header_model(header, model, source)
     try:
         model.check_qp(header.qp)
     except ValueError as exc:

@@ -60,8 +60,9 @@ def read_archive(uri: str, where: str | None = None, storage_options: dict | Non
     """
     import ray
 
+    from msinn.raylocal import init_ray
+
     from .archive import connect, iter_select
-    from .cluster import init_ray
 
     init_ray()
     archive = storage.canonical(uri)

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
-from msinn.choice import MSINN, ChoiceOptions, choose, meets
+from msinn.choice import MODEL_CODEC, ChoiceOptions, choose, meets
 from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
@@ -184,7 +184,7 @@ class UnitEncoder:
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             model_encode = None
-            if MSINN in spec.codecs:
+            if MODEL_CODEC in spec.codecs:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
                 model_encode = prepare_encode(self.model, img, target, opts, effort=spec.effort)
         except ImageInputError as exc:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from .archived import read_archived
 from .keys import UNSAFE_KEY, escape_name, safe_key, stand_in_key
+from .reencode_inputs import read_archived
 from .sources import InputRecord, read_files, read_parquet, read_tar
 from .spec import JobSpec, WorkUnit
 

@@ -278,7 +278,7 @@ def run_rebuild(batches: Iterable[list[dict]], archive_options: dict | None, mod
     per batch of loose files), a bounded number in flight; the reports summed."""
     import ray
 
-    from .cluster import init_ray
+    from msinn.raylocal import init_ray
 
     init_ray()
     opts: dict[str, Any] = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}

@@ -19,14 +19,15 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from msinn.raylocal import init_ray
+
 from . import storage
 from .archive import connect, iter_select
 from .bitstreams import UntrustedReference, as_model_list, shard_name
-from .cluster import init_ray, new_run_id
 from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, PlanError, archived_rows, freeze_plan, read_frozen, read_plan
-from .runner import check_model, execute_units
+from .runner import execute_units, load_job_model
 from .shards import committed_shards, is_committed
-from .spec import ArchivedRow, JobError, JobSpec, WorkUnit, check_limits
+from .spec import ArchivedRow, JobError, JobSpec, WorkUnit, check_limits, new_run_id
 
 log = logging.getLogger("pipeline.reencode")
 SOURCE_MODES = ("auto", "source", "bitstream")
@@ -119,7 +120,7 @@ def run_reencode(
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
     if probe.needs_model:  # a bad --model or target fails before a plan is frozen
-        check_model(model, (target_kind, float(target_value)))
+        load_job_model(model, (target_kind, float(target_value)))
     check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]

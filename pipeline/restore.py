@@ -105,7 +105,7 @@ def run_decode_jobs(
     """
     import ray
 
-    from .cluster import init_ray
+    from msinn.raylocal import init_ray
 
     init_ray()
     opts: dict[str, Any] = {"num_gpus": 1} if device == "cuda" else {"num_cpus": 1}

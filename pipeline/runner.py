@@ -21,15 +21,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+from msinn.raylocal import init_ray
+
 from . import storage
 from .claims import claim_output
-from .cluster import init_ray, new_run_id
 from .encoder import UnitEncoder
 from .keys import printable
 from .plan import PLAN_DIR, Plan, listed_units, plan_input, read_plan
 from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
-from .spec import JobError, JobSpec, WorkUnit, check_limits
+from .spec import JobError, JobSpec, WorkUnit, check_limits, new_run_id
 
 log = logging.getLogger("pipeline")
 
@@ -40,7 +41,7 @@ def canonical_spec(spec: JobSpec) -> JobSpec:
                    model=storage.canonical_model(spec.model))
 
 
-def check_model(model: str | None, target: tuple[str, float] | None = None):
+def load_job_model(model: str | None, target: tuple[str, float] | None = None):
     """Load the job's model once in the driver, so a bad name or file fails here, in one line; with ``target``,
     check that the model can meet it (a qp within its anchors). Returns the model."""
     import msinn
@@ -66,7 +67,7 @@ def check_job(spec: JobSpec) -> None:
     """Refuse a job with a bad parameter before anything is frozen: a plan fixes its job, so a typo frozen in
     would refuse the corrected rerun. (Its limits were checked when the spec was made: ``spec.check_limits``.)"""
     if spec.needs_model:
-        check_model(spec.model, (spec.target_kind, spec.target_value))
+        load_job_model(spec.model, (spec.target_kind, spec.target_value))
     else:
         from msinn.ratecontrol import Target
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 from msinn.ratecontrol import Target
@@ -45,6 +47,11 @@ def check_limits(values: Mapping[str, Any], option_style: bool = True) -> None:
             kind = "a whole number" if whole else "a number"
             bound = f"of at least {low:g}" if inclusive else f"above {low:g}"
             raise JobError(f"bad {label} {value!r}: must be {kind} {bound}")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across drivers: ``20261125T163344Z-1a2b3c4d``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 @dataclass(frozen=True)
@@ -81,12 +88,12 @@ class JobSpec:
     def __post_init__(self) -> None:
         check_limits({f: getattr(self, f) for f in ("shard_bytes", "read_ahead_bytes", "max_pixels", "tile_pixels",
                                                     "image_memory", "image_seconds")}, option_style=False)
-        from msinn.choice import MSINN, ChoiceOptions
+        from msinn.choice import MODEL_CODEC, ChoiceOptions
         from msinn.lossless import LOSSLESS
 
         options = ChoiceOptions(self.codecs, self.avif_speed)  # unknown codecs or speeds are refused here
         object.__setattr__(self, "codecs", (LOSSLESS,) if self.target_kind == LOSSLESS else options.codecs)
-        if self.target_kind == "qp" and MSINN not in options.codecs:
+        if self.target_kind == "qp" and MODEL_CODEC not in options.codecs:
             raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
         from msinn.refine import effort_of  # light: the levels, not torch
 
@@ -95,9 +102,9 @@ class JobSpec:
     @property
     def needs_model(self) -> bool:
         """Whether the job runs the model (not for --lossless, nor for classical codecs alone)."""
-        from msinn.choice import MSINN
+        from msinn.choice import MODEL_CODEC
 
-        return MSINN in self.codecs
+        return MODEL_CODEC in self.codecs
 
     @property
     def max_input_bytes(self) -> int:

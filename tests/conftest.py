@@ -12,7 +12,7 @@ import pytest
 import torch
 from pipeline_helpers import free_port
 
-from pipeline.cluster import RAY_ENV_DEFAULTS as RAY_ENV
+from msinn.raylocal import RAY_ENV_DEFAULTS as RAY_ENV
 
 faults.register()  # flaky:// in the test process; local_ray registers it in Ray's workers
 

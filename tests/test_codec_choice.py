@@ -206,10 +206,10 @@ def test_a_codec_that_cannot_win_stops_early(portable_tiny):
     img = _photo()
     tiny = _cand("msinn", 40, 60.0)  # 40 bytes at 60 dB: nothing AVIF writes can beat it
     tiny.pixels = img.rgb
-    from msinn.choice import code_classical
+    from msinn.choice import search_classical
 
-    beaten = code_classical("avif", img, Target("psnr", 35.0), 35.0, 6, best=tiny)
-    alone = code_classical("avif", img, Target("psnr", 35.0), 35.0, 6)
+    beaten = search_classical("avif", img, Target("psnr", 35.0), 35.0, 6, best=tiny)
+    alone = search_classical("avif", img, Target("psnr", 35.0), 35.0, 6)
     assert beaten.probes < alone.probes and "stopped" in beaten.note
     assert alone.psnr >= 35.0 and alone.note == ""
 

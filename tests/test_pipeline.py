@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, read_unit, tar_bytes, unit_spec, verify_archive
 
-from pipeline.cluster import RAY_ENV_DEFAULTS
+from msinn.raylocal import RAY_ENV_DEFAULTS
 from pipeline.manifest import COLUMNS
 from pipeline.plan import read_plan
 from pipeline.runner import run_job

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from pipeline_helpers import free_port, png_bytes, verify_archive
 
-from pipeline.cluster import RAY_ENV_DEFAULTS as RAY_ENV
+from msinn.raylocal import RAY_ENV_DEFAULTS as RAY_ENV
 from pipeline.runner import run_job
 from pipeline.spec import JobSpec
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..classical import CODEC_QUALITIES, code_classical
+from ..classical import CODEC_QUALITIES, code_at_quality
 from ..metrics import ms_ssim_uint8, psnr_uint8
 from .bdrate import bd_rate_with_reason
 
@@ -139,7 +139,7 @@ def evaluate(
         mine: dict[str, list[dict]] = {}
         for c in codecs:
             for q in CODEC_QUALITIES[c]:
-                nbytes, rec, seconds = code_classical(c, img, q)
+                nbytes, rec, seconds = code_at_quality(c, img, q)
                 row = {"bpp": nbytes * 8.0 / pixels, "psnr": psnr_uint8(img, rec), "ms_ssim": ms_ssim_uint8(img, rec),
                        "encode_s": seconds}
                 mine.setdefault(c, []).append({"quality": q, "bytes": int(nbytes), **row})
