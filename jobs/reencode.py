@@ -1,6 +1,6 @@
 """Entry point for `ray job submit`: re-encode archive rows selected by a SQL predicate.
 
-    python jobs/reencode.py ARCHIVE --where "bpp > 0.5" --target-bpp 0.4 [--model M] [--from auto] [--gc]
+    python jobs/reencode.py ARCHIVE --where "bpp > 0.5" --bpp 0.4 [--model M] [--from auto] [--gc]
 """
 
 import os

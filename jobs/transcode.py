@@ -1,6 +1,6 @@
 """Entry point for ``ray job submit``: archive a dataset with MS-INN.
 
-    ray job submit --working-dir . -- python jobs/transcode.py --input URI --output URI --target-bpp 0.4
+    ray job submit --working-dir . -- python jobs/transcode.py --input URI --output URI --bpp 0.4
 
 Without RAY_ADDRESS (not under ``ray job submit``) it starts a local Ray.
 """

@@ -14,48 +14,19 @@ import json
 import logging
 import sys
 
+from msinn.cli import options
+from msinn.cli.options import add_coding_args, coding_of
+
 from .spec import JobSpec, check_limits
 from .storage import options_arg
 
 
-def add_target_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--target-bpp", type=float, help="size cap per image in bits per pixel")
-    g.add_argument("--target-psnr", type=float, help="quality floor per image in dB")
-    g.add_argument("--target-bytes", type=int, help="size cap per image in bytes")
-    g.add_argument("--qp", type=float, help="fixed rate parameter")
-    g.add_argument("--lossless", action="store_true", default=None,
-                   help="store every image exactly: JPEGs recompressed to give the original bytes back (Lepton, "
-                        "else JPEG XL), other images pixel-lossless (JPEG XL, WebP or PNG), or the original file as "
-                        "it is when nothing is smaller")
-
-
-def add_coding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codecs", default="msinn",
-                   help="codecs each image may be archived in, comma-separated: msinn, avif, jpeg, webp, jxl, "
-                        "lossless (the exact file of --lossless, competing at the target) (default msinn). Per image "
-                        "the best file at the target is kept: within a cap the highest PSNR, for a PSNR floor the "
-                        "smallest file; with --qp the model's PSNR at that qp is the others' floor")
-    p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
-    p.add_argument("--effort", type=int, default=0,
-                   help="the model's encoder-side refinement: 0 none, 1 (about 60x the encode time, -4%% to "
-                   "-8%% BD-rate), 2 (about 140x, -6%% to -10%%); docs/refinement.md")
-
-
-def coding_of(args: argparse.Namespace) -> dict:
-    from msinn.choice import parse_codecs
-
-    return {"codecs": parse_codecs(args.codecs), "avif_speed": args.avif_speed, "effort": args.effort}
-
-
 def target_of(args: argparse.Namespace) -> tuple[str, float]:
-    if getattr(args, "lossless", None):
-        return "lossless", 0.0
-    for kind, attr in (("bpp", "target_bpp"), ("psnr", "target_psnr"), ("bytes", "target_bytes"), ("qp", "qp")):
-        v = getattr(args, attr, None)
-        if v is not None:
-            return kind, float(v)
-    raise SystemExit("a target is required")
+    """The job's target from the shared options (``msinn.cli.options``): every command needs one."""
+    found = options.target_of(args)
+    if found is None:
+        raise SystemExit("a target is required")
+    return found
 
 
 def add_limit_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +43,7 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p = argparse.ArgumentParser(prog=prog, description="Archive an image dataset with MS-INN on Ray.")
     p.add_argument("--input", required=True, help="fsspec URI: folder/prefix of images, *.tar shards or *.parquet")
     p.add_argument("--output", required=True, help="fsspec URI of the archive (bitstreams/, manifest/, summary.json)")
-    add_target_args(p)
+    options.add_target_args(p, required=True, lossless=True)
     p.add_argument("--model", help="bundled model name, or path/URI of a checkpoint (default: bundled weights)")
     p.add_argument("--input-kind", default="auto", choices=["auto", "files", "tar", "parquet"])
     p.add_argument("--key-column", default="key", help="Parquet inputs: column holding the key")
@@ -331,7 +302,7 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
 def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p = _archive_parser(prog, "Re-encode the rows of an archive that a SQL predicate selects.")
     p.add_argument("--where", help="SQL predicate over the current manifest, e.g. \"status = 'error'\"")
-    add_target_args(p)
+    options.add_target_args(p, required=True, lossless=True)
     p.add_argument("--model", help="model for the new encodes (default: bundled weights)")
     p.add_argument("--from", dest="source_mode", default="auto", choices=["auto", "source", "bitstream"],
                    help="re-encode from the original image, the decoded bitstream, or the first that works")

@@ -4,5 +4,5 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
 OUT="${1:-out/demo-$(date +%Y%m%d-%H%M%S)}"
-python jobs/transcode.py --input samples --output "$OUT" --target-bpp "${TARGET_BPP:-1.0}"
+python jobs/transcode.py --input samples --output "$OUT" --bpp "${TARGET_BPP:-1.0}"
 echo "archive written to $OUT: bitstreams/*.tar, manifest/*.parquet, summary.json"

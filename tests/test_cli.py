@@ -168,3 +168,21 @@ def test_the_exact_file_competes_in_msinn_encode_and_a_lep_decodes_to_its_jpeg(t
     assert out["codec"] == "lepton" and out["output"].endswith("p.lep") and out["psnr"] is None
     assert main(["decode", str(tmp_path / "p.lep"), str(tmp_path / "back.jpg")]) == 0
     assert (tmp_path / "back.jpg").read_bytes() == jpeg.read_bytes()
+
+
+@pytest.mark.parametrize("short, long, value", [("--psnr", "--target-psnr", "35"), ("--bpp", "--target-bpp", "0.4"),
+                                                ("--bytes", "--target-bytes", "5000")])
+def test_both_spellings_of_a_target_mean_the_same_in_both_clis(short, long, value):
+    from msinn.cli.codec import _encode_parser, _target
+    from msinn.cli.options import target_of
+    from pipeline.cli import reencode_parser, transcode_parser
+
+    base = ["--input", "in", "--output", "out"]
+    want = (short[2:], float(value))
+    for argv in ([short, value], [long, value]):
+        assert target_of(transcode_parser().parse_args(base + argv)) == want
+        assert target_of(reencode_parser("r").parse_args(["arch"] + argv)) == want
+        t = _target(_encode_parser().parse_args(["a.png", "a.msinn"] + argv))
+        assert (t.kind, float(t.value)) == want
+    with pytest.raises(SystemExit):  # two targets at once are refused, whichever spelling
+        transcode_parser().parse_args(base + [short, value, "--qp", "3"])

@@ -10,26 +10,16 @@ from pathlib import Path
 
 from ..errors import BitstreamError, ImageInputError
 from ..images import DEFAULT_MAX_PIXELS
+from .options import add_coding_args, add_target_args, target_of
 
 
 def _encode_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msinn encode", description="Encode an image to a .msinn file.")
     p.add_argument("input", help="any image Pillow opens")
     p.add_argument("output", help="the .msinn file to write")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--bpp", type=float, help="size cap in bits per pixel (largest quality within it)")
-    g.add_argument("--psnr", type=float, help="quality floor in dB (smallest size reaching it)")
-    g.add_argument("--bytes", type=int, help="size cap in bytes for the whole file")
-    g.add_argument("--qp", type=float, help="rate parameter, 0 .. anchors-1 (fractional values interpolate)")
+    add_target_args(p)  # shared with msinn-pipeline (``--psnr`` or ``--target-psnr``, ...)
     p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
-    p.add_argument("--codecs", default="msinn",
-                   help="codecs to choose from per image, comma-separated: msinn, avif, jpeg, webp, jxl (default "
-                        "msinn). The best file at the target is written; an output named .msinn, .avif, .jpg, "
-                        ".webp or .jxl takes the written format's extension (the JSON line says which)")
-    p.add_argument("--avif-speed", type=int, default=6, help="AVIF encoder speed, 0 (slowest, smallest) .. 10")
-    p.add_argument("--effort", type=int, default=0,
-                   help="the model's encoder-side refinement: 0 none, 1 (about 60x the encode time, -4%% to "
-                   "-8%% BD-rate), 2 (about 140x, -6%% to -10%%); docs/refinement.md")
+    add_coding_args(p)  # an output named .msinn, .avif, .jpg, .webp, .jxl or .lep takes the written format's name
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--tile-pixels", type=int, help="images above this many pixels are coded as tiles")
     p.add_argument("--tile-size", type=int, help="tile side in pixels (multiple of 64)")
@@ -40,15 +30,11 @@ def _encode_parser() -> argparse.ArgumentParser:
 def _target(args: argparse.Namespace):
     from ..ratecontrol import Target
 
-    if args.bpp is not None:
-        return Target("bpp", args.bpp)
-    if args.psnr is not None:
-        return Target("psnr", args.psnr)
-    if args.bytes is not None:
-        return Target("bytes", args.bytes)
-    if args.qp is not None:
-        return Target("qp", int(args.qp) if float(args.qp).is_integer() else args.qp)
-    return None
+    found = target_of(args)
+    if found is None:
+        return None
+    kind, value = found
+    return Target(kind, int(value) if kind in ("qp", "bytes") and float(value).is_integer() else value)
 
 
 def _load_model(name: str | None, device: str):
