@@ -11,6 +11,7 @@ the coding interface of :class:`msinn.model.MSINN`.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,7 +62,8 @@ class PortableMSINN:
         self.decoder = IntegerDecoder(config, spec, tensors)
         prove(self.decoder)
         self.device = torch.device("cpu")
-        self.float_model: MSINN = float_twin(config, spec, self.layers, float_tensors, tensors["scale_table"])
+        self._float_model: MSINN | None = None  # built on first use: decoding never needs it
+        self._twin_lock = threading.Lock()
         self.weights_sha256 = portable_hash(config, spec, tensors, float_tensors)
         self.model_name: str | None = None
 
@@ -86,7 +88,8 @@ class PortableMSINN:
 
     def to(self, device: str | torch.device) -> PortableMSINN:
         self.device = torch.device(device)
-        self.float_model.to(self.device)
+        if self._float_model is not None:
+            self._float_model.to(self.device)
         self.decoder.to(self.device)
         return self
 
@@ -99,11 +102,20 @@ class PortableMSINN:
         prove(self.decoder)
 
     # ------------------------------------------------------------------ float side (encoder only)
+    @property
+    def float_model(self) -> MSINN:
+        """The encoder's float twin, built the first time the encoder needs it (a decoder never does)."""
+        with self._twin_lock:  # a read-ahead thread and the encoder may ask at once: one twin
+            if self._float_model is None:
+                self._float_model = self.float_twin()
+            return self._float_model
+
     def float_twin(self) -> MSINN:
         """A new float twin on this model's device: the same weights as ``float_model``, yours to change
         (``float_model`` is the encoder's own; leave its weights and mode alone)."""
-        twin = float_twin(self.config, self.spec, self.layers, self.float_tensors, self.tensors["scale_table"])
-        return twin.to(self.device)
+        with torch.inference_mode(False):  # asked for inside a coding call, it must still be an ordinary model
+            twin = float_twin(self.config, self.spec, self.layers, self.float_tensors, self.tensors["scale_table"])
+            return twin.to(self.device)
 
     def analyze(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.float_model.analyze(x)
@@ -113,7 +125,7 @@ class PortableMSINN:
 
     # ------------------------------------------------------------------ rate parameter
     def check_qp(self, qp: int | float) -> None:
-        self.float_model.check_qp(qp)
+        MSINN.check_qp(self, qp)  # the float model's rule: it reads only anchor_num, so no twin is built for it
 
     def snap_qp(self, qp: int | float) -> int | float:
         """The nearest rate parameter this profile can code (a multiple of 2**-16)."""
