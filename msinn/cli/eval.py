@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 
 from ..classical import CODEC_QUALITIES, codec_available
-from ..evaluation.rd import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, resumable, to_json
+from ..evaluation.rd import compare, evaluate, log_stderr
+from ..evaluation.report import format_table, load_paper_rd, plot_rd, resumable, to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_RD = REPO_ROOT.parent / "shared" / "reference" / "paper_rd.json"
