@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
 
     import msinn
 
-    from ..images import list_images
+    from ..image_files import list_images
 
     try:
         uris = list_images(args.dir)

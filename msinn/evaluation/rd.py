@@ -92,7 +92,7 @@ def evaluate(
     again. ``checkpoint`` receives the summary so far after every image, so a
     run of hours that is interrupted loses one image, not all of them.
     """
-    from ..images import read_image_rgb
+    from ..image_files import read_image_rgb
 
     if coder is None:
         coder = code_image  # looked up now, so a replacement assigned to the module is used

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
 from ..config import MSINNConfig
-from ..images import list_images, read_image_rgb
+from ..image_files import list_images, read_image_rgb
 from ..metrics import psnr_from_mse
 from ..model import MSINN, is_derived_key, likelihood_bits
 
