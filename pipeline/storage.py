@@ -18,11 +18,12 @@ import posixpath
 import random
 import re
 import time
-import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
 import fsspec
+
+from msinn.atomic import write_atomic
 
 log = logging.getLogger("pipeline.storage")
 T = TypeVar("T")
@@ -178,8 +179,10 @@ def open_read(uri: str, options: dict | None = None):
 def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
     """Whole-object write that readers never see half done.
 
-    Object stores make a single PUT visible at once; on file systems the data
-    goes to a temporary name first and is renamed into place.
+    Object stores make a single PUT visible at once, so there the object is
+    written as it is (fsspec's ``pipe_file``); local files go through the
+    project's one local writer, :func:`msinn.atomic.write_atomic` (temporary
+    file, fsync, rename).
     """
     fs, path = filesystem(uri, options)
 
@@ -187,10 +190,7 @@ def write_bytes(uri: str, data: bytes, options: dict | None = None) -> None:
         parent = path.rsplit("/", 1)[0]
         if is_local(fs):
             fs.makedirs(parent, exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            with fs.open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            write_atomic(path, data)
         else:
             fs.pipe_file(path, data)
 

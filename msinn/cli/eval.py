@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..classical import CODEC_QUALITIES, codec_available
 from ..evaluation.rd import compare, evaluate, log_stderr
 from ..evaluation.report import format_table, load_paper_rd, plot_rd, resumable, to_json
@@ -62,9 +63,7 @@ def _parse_qps(text: str) -> list[int | float]:
 
 def _write_json(path: Path, doc: dict) -> None:
     """Replace ``path`` whole (a reader or a crash never sees half a file)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def _earlier_results(path: Path, model_name: str) -> list[dict]:
