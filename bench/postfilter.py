@@ -86,7 +86,7 @@ def training_pairs(model, crops: list[np.ndarray], anchors: int) -> tuple[torch.
 
 
 def random_crops(paths: list[Path], n: int, size: int, seed: int = 0) -> list[np.ndarray]:
-    from msinn.images import read_image_rgb
+    from msinn.image_files import read_image_rgb
 
     rng = np.random.default_rng(seed)
     images = [read_image_rgb(str(p)) for p in paths]

@@ -261,9 +261,10 @@ def save_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def save_portable(path: str | os.PathLike, model: PortableMSINN) -> None:

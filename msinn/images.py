@@ -1,6 +1,7 @@
-"""Image files and arrays: listing and reading them, any image Pillow opens into what the codec codes, and back.
+"""Image bytes and arrays: any image Pillow opens into what the codec codes, and back.
 
-(The network's side, arrays to tensors, is :mod:`msinn.tensors`.)
+(The network's side, arrays to tensors, is :mod:`msinn.tensors`; listing and reading image files at URIs,
+:mod:`msinn.image_files`.)
 
 The network codes 8-bit RGB. Other layouts are mapped explicitly:
 
@@ -21,9 +22,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
-from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageInputError
@@ -180,37 +179,3 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
 def pixels_sha256(pixels: np.ndarray) -> str:
     """SHA-256 of decoded pixels' bytes: how golden files and cross-device runs record an image."""
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
-
-
-# ------------------------------------------------------------------ files under a folder or any fsspec URI
-
-
-def list_images(uri: str, storage_options: dict | None = None) -> list[str]:
-    """Image files under a folder or prefix (recursive), sorted, as URIs fsspec can open."""
-    fs, root = fsspec.core.url_to_fs(uri, **(storage_options or {}))
-    if fs.isfile(root):
-        files = [root]
-    else:
-        files = [p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS)]
-    if not files:
-        raise FileNotFoundError(f"{uri}: no image files found")
-    local = isinstance(fs, LocalFileSystem)
-    return sorted(p if local else fs.unstrip_protocol(p) for p in files)
-
-
-def read_uri(uri: str, storage_options: dict | None = None) -> bytes:
-    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        return f.read()
-
-
-def read_image_rgb(uri: str, storage_options: dict | None = None) -> np.ndarray:
-    """HxWx3 uint8 RGB array, EXIF orientation applied (evaluation and training; the codec uses open_image).
-
-    Sized from its header and held to ``DEFAULT_MAX_PIXELS`` before decoding, as every image is."""
-    data = read_uri(uri, storage_options)
-    size = image_size(data, uri)
-    check_size(size, uri, DEFAULT_MAX_PIXELS)
-    register_plugins()
-    im = Image.open(io.BytesIO(data), formats=[size.format])
-    im = ImageOps.exif_transpose(im)
-    return np.asarray(im.convert("RGB"))

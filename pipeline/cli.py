@@ -18,7 +18,7 @@ from msinn.cli import options
 from msinn.cli.options import add_coding_args, coding_of
 
 from .spec import JobSpec, check_limits
-from .storage import options_arg
+from .storage_options import options_arg
 
 
 def target_of(args: argparse.Namespace) -> tuple[str, float]:

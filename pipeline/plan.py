@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import storage
+from . import containment, listing, storage
 from .claims import Claim, refreshing
 from .keys import escape_name, file_key, printable, unescape_name
 from .spec import INPUT_KINDS, ArchivedRow, JobError, WorkUnit
@@ -158,7 +158,7 @@ def iter_units(
 def list_input(input_uri: str, options: dict | None, skipped: Skipped | None = None) -> Iterator[tuple[str, int]]:
     """The input's sorted listing, streamed; a missing input is 'no input files found'."""
     try:
-        yield from storage.iter_file_sizes(input_uri, options, skipped.add if skipped else None)
+        yield from listing.iter_file_sizes(input_uri, options, skipped.add if skipped else None)
     except FileNotFoundError:
         raise FileNotFoundError(f"{input_uri}: no input files found") from None
 
@@ -167,7 +167,7 @@ def sorted_listing(input_uri: str, options: dict | None, skipped: Skipped | None
                    ) -> Iterator[tuple[str, int]]:
     """The fallback for stores that list out of order: the whole listing, sorted in memory."""
     log.warning("%s: the store lists keys out of order; planning from a listing held in memory", input_uri)
-    yield from sorted(storage.file_sizes(input_uri, options, skipped.add if skipped else None).items())
+    yield from sorted(listing.file_sizes(input_uri, options, skipped.add if skipped else None).items())
 
 
 def _planned(input_uri: str, options: dict | None, kind: str, shard_bytes: int,
@@ -231,7 +231,7 @@ def listed_units(input_uri: str) -> UnitCheck:
             return f"is not a unit a listing makes (kind {u.kind!r}, {len(u.uris)} inputs, {len(u.rows)} rows)"
         if storage.canonical(u.root) not in (root, parent):
             return f"has root {u.root!r}, not the job's input {root}"
-        outside = next((x for x in u.uris if not storage.within(x, root)), None)
+        outside = next((x for x in u.uris if not containment.within(x, root)), None)
         return f"names {outside!r}, outside the job's input {root}" if outside is not None else None
 
     return check

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 from msinn.images import IMAGE_EXTENSIONS
 
-from . import storage
+from . import containment, listing, storage
 from .keys import duplicate_reason, escape_name, file_key, unescape_name, webdataset_key
 from .sources import InputRecord, refused_or_failed
 from .spec import ArchivedRow, JobSpec, WorkUnit
@@ -90,17 +90,17 @@ def read_source(key: str, source_uri: str, options: dict | None, root: str | Non
                 image_column: str = "image", max_bytes: int = 4 << 30) -> bytes:
     """The bytes of the one input of ``key`` that ``source_uri`` names (plain, ``tar#member``, ``parquet#row=N``).
 
-    Refused (``storage.RefusedInput``) when no root is known, when the file
+    Refused (``containment.RefusedInput``) when no root is known, when the file
     lies outside ``root``, is not a regular file, holds another key, or when
     several inputs share the key there. A plain file whose name holds a
     ``#`` is read as itself: the fragment form applies only after ``.tar`` or
     ``.parquet``.
     """
     if not root:
-        raise storage.RefusedInput(f"{source_uri}: originals are read only under the prefix the command names; "
+        raise containment.RefusedInput(f"{source_uri}: originals are read only under the prefix the command names; "
                                    "pass --source-prefix")
     m = FRAGMENT.fullmatch(source_uri)
-    if m is None or (storage.within(source_uri, root) and storage.exists(source_uri, options)):
+    if m is None or (containment.within(source_uri, root) and storage.exists(source_uri, options)):
         return _loose_file(key, source_uri, options, root, max_bytes)
     uri, frag = m.group(1), m.group(2)
     if frag.startswith("row=") and uri.endswith(".parquet"):
@@ -109,28 +109,28 @@ def read_source(key: str, source_uri: str, options: dict | None, root: str | Non
 
 
 def _loose_file(key: str, uri: str, options: dict | None, root: str, max_bytes: int) -> bytes:
-    if not storage.within(uri, root):
-        raise storage.RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
+    if not containment.within(uri, root):
+        raise containment.RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
     base = storage.canonical(root)
     its_key = escape_name(file_key(storage.canonical(uri), base if storage.canonical(uri) != base else
                                    base.rsplit("/", 1)[0]))
     if its_key != key:
-        raise storage.RefusedInput(f"{uri}: holds key {its_key!r}, not the row's {key!r}")
+        raise containment.RefusedInput(f"{uri}: holds key {its_key!r}, not the row's {key!r}")
     stem = uri.rsplit("/", 1)[-1].rpartition(".")[0]
-    same = [u for u in storage.named_like(uri, options, stem + ".")
+    same = [u for u in listing.named_like(uri, options, stem + ".")
             if u.rsplit("/", 1)[-1].rpartition(".")[0] == stem and u.lower().endswith(IMAGE_EXTENSIONS)]
     if len(same) > 1:
-        raise storage.RefusedInput(duplicate_reason(key, len(same), ", ".join(same[:4])))
-    return storage.read_input(uri, options, root, max_bytes)
+        raise containment.RefusedInput(duplicate_reason(key, len(same), ", ".join(same[:4])))
+    return containment.read_input(uri, options, root, max_bytes)
 
 
 def _tar_member(key: str, uri: str, member: str, options: dict | None, root: str, max_bytes: int) -> bytes:
     """The member, streamed out of its tar, if it is the only image member of ``key`` there (as transcode requires)."""
     if escape_name(webdataset_key(member)) != key:
-        raise storage.RefusedInput(f"{uri}#{member}: holds key {webdataset_key(member)!r}, not the row's {key!r}")
+        raise containment.RefusedInput(f"{uri}#{member}: holds key {webdataset_key(member)!r}, not the row's {key!r}")
     found: list[str] = []
     data = None
-    with storage.open_input(uri, options, root) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+    with containment.open_input(uri, options, root) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
         for m in tf:
             if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS) or escape_name(
                     webdataset_key(m.name)) != key:
@@ -138,11 +138,11 @@ def _tar_member(key: str, uri: str, member: str, options: dict | None, root: str
             found.append(m.name)
             if m.name == member and len(found) == 1:
                 if m.size > max_bytes:
-                    raise storage.RefusedInput(f"{uri}#{member}: {m.size} bytes, over the limit of {max_bytes}")
+                    raise containment.RefusedInput(f"{uri}#{member}: {m.size} bytes, over the limit of {max_bytes}")
                 extracted = tf.extractfile(m)
                 data = extracted.read() if extracted is not None else None
     if len(found) > 1:
-        raise storage.RefusedInput(duplicate_reason(key, len(found), ", ".join(f"{uri}#{n}" for n in found[:4])))
+        raise containment.RefusedInput(duplicate_reason(key, len(found), ", ".join(f"{uri}#{n}" for n in found[:4])))
     if data is None:
         raise FileNotFoundError(f"{uri}#{member}: no such image member")
     return data
@@ -156,16 +156,17 @@ def _parquet_row(key: str, uri: str, frag: str, options: dict | None, root: str,
     try:
         row = int(frag[4:])
     except ValueError:
-        raise storage.RefusedInput(f"{uri}#{frag}: not a row number") from None
-    with storage.open_input(uri, options, root) as f:
+        raise containment.RefusedInput(f"{uri}#{frag}: not a row number") from None
+    with containment.open_input(uri, options, root) as f:
         pf = pq.ParquetFile(f)
         keys = pf.read(columns=[key_column]).column(0).to_pylist()
         if not 0 <= row < len(keys) or keys[row] is None or str(keys[row]) != key:
             held = repr(str(keys[row])) if 0 <= row < len(keys) else "no row"
-            raise storage.RefusedInput(f"{uri}#{frag}: holds {held}, not the row's key {key!r}")
+            raise containment.RefusedInput(f"{uri}#{frag}: holds {held}, not the row's key {key!r}")
         same = [i for i, k in enumerate(keys) if k is not None and str(k) == key]
         if len(same) > 1:
-            raise storage.RefusedInput(duplicate_reason(key, len(same), ", ".join(f"{uri}#row={i}" for i in same[:4])))
+            raise containment.RefusedInput(
+                duplicate_reason(key, len(same), ", ".join(f"{uri}#row={i}" for i in same[:4])))
         start = 0
         for g in range(pf.metadata.num_row_groups):  # read only the row group that holds the row
             n = pf.metadata.row_group(g).num_rows

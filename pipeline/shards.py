@@ -17,7 +17,7 @@ import io
 import tarfile
 from datetime import UTC, datetime
 
-from . import manifest, storage
+from . import containment, manifest, storage
 from .bitstreams import member_name
 from .manifest import ManifestRow, Member
 from .spec import JobSpec, WorkUnit
@@ -140,7 +140,7 @@ def copy_columns(spec: JobSpec, unit: WorkUnit) -> str:
 
     from .sources import PARQUET_READ
 
-    with storage.open_input(unit.uris[0], spec.input_options, spec.input) as f:
+    with containment.open_input(unit.uris[0], spec.input_options, spec.input) as f:
         pf = pq.ParquetFile(f, **PARQUET_READ)
         schema = pf.schema_arrow
         keep = [n for n in schema.names if n != spec.image_column]

@@ -7,7 +7,7 @@ drop the unit's other images. Whatever is not an image is a sidecar record
 links and folders): it is stored as it is beside its sample's image, so an
 archive can replace its input (a Parquet file's other columns are copied by
 ``shards.copy_columns``). A unit is read only under the job's input
-(``root``), from regular files (``storage.open_input``), whatever its plan
+(``root``), from regular files (``containment.open_input``), whatever its plan
 says. Records are numbered in stream order; ``skip`` maps numbers to the
 reason they are refused unread (the pool's verdict on an image that killed
 its encoder). Each record also keeps its place in its container (``index``),
@@ -24,7 +24,7 @@ from functools import cached_property
 
 from msinn.images import IMAGE_EXTENSIONS
 
-from . import storage
+from . import containment
 from .keys import file_key, relative_path, webdataset_key
 from .spec import WorkUnit
 
@@ -65,7 +65,7 @@ class InputRecord:
 
 def refused_or_failed(exc: BaseException) -> str:
     """An input read's error, as the row says it: ``refused: ...`` for what is never read, ``read failed: ...``."""
-    if isinstance(exc, storage.RefusedInput):
+    if isinstance(exc, containment.RefusedInput):
         return f"refused: {exc}"
     return f"read failed: {type(exc).__name__}: {exc}"
 
@@ -84,7 +84,7 @@ def read_files(unit: WorkUnit, options: dict | None, root: str, max_bytes: int =
             yield InputRecord(key, uri, None, skip[i], member=name, index=i, sidecar=side)
             continue
         try:
-            data = storage.read_input(uri, options, root, max_bytes)
+            data = containment.read_input(uri, options, root, max_bytes)
         except Exception as exc:  # one unreadable or refused object must not stop the unit
             yield InputRecord(key, uri, None, refused_or_failed(exc), member=name, index=i, sidecar=side)
             continue
@@ -107,8 +107,8 @@ def read_tar(unit: WorkUnit, options: dict | None, root: str, max_bytes: int = D
     uri = unit.uris[0]
     seen = count = 0
     try:
-        f = storage.open_input(uri, options, root)
-    except storage.RefusedInput as exc:
+        f = containment.open_input(uri, options, root)
+    except containment.RefusedInput as exc:
         yield InputRecord(relative_path(uri, unit.root), uri, None, refused_or_failed(exc))
         return
     try:
@@ -158,8 +158,8 @@ def read_parquet(
 
     uri = unit.uris[0]
     try:
-        f = storage.open_input(uri, options, unit.root if root is None else root)
-    except storage.RefusedInput as exc:
+        f = containment.open_input(uri, options, unit.root if root is None else root)
+    except containment.RefusedInput as exc:
         yield InputRecord(relative_path(uri, unit.root), uri, None, refused_or_failed(exc))
         return
     with f:  # buffered reads, a few rows at a time: a row group is never held whole (PARQUET_READ)
@@ -217,10 +217,10 @@ def unread_images(unit: WorkUnit, spec, indices: set[int], keys: dict[int, str])
             for i in sorted(indices):
                 if 0 <= i < len(unit.uris):
                     uri = unit.uris[i]
-                    data = storage.read_input(uri, spec.input_options, spec.input, limit)
+                    data = containment.read_input(uri, spec.input_options, spec.input, limit)
                     out.append(Member(keys[i], escape_name(relative_path(uri, unit.root)), data, i))
         elif unit.kind == "tar":
-            with storage.open_input(unit.uris[0], spec.input_options, spec.input) as f, \
+            with containment.open_input(unit.uris[0], spec.input_options, spec.input) as f, \
                     tarfile.open(fileobj=f, mode="r|*") as tf:
                 for position, m in enumerate(tf):
                     if position in indices and m.isfile() and m.size <= limit:
@@ -230,7 +230,7 @@ def unread_images(unit: WorkUnit, spec, indices: set[int], keys: dict[int, str])
         elif unit.kind == "parquet":
             import pyarrow.parquet as pq
 
-            with storage.open_input(unit.uris[0], spec.input_options, spec.input) as f:
+            with containment.open_input(unit.uris[0], spec.input_options, spec.input) as f:
                 pf = pq.ParquetFile(f, **PARQUET_READ)
                 row = 0
                 for batch in pf.iter_batches(columns=[spec.image_column], batch_size=PARQUET_BATCH_ROWS):

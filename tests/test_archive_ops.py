@@ -239,7 +239,7 @@ def test_locked_connections_read_the_archive_only(archive, tmp_path):
 
 def test_secrets_never_ride_on_the_command_line(archive, tmp_path, capsys):
     """Inline storage options holding a secret are refused (Ray keeps every job's command line); @FILE works."""
-    from pipeline.storage import redact
+    from pipeline.storage_options import redact
 
     secret = {"key": "AKIAEXAMPLE", "secret": "wJalrXUtnFEMI", "client_kwargs": {"region_name": "us-east-1"}}
     with pytest.raises(SystemExit):

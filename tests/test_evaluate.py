@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msinn import classical, images, metrics
+from msinn import classical, image_files, metrics
 from msinn.cli import eval as eval_cli
 from msinn.evaluation import bdrate
 from msinn.evaluation import rd as evaluate
@@ -187,7 +187,7 @@ def test_eval_skips_corrupt_image(small_dir: Path, checkpoint: str, tmp_path: Pa
 
 def test_limit_counts_readable_images_and_coder_is_swappable(small_dir: Path, tiny_model, monkeypatch):
     (small_dir / "0_corrupt.png").write_bytes(b"garbage")
-    uris = images.list_images(str(small_dir))
+    uris = image_files.list_images(str(small_dir))
     original = evaluate.code_image
     header = 100
 

@@ -620,7 +620,7 @@ def test_inline_storage_options_with_any_credential_are_refused(options, capsys)
 
 
 def test_inline_storage_options_without_credentials_pass():
-    from pipeline.storage import options_arg
+    from pipeline.storage_options import options_arg
 
     for ok in ({"anon": True}, {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "x"}},
                {"config_kwargs": {"signature_version": "s3v4"}}, {"auto_mkdir": True}, {"key": None}):

@@ -424,7 +424,7 @@ def test_a_damaged_or_edited_eval_json_is_refused_in_one_line(tmp_path, tiny_mod
         assert f"{out}: cannot be resumed" in err and "Traceback" not in err, (name, err)
         assert out.read_text() == text  # never overwritten by a run that did not start
     # plausibility, not only the checksum: a re-hashed forgery of impossible points is refused too
-    from msinn.evaluation.rd import per_image_digest, resumable
+    from msinn.evaluation.report import per_image_digest, resumable
 
     forged = damaged(lambda d: d["per_image"][0]["points"][0].update(psnr=120.0))
     forged["per_image_sha256"] = per_image_digest(forged["per_image"])

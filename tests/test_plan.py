@@ -8,7 +8,7 @@ import tracemalloc
 
 import pytest
 
-from pipeline import plan, storage
+from pipeline import listing, plan, storage
 from pipeline.keys import file_key
 from pipeline.plan import ListingOrderError, Plan, freeze_plan, iter_units, plan_input, read_plan
 from pipeline.readahead import read_ahead
@@ -119,10 +119,10 @@ def tricky_tree(root):
 
 def test_a_folder_walk_lists_in_sorted_uri_order(tmp_path):
     tricky_tree(tmp_path / "in")
-    walked = list(storage.iter_file_sizes(str(tmp_path / "in"), None))
-    assert walked == sorted(storage.file_sizes(str(tmp_path / "in"), None).items())
+    walked = list(listing.iter_file_sizes(str(tmp_path / "in"), None))
+    assert walked == sorted(listing.file_sizes(str(tmp_path / "in"), None).items())
     assert len(walked) == 10 and walked[0][0].endswith("/B.png")
-    single = list(storage.iter_file_sizes(str(tmp_path / "in" / "z.tar"), None))
+    single = list(listing.iter_file_sizes(str(tmp_path / "in" / "z.tar"), None))
     assert single == [(str(tmp_path / "in" / "z.tar"), 6)]
 
 
@@ -133,8 +133,8 @@ def test_an_s3_prefix_is_listed_flat_a_page_at_a_time(s3_bucket, monkeypatch):
     for n in names:
         fs.pipe(f"{bucket}/in/{n}", b"x" * len(n))
     fs.pipe(f"{bucket}/input/other.png", b"no")
-    monkeypatch.setattr(storage, "LIST_PAGE", 4)
-    listed = list(storage.iter_file_sizes(f"s3://{bucket}/in", None))
+    monkeypatch.setattr(listing, "LIST_PAGE", 4)
+    listed = list(listing.iter_file_sizes(f"s3://{bucket}/in", None))
     assert [u for u, _ in listed] == sorted(f"s3://{bucket}/in/{n}" for n in names)
     assert dict(listed)[f"s3://{bucket}/in/a.b/y.png"] == len("a.b/y.png")
     frozen = plan_input(f"s3://{bucket}/in", None, "auto", 1, f"s3://{bucket}/out", {"j": 1}, None)
@@ -147,14 +147,14 @@ def test_a_store_that_lists_out_of_order_is_planned_from_a_sorted_listing(tmp_pa
     tricky_tree(tmp_path / "in")
 
     def shuffled(uri, options, on_skip=None):
-        items = list(storage.file_sizes(uri, options).items())
+        items = list(listing.file_sizes(uri, options).items())
         random.Random(1).shuffle(items)
         yield from items
         raise AssertionError("the out-of-order listing was read to its end")
 
     with pytest.raises(ListingOrderError):
         list(iter_units(shuffled(str(tmp_path / "in"), None), str(tmp_path / "in")))
-    monkeypatch.setattr(storage, "iter_file_sizes", shuffled)
+    monkeypatch.setattr(listing, "iter_file_sizes", shuffled)
     caplog.set_level(logging.WARNING, logger="pipeline")
     frozen = plan_input(str(tmp_path / "in"), None, "auto", 1, str(tmp_path / "out"), {}, None)
     assert "out of order" in caplog.text

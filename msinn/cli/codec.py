@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -58,13 +57,6 @@ def _registered_name(header, source: str) -> str:
             "registered model with those weights; pass its checkpoint with --model"
         )
     return entry.name
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _output_path(path: str, extension: str) -> str:
@@ -141,7 +133,9 @@ def cmd_encode(argv: list[str]) -> int:
         return 1
     winner = result.winner
     out = _output_path(args.output, winner.extension)
-    _write_atomic(out, winner.data)
+    from ..atomic import write_atomic
+
+    write_atomic(out, winner.data)
     summary = {**result.summary(img.width * img.height), "output": out}
     if winner.header is not None:
         summary.update({"qp": winner.quality if not float(winner.quality).is_integer() else int(winner.quality),
@@ -175,9 +169,9 @@ def cmd_decode(argv: list[str]) -> int:
 
             data = original_bytes("lepton", data)
             if Path(args.output).suffix.lower() in (".jpg", ".jpeg"):  # the original file, byte for byte
-                tmp = f"{args.output}.tmp{os.getpid()}"
-                Path(tmp).write_bytes(data)
-                os.replace(tmp, args.output)
+                from ..atomic import write_atomic
+
+                write_atomic(args.output, data)
                 return 0
         if data[: len(MAGIC)] == MAGIC:
             from ..codec import decode_image  # torch: only for the model's own files
@@ -190,9 +184,10 @@ def cmd_decode(argv: list[str]) -> int:
         ext = Path(args.output).suffix.lower()
         if ext in (".jpg", ".jpeg") and img.mode in ("RGBA", "LA"):
             img = img.convert("RGB" if img.mode == "RGBA" else "L")
-        tmp = f"{args.output}.tmp{os.getpid()}{ext}"
-        img.save(tmp)
-        os.replace(tmp, args.output)
+        from ..atomic import atomic_path
+
+        with atomic_path(args.output, suffix=ext) as tmp:  # Pillow takes the format from the name's extension
+            img.save(tmp)
     except (BitstreamError, ImageInputError, FileNotFoundError, OSError, ValueError) as exc:
         print(f"msinn decode: {exc}", file=sys.stderr)
         return 1

@@ -10,8 +10,10 @@ import argparse
 import json
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..classical import CODEC_QUALITIES, codec_available
-from ..evaluation.rd import compare, evaluate, format_table, load_paper_rd, log_stderr, plot_rd, resumable, to_json
+from ..evaluation.rd import compare, evaluate, log_stderr
+from ..evaluation.report import format_table, load_paper_rd, plot_rd, resumable, to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PAPER_RD = REPO_ROOT.parent / "shared" / "reference" / "paper_rd.json"
@@ -61,9 +63,7 @@ def _parse_qps(text: str) -> list[int | float]:
 
 def _write_json(path: Path, doc: dict) -> None:
     """Replace ``path`` whole (a reader or a crash never sees half a file)."""
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, indent=1) + "\n")
 
 
 def _earlier_results(path: Path, model_name: str) -> list[dict]:
@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
 
     import msinn
 
-    from ..images import list_images
+    from ..image_files import list_images
 
     try:
         uris = list_images(args.dir)

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_atomic
 from ..checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
 from ..config import MSINNConfig
-from ..images import list_images, read_image_rgb
+from ..image_files import list_images, read_image_rgb
 from ..metrics import psnr_from_mse
 from ..model import MSINN, is_derived_key, likelihood_bits
 
@@ -320,9 +321,7 @@ class Trainer:
         lines = self.history_path.read_text().splitlines()
         kept = [ln for ln in lines if _history_step(ln) is not None and _history_step(ln) <= self.step]
         if len(kept) != len(lines):
-            tmp = self.history_path.with_name(self.history_path.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            os.replace(tmp, self.history_path)
+            write_atomic(self.history_path, "".join(ln + "\n" for ln in kept))
 
     # ------------------------------------------------------------------ one step
     def draw_batch(self, step: int) -> tuple[torch.Tensor, list[int], int]:
