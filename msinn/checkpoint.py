@@ -9,7 +9,6 @@ configuration is inferred from the tensors themselves.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -21,7 +20,7 @@ import torch
 
 from .config import MSINNConfig
 from .determinism import make_deterministic
-from .model import MSINN, is_derived_key
+from .model import MSINN, is_derived_key, weights_hash
 from .portable.formats import FORMAT as PORTABLE_FORMAT
 from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
 from .portable.formats import PROFILE as PORTABLE_PROFILE
@@ -169,20 +168,6 @@ def check_compatible(model: MSINN, sd: Mapping[str, torch.Tensor]) -> None:
         if shapes:
             parts.append(f"shape mismatches {shapes[:8]}{' ...' if len(shapes) > 8 else ''}")
         raise CheckpointError("incompatible checkpoint: " + "; ".join(parts))
-
-
-def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the non-derived tensors in name order: the model's identity."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        if is_derived_key(k):
-            continue
-        t = sd[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def build_model(

@@ -14,6 +14,7 @@ bitstreams are byte-identical to it on CPU in float32.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -661,6 +662,20 @@ def is_derived_key(key: str) -> bool:
     """A state-dict key of a buffer derived from the weights (masks, CDF tables): never saved, rebuilt on load."""
     leaf = key.rsplit(".", 1)[-1]
     return leaf in ("mask", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "bound")
+
+
+def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the non-derived tensors in name order: the model's identity."""
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        if is_derived_key(k):
+            continue
+        t = sd[k].detach().to("cpu").contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _check_image(x: torch.Tensor) -> None:
