@@ -26,6 +26,7 @@ from torch import nn
 from .compressai_parts import GaussianConditional, LowerBound
 from .config import LATENT_CHANNELS, MSINNConfig
 from .entropy import RansTables, StreamDecoder
+from .hashing import hash_tensors
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
 from .postprocess import PostProcessNet
 from .tensors import to_uint8
@@ -667,14 +668,7 @@ def is_derived_key(key: str) -> bool:
 def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 over the non-derived tensors in name order: the model's identity."""
     h = hashlib.sha256()
-    for k in sorted(sd):
-        if is_derived_key(k):
-            continue
-        t = sd[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_tensors(h, {k: v for k, v in sd.items() if not is_derived_key(k)})
     return h.hexdigest()
 
 
