@@ -178,10 +178,11 @@ def build_model(
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     check_compatible(model, sd)
     model.load_state_dict(sd, strict=True)
-    model.weights_sha256 = weights_hash(sd)
     model.update()
     model.eval()
-    return model.to(device)
+    model = model.to(device)
+    model.weights_sha256 = weights_hash(sd)  # the file's tensors as read: the identity files record
+    return model
 
 
 def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN | PortableMSINN:

@@ -353,12 +353,54 @@ class MSINN(nn.Module):
                 _conv3x3_stack(c if i == 0 else 2 * c, c, cw) for i, c in enumerate(cs)
             )
         self._tables: RansTables | None = None
+        # The registry name or file name a loader gives the model (None for one built here).
+        self.model_name: str | None = None
+        self._sha256: tuple[str, tuple] | None = None  # (weights hash, _weights_key() when it was taken)
 
     profile = "float32"
 
     @property
     def device(self) -> torch.device:
         return self.gain.device
+
+    @property
+    def float_model(self) -> MSINN:
+        """The float model gradients flow through (refinement): this one; a portable model's is its float twin."""
+        return self
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights (:func:`weights_hash`): the identity every file records.
+
+        Always that of the weights as they are now. The value a loader
+        records (the hash of the file's tensors as read), or the one computed
+        on first use, is kept only while every tensor is the same object,
+        storage, dtype and in-place version as when it was taken: a training
+        step, ``load_state_dict`` or a change of device or dtype makes the
+        next read hash the weights again, so a trained model never carries
+        its starting point's identity. Kept, it costs a walk over the state
+        dict, not a hash of every weight, so the codec reads it per file.
+        (An in-place change through ``.data`` bypasses version counters;
+        nothing in this project makes one.)
+        """
+        key = self._weights_key()
+        if self._sha256 is None or self._sha256[1] != key:
+            self._sha256 = (weights_hash(self.state_dict()), key)
+        return self._sha256[0]
+
+    @weights_sha256.setter
+    def weights_sha256(self, sha256: str) -> None:
+        """Record the hash of the weights just loaded (the loader hashes the file's tensors as it read them)."""
+        self._sha256 = (sha256, self._weights_key())
+
+    def _weights_key(self) -> tuple:
+        """What changes whenever a hashed tensor may have: its object, storage, dtype and in-place version."""
+        return tuple(
+            (k, id(t), t.data_ptr(), t.dtype, t._version)
+            for k, t in self.state_dict(keep_vars=True).items()
+            if not is_derived_key(k)
+        )
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """A decoded 1x3xHxW image -> HxWx3 uint8 (a method: the portable profile rounds its own way)."""
@@ -635,6 +677,7 @@ class MSINN(nn.Module):
                     f"unexpected {result.unexpected_keys[:10]}"
                 )
         self._tables = None
+        self._sha256 = None
         return result
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,9 +25,12 @@ from ..classical import CODEC_QUALITIES, code_at_quality
 from ..metrics import ms_ssim_uint8, psnr_uint8
 from .bdrate import bd_rate_with_reason
 
+if TYPE_CHECKING:  # pragma: no cover
+    from ..interface import CodecModel
+
 PAPER_CURVES = {"anchor8_lambda_max_0.18": "paper anchor8 (Kodak)", "anchor12_lambda_max_1.8": "paper anchor12 (Kodak)"}
 
-Coder = Callable[[Any, np.ndarray, int | float], tuple[int, np.ndarray, float, float]]
+Coder = Callable[["CodecModel", np.ndarray, int | float], tuple[int, np.ndarray, float, float]]
 
 
 # ---------------------------------------------------------------------------------------------- model coding
@@ -38,7 +41,7 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[int, np.ndarray, float, float]:
+def code_image(model: CodecModel, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[int, np.ndarray, float, float]:
     """Really encode and decode one image: (bytes, 8-bit reconstruction, encode s, decode s).
 
     The byte count is the rANS stream alone. It is a module-level function so
@@ -78,7 +81,7 @@ def log_stderr(msg: str) -> None:
 
 
 def evaluate(
-    model: Any,
+    model: CodecModel,
     uris: Sequence[str],
     qps: Sequence[int | float],
     codecs: Sequence[str] = (),
