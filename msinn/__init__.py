@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .checkpoint import CheckpointError
     from .config import MSINNConfig
+    from .interface import CodecModel
     from .model import MSINN
 
 __all__ = ["MSINN", "MSINNConfig", "CheckpointError", "load", "save_checkpoint", "make_deterministic", "__version__"]
@@ -38,7 +39,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'msinn' has no attribute {name!r}")
 
 
-def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> MSINN:
+def load(name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> CodecModel:
     """A ready model (tables built, eval mode) from a registry name or a checkpoint path.
 
     Reads this project's checkpoints and the reference implementation's
@@ -79,7 +80,7 @@ def load(name_or_path: str | os.PathLike | None = None, device: str | torch.devi
     return _named(load_file(name_or_path, device), os.path.basename(str(name_or_path)))
 
 
-def _named(model: MSINN, file_name: str) -> MSINN:
+def _named(model: CodecModel, file_name: str) -> CodecModel:
     """Name a model loaded from a file: its registered name when the weights are registered ones."""
     from .registry import lookup_hash
 

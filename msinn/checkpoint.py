@@ -9,7 +9,6 @@ configuration is inferred from the tensors themselves.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import re
@@ -21,7 +20,7 @@ import torch
 
 from .config import MSINNConfig
 from .determinism import make_deterministic
-from .model import MSINN, is_derived_key
+from .model import MSINN, is_derived_key, weights_hash
 from .portable.formats import FORMAT as PORTABLE_FORMAT
 from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
 from .portable.formats import PROFILE as PORTABLE_PROFILE
@@ -171,20 +170,6 @@ def check_compatible(model: MSINN, sd: Mapping[str, torch.Tensor]) -> None:
         raise CheckpointError("incompatible checkpoint: " + "; ".join(parts))
 
 
-def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 over the non-derived tensors in name order: the model's identity."""
-    h = hashlib.sha256()
-    for k in sorted(sd):
-        if is_derived_key(k):
-            continue
-        t = sd[k].detach().to("cpu").contiguous()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
 def build_model(
     config: MSINNConfig, sd: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> MSINN:
@@ -193,10 +178,11 @@ def build_model(
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
     check_compatible(model, sd)
     model.load_state_dict(sd, strict=True)
-    model.weights_sha256 = weights_hash(sd)
     model.update()
     model.eval()
-    return model.to(device)
+    model = model.to(device)
+    model.weights_sha256 = weights_hash(sd)  # the file's tensors as read: the identity files record
+    return model
 
 
 def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN | PortableMSINN:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from .images import PreparedImage, restore_image
 from .lossless import LOSSLESS, ExactFile
 from .ratecontrol import QualitySearch, Target
 from .version import __version__
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .interface import CodecModel
 
 MODEL_CODEC = "msinn"  # the --codecs name of the model's own .msinn files
 DEFAULT_CODECS = (MODEL_CODEC,)
@@ -308,7 +311,7 @@ def choose(
 
 
 def encode_best(
-    model: Any, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
+    model: CodecModel, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
     effort: int = 0, exact: ExactFile | None = None,
 ) -> Choice:
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);

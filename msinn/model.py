@@ -14,6 +14,7 @@ bitstreams are byte-identical to it on CPU in float32.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ from torch import nn
 
 from .compressai_parts import GaussianConditional, LowerBound
 from .config import LATENT_CHANNELS, MSINNConfig
-from .entropy import RansTables
+from .entropy import RansTables, StreamDecoder
+from .hashing import hash_tensors
 from .layers import CheckerboardContextConv, InvUnit, depth_to_space, space_to_depth
 from .postprocess import PostProcessNet
 from .tensors import to_uint8
@@ -32,6 +34,7 @@ from .tensors import to_uint8
 SCALES_MIN, SCALES_MAX, SCALES_LEVELS = 0.11, 256.0, 64
 
 Qp = int | float | Sequence[int] | torch.Tensor
+LevelCheck = Callable[[int, np.ndarray], None]
 
 
 def default_scale_table() -> torch.Tensor:
@@ -115,6 +118,154 @@ def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(x) - x).detach() + x
 
 
+@dataclass(frozen=True)
+class _LevelStart:
+    """A level as the level loop hands it to a coding path: its gains, anchor mask, and the anchors'
+    entropy parameters (from the channel context alone)."""
+
+    level: Level
+    gain: torch.Tensor
+    inv_gain: torch.Tensor
+    scale_gain: torch.Tensor
+    anchor: torch.Tensor
+    scales: torch.Tensor
+    means: torch.Tensor
+
+
+class _LevelCoding:
+    """How one path quantises (and codes) a level's two halves; :meth:`MSINN._levels` runs the loop around it.
+
+    The paths differ only here: training rounds with a straight-through
+    estimator and measures likelihoods, refinement rounds with any function
+    and counts bits, encoding rounds and collects symbols, decoding reads
+    symbols from the stream.
+    """
+
+    def anchors(self, s: _LevelStart, y: torch.Tensor) -> torch.Tensor:
+        """The level reconstructed at its anchors (the other positions are masked off by the loop)."""
+        raise NotImplementedError
+
+    def rest(
+        self, s: _LevelStart, y: torch.Tensor, y_hat1: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        """The whole level reconstructed, before LRP; ``scales``, ``means``: the non-anchors' parameters."""
+        raise NotImplementedError
+
+    def level_done(self, y_hat: torch.Tensor) -> None:
+        """A level after LRP (training keeps them)."""
+
+
+class _TrainingCoding(_LevelCoding):
+    """The reference's training pass: both halves' symbols use the second pass's means, the rate its scales."""
+
+    def __init__(self, gaussian_conditional: GaussianConditional):
+        self.gaussian_conditional = gaussian_conditional
+        self.likelihoods: dict[str, torch.Tensor] = {}
+        self.y_hats: list[torch.Tensor] = []
+
+    def anchors(self, s: _LevelStart, y: torch.Tensor) -> torch.Tensor:
+        return _ste_round((y - s.means) * s.gain) * s.inv_gain + s.means
+
+    def rest(
+        self, s: _LevelStart, y: torch.Tensor, y_hat1: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        res = (y - means) * s.gain
+        _, self.likelihoods[f"y{s.level.index}"] = self.gaussian_conditional(res, scales * s.scale_gain, means=None)
+        return _ste_round(res) * s.inv_gain + means
+
+    def level_done(self, y_hat: torch.Tensor) -> None:
+        self.y_hats.append(y_hat)
+
+
+class _SoftCoding(_LevelCoding):
+    """The coding path with ``rounding`` for round(), adding up the bits of the discretised Gaussian."""
+
+    q1: torch.Tensor  # the anchors' symbols, between the two halves
+
+    def __init__(
+        self, gaussian_conditional: GaussianConditional, rounding: Callable[[torch.Tensor], torch.Tensor],
+        bits: torch.Tensor,
+    ):
+        self.gaussian_conditional = gaussian_conditional
+        self.rounding = rounding
+        self.bits = bits
+
+    def anchors(self, s: _LevelStart, y: torch.Tensor) -> torch.Tensor:
+        self.q1 = self.rounding((y - s.means) * s.gain)
+        return self.q1 * s.inv_gain + s.means
+
+    def rest(
+        self, s: _LevelStart, y: torch.Tensor, y_hat1: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        q = torch.where(s.anchor, self.q1, self.rounding((y - means) * s.gain))
+        scales = self.gaussian_conditional.lower_bound_scale(torch.where(s.anchor, s.scales, scales) * s.scale_gain)
+        upper = torch.special.ndtr((0.5 - q.abs()) / scales)
+        lower = torch.special.ndtr((-0.5 - q.abs()) / scales)
+        self.bits = self.bits - torch.log2((upper - lower).clamp_min(1e-9)).sum()
+        return q * s.inv_gain + torch.where(s.anchor, s.means, means)
+
+
+class _Encoding(_LevelCoding):
+    """Rounds both halves and collects each level's symbols (anchors, then the rest) and CDF indexes."""
+
+    q1: torch.Tensor  # the anchors' symbols and indexes, between the two halves
+    idx1: torch.Tensor
+
+    def __init__(self, index: Callable[[torch.Tensor], torch.Tensor]):
+        self.index = index
+        self.level_symbols: list[np.ndarray] = []
+        self.indexes: list[np.ndarray] = []
+
+    def anchors(self, s: _LevelStart, y: torch.Tensor) -> torch.Tensor:
+        self.q1 = torch.round((y - s.means) * s.gain)
+        self.idx1 = self.index(s.scales * s.scale_gain)
+        return self.q1 * s.inv_gain + s.means
+
+    def rest(
+        self, s: _LevelStart, y: torch.Tensor, y_hat1: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        phase = s.level.phase
+        q2 = torch.round((y - means) * s.gain)
+        idx2 = self.index(scales * s.scale_gain)
+        sym_a, sym_n = split_phases(self.q1, phase)[0], split_phases(q2, phase)[1]
+        self.level_symbols.append(torch.cat((sym_a.reshape(-1), sym_n.reshape(-1))).to(torch.int32).cpu().numpy())
+        self.indexes.append(split_phases(self.idx1, phase)[0].reshape(-1).cpu().numpy())
+        self.indexes.append(split_phases(idx2, phase)[1].reshape(-1).cpu().numpy())
+        return torch.where(s.anchor, y_hat1, q2 * s.inv_gain + means)
+
+
+class _Decoding(_LevelCoding):
+    """Reads each half's symbols from the rANS stream; ``level_check(i, symbols)`` may veto a level."""
+
+    sym_a: np.ndarray  # the anchors' symbols, checked with the rest's
+
+    def __init__(
+        self, index: Callable[[torch.Tensor], torch.Tensor], decoder: StreamDecoder, level_check: LevelCheck | None
+    ):
+        self.index = index
+        self.decoder = decoder
+        self.level_check = level_check
+
+    def _read(self, s: _LevelStart, scales: torch.Tensor, half: int, like: torch.Tensor) -> torch.Tensor:
+        idx = split_phases(self.index(scales * s.scale_gain), s.level.phase)[half]
+        symbols = self.decoder.decode(idx.reshape(-1).cpu().numpy())
+        if half == 0:
+            self.sym_a = symbols
+        elif self.level_check is not None:
+            self.level_check(s.level.index, np.concatenate((self.sym_a, symbols)))
+        q = torch.from_numpy(symbols).to(device=like.device, dtype=like.dtype).view(idx.shape)
+        zeros = torch.zeros_like(q)
+        return merge_phases(q, zeros, s.level.phase) if half == 0 else merge_phases(zeros, q, s.level.phase)
+
+    def anchors(self, s: _LevelStart, y: torch.Tensor) -> torch.Tensor:
+        return self._read(s, s.scales, 0, y) * s.inv_gain + s.means
+
+    def rest(
+        self, s: _LevelStart, y: torch.Tensor, y_hat1: torch.Tensor, scales: torch.Tensor, means: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.where(s.anchor, y_hat1, self._read(s, scales, 1, y) * s.inv_gain + means)
+
+
 @dataclass
 class EncodedLatents:
     """What an encode produced: the coded symbols, their CDF indexes, and the rANS stream.
@@ -156,8 +307,6 @@ class EncodedLatents:
             raise RuntimeError("encode was run without keep_state=True")
         return self._finish()
 
-
-LevelCheck = Callable[[int, np.ndarray], None]
 
 
 class MSINN(nn.Module):
@@ -204,12 +353,54 @@ class MSINN(nn.Module):
                 _conv3x3_stack(c if i == 0 else 2 * c, c, cw) for i, c in enumerate(cs)
             )
         self._tables: RansTables | None = None
+        # The registry name or file name a loader gives the model (None for one built here).
+        self.model_name: str | None = None
+        self._sha256: tuple[str, tuple] | None = None  # (weights hash, _weights_key() when it was taken)
 
     profile = "float32"
 
     @property
     def device(self) -> torch.device:
         return self.gain.device
+
+    @property
+    def float_model(self) -> MSINN:
+        """The float model gradients flow through (refinement): this one; a portable model's is its float twin."""
+        return self
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def weights_sha256(self) -> str:
+        """SHA-256 of the weights (:func:`weights_hash`): the identity every file records.
+
+        Always that of the weights as they are now. The value a loader
+        records (the hash of the file's tensors as read), or the one computed
+        on first use, is kept only while every tensor is the same object,
+        storage, dtype and in-place version as when it was taken: a training
+        step, ``load_state_dict`` or a change of device or dtype makes the
+        next read hash the weights again, so a trained model never carries
+        its starting point's identity. Kept, it costs a walk over the state
+        dict, not a hash of every weight, so the codec reads it per file.
+        (An in-place change through ``.data`` bypasses version counters;
+        nothing in this project makes one.)
+        """
+        key = self._weights_key()
+        if self._sha256 is None or self._sha256[1] != key:
+            self._sha256 = (weights_hash(self.state_dict()), key)
+        return self._sha256[0]
+
+    @weights_sha256.setter
+    def weights_sha256(self, sha256: str) -> None:
+        """Record the hash of the weights just loaded (the loader hashes the file's tensors as it read them)."""
+        self._sha256 = (sha256, self._weights_key())
+
+    def _weights_key(self) -> tuple:
+        """What changes whenever a hashed tensor may have: its object, storage, dtype and in-place version."""
+        return tuple(
+            (k, id(t), t.data_ptr(), t.dtype, t._version)
+            for k, t in self.state_dict(keep_vars=True).items()
+            if not is_derived_key(k)
+        )
 
     def to_uint8(self, x: torch.Tensor) -> np.ndarray:
         """A decoded 1x3xHxW image -> HxWx3 uint8 (a method: the portable profile rounds its own way)."""
@@ -308,6 +499,48 @@ class MSINN(nn.Module):
         inp = y_hat if level.index == 0 else torch.cat((y_hat, support), dim=1)
         return y_hat + 0.5 * torch.tanh(self.lrp_transforms[level.index](inp)) * inv_gain
 
+    # ------------------------------------------------------------------ the level loop
+    def _levels(self, likes: Sequence[torch.Tensor], gains: list, coding: _LevelCoding) -> Callable[[], torch.Tensor]:
+        """The checkerboard level loop, written once for training, refinement, encoding and decoding.
+
+        ``likes`` holds one tensor per level, coarsest first: the latents
+        themselves, or (to decode) tensors of their shape, dtype and device.
+        Per level, the anchors' parameters come from the channel context
+        alone, the rest's from the spatial context of the reconstructed
+        anchors too; ``coding`` says how each half is quantised (and coded).
+        Returns the rest of the reconstruction: the finest level's LRP, its
+        inverse stage and the post-net, which encoding runs only when asked.
+        """
+        support = None
+        zero = torch.zeros((), dtype=likes[0].dtype, device=likes[0].device)
+        for level, y in zip(LEVELS, likes):
+            g, ig, sg = gains[level.index]
+            cc = self._channel_context(level, support, y)
+            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
+            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
+            start = _LevelStart(level, g, ig, sg, anchor, scales1, means1)
+            y_hat1 = coding.anchors(start, y)
+            half = torch.where(anchor, y_hat1, zero)
+            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
+            y_hat = coding.rest(start, y, y_hat1, scales2, means2)
+            if level.index == self.num_iters - 1:
+                break
+            support = self._reconstruct(level, y_hat, support, ig, coding)
+        last, last_support, last_ig = LEVELS[-1], support, gains[-1][1]
+
+        def finish() -> torch.Tensor:
+            return self._finish(self._reconstruct(last, y_hat, last_support, last_ig, coding))
+
+        return finish
+
+    def _reconstruct(
+        self, level: Level, y_hat: torch.Tensor, support: torch.Tensor | None, ig: torch.Tensor, coding: _LevelCoding
+    ) -> torch.Tensor:
+        """A coded level refined by LRP and folded into the support tensor."""
+        y_hat = self._lrp(level, y_hat, support, ig)
+        coding.level_done(y_hat)
+        return self.grow_support(level, y_hat, support)
+
     # ------------------------------------------------------------------ training / estimate
     def forward(self, x: torch.Tensor, qp: Qp) -> dict:
         """Differentiable pass: reconstruction and per-level likelihoods (as the reference)."""
@@ -315,35 +548,9 @@ class MSINN(nn.Module):
 
     def forward_latents(self, latents: list[torch.Tensor], qp: Qp) -> dict:
         """:meth:`forward` from precomputed latents (rate control probes reuse the analysis)."""
-        gains = self.gains(qp)
-        support = None
-        likelihoods = {}
-        y_hats = []
-        for level, y in zip(LEVELS, latents):
-            g, ig, sg = gains[level.index]
-            cc = self._channel_context(level, support, y)
-            anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
-            scales, means = self._params(level, cc, torch.zeros_like(cc))
-            first = _ste_round((y - means) * g) * ig + means
-            half = torch.where(anchor, first, torch.zeros((), dtype=y.dtype, device=y.device))
-            scales, means = self._params(level, cc, self._spatial_context(level, half, anchor))
-            res = (y - means) * g
-            y_hat = _ste_round(res) * ig + means
-            y_hat = self._lrp(level, y_hat, support, ig)
-            y_hats.append(y_hat)
-            _, lik = self.gaussian_conditional(res, scales * sg, means=None)
-            likelihoods[f"y{level.index}"] = lik
-            support = self.grow_support(level, y_hat, support)
-        return {"x_hat": self._finish(support), "y": latents, "y_hat": y_hats, "likelihoods": likelihoods}
-
-    def _level_start(self, level: Level, support: torch.Tensor | None, y: torch.Tensor, gains: list) -> tuple:
-        """A level's first half, shared by coding and ``soft_forward``: its gains, channel context, anchor
-        positions and the anchors' entropy parameters (from the channel context alone)."""
-        g, ig, sg = gains[level.index]
-        cc = self._channel_context(level, support, y)
-        anchor = anchor_mask(y.shape[2], y.shape[3], level.phase, y.device)
-        scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
-        return g, ig, sg, cc, anchor, scales1, means1
+        coding = _TrainingCoding(self.gaussian_conditional)
+        x_hat = self._levels(latents, self.gains(qp), coding)()
+        return {"x_hat": x_hat, "y": latents, "y_hat": coding.y_hats, "likelihoods": coding.likelihoods}
 
     def soft_forward(
         self, latents: list[torch.Tensor], qp: int | float, rounding: Callable[[torch.Tensor], torch.Tensor]
@@ -358,22 +565,9 @@ class MSINN(nn.Module):
         stochastic rounding and differentiates through it.
         """
         gains = self.gains(qp)
-        support = None
-        bits = latents[0].new_zeros(())
-        zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
-        for level, y in zip(LEVELS, latents):
-            g, ig, sg, cc, anchor, scales1, means1 = self._level_start(level, support, y, gains)
-            q1 = rounding((y - means1) * g)
-            half = torch.where(anchor, q1 * ig + means1, zero)
-            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
-            q = torch.where(anchor, q1, rounding((y - means2) * g))
-            scales = self.gaussian_conditional.lower_bound_scale(torch.where(anchor, scales1, scales2) * sg)
-            upper = torch.special.ndtr((0.5 - q.abs()) / scales)
-            lower = torch.special.ndtr((-0.5 - q.abs()) / scales)
-            bits = bits - torch.log2((upper - lower).clamp_min(1e-9)).sum()
-            y_hat = self._lrp(level, q * ig + torch.where(anchor, means1, means2), support, ig)
-            support = self.grow_support(level, y_hat, support)
-        return bits, self._finish(support)
+        coding = _SoftCoding(self.gaussian_conditional, rounding, latents[0].new_zeros(()))
+        x_hat = self._levels(latents, gains, coding)()
+        return coding.bits, x_hat
 
     @torch.inference_mode()
     def estimate_bits(self, latents: list[torch.Tensor], qp: int | float, reconstruct: bool = False):
@@ -418,46 +612,19 @@ class MSINN(nn.Module):
             raise ValueError("coding works on one image at a time (batch size 1)")
         gains = self.gains(qp)
         tables = self.tables()
-        support = None
-        symbols: list[np.ndarray] = []
-        indexes: list[np.ndarray] = []
-        level_symbols: list[np.ndarray] = []
-        zero = torch.zeros((), dtype=latents[0].dtype, device=latents[0].device)
-        for level, y in zip(LEVELS, latents):
-            g, ig, sg, cc, anchor, scales1, means1 = self._level_start(level, support, y, gains)
-            q1 = torch.round((y - means1) * g)
-            idx1 = self._indexes(scales1 * sg)
-            y_hat1 = q1 * ig + means1
-            half = torch.where(anchor, y_hat1, zero)
-            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
-            q2 = torch.round((y - means2) * g)
-            idx2 = self._indexes(scales2 * sg)
-            sym_a = split_phases(q1, level.phase)[0]
-            sym_n = split_phases(q2, level.phase)[1]
-            idx_a = split_phases(idx1, level.phase)[0]
-            idx_n = split_phases(idx2, level.phase)[1]
-            lvl = torch.cat((sym_a.reshape(-1), sym_n.reshape(-1))).to(torch.int32).cpu().numpy()
-            level_symbols.append(lvl)
-            symbols.append(lvl)
-            indexes.append(idx_a.reshape(-1).cpu().numpy())
-            indexes.append(idx_n.reshape(-1).cpu().numpy())
-            y_hat = torch.where(anchor, y_hat1, q2 * ig + means2)
-            if level.index == self.num_iters - 1:
-                break  # the finest level's reconstruction is not needed to encode
-            y_hat = self._lrp(level, y_hat, support, ig)
-            support = self.grow_support(level, y_hat, support)
-        shape = latents[0].shape[-2:]
+        coding = _Encoding(self._indexes)
+        rest = self._levels(latents, gains, coding)
         finish = None
         if keep_state:
-            last, last_support, last_ig = LEVELS[-1], support, gains[-1][1]
 
             def finish() -> torch.Tensor:
                 with torch.inference_mode():
-                    y = self._lrp(last, y_hat, last_support, last_ig)
-                    return self._finish(self.grow_support(last, y, last_support))
+                    return rest()
 
+        shape = latents[0].shape[-2:]
         hw = (int(shape[0]), int(shape[1]))
-        enc = EncodedLatents(hw, level_symbols, np.concatenate(symbols), np.concatenate(indexes), tables, finish)
+        symbols, indexes = np.concatenate(coding.level_symbols), np.concatenate(coding.indexes)
+        enc = EncodedLatents(hw, coding.level_symbols, symbols, indexes, tables, finish)
         if code:
             enc.data  # noqa: B018 -- code now, on the caller's thread
         return enc
@@ -473,35 +640,11 @@ class MSINN(nn.Module):
         """Decode a rANS stream to the (unclamped) image; ``level_check(i, symbols)`` may veto a level."""
         h0, w0, decoder = open_stream(self.tables(), data, latent_shape)
         gains = self.gains(qp)
-        device = self.gain.device
-        dtype = self.gain.dtype
-        zero = torch.zeros((), dtype=dtype, device=device)
-        support = None
-        for level in LEVELS:
-            g, ig, sg = gains[level.index]
-            scale = 2 ** max(level.index - 1, 0)
-            h, w = h0 * scale, w0 * scale
-            like = torch.empty(1, level.channels, h, w, dtype=dtype, device=device)
-            cc = self._channel_context(level, support, like)
-            anchor = anchor_mask(h, w, level.phase, device)
-            scales1, means1 = self._params(level, cc, torch.zeros_like(cc))
-            idx_a = split_phases(self._indexes(scales1 * sg), level.phase)[0]
-            sym_a = decoder.decode(idx_a.reshape(-1).cpu().numpy())
-            qa = torch.from_numpy(sym_a).to(device=device, dtype=dtype).view(idx_a.shape)
-            q_full = merge_phases(qa, torch.zeros_like(qa), level.phase)
-            y_hat1 = q_full * ig + means1
-            half = torch.where(anchor, y_hat1, zero)
-            scales2, means2 = self._params(level, cc, self._spatial_context(level, half, anchor))
-            idx_n = split_phases(self._indexes(scales2 * sg), level.phase)[1]
-            sym_n = decoder.decode(idx_n.reshape(-1).cpu().numpy())
-            if level_check is not None:
-                level_check(level.index, np.concatenate((sym_a, sym_n)))
-            qn = torch.from_numpy(sym_n).to(device=device, dtype=dtype).view(idx_n.shape)
-            q_full = merge_phases(torch.zeros_like(qn), qn, level.phase)
-            y_hat = torch.where(anchor, y_hat1, q_full * ig + means2)
-            y_hat = self._lrp(level, y_hat, support, ig)
-            support = self.grow_support(level, y_hat, support)
-        return self._finish(support)
+        # Each level's shape, dtype and device, without memory: a scalar expanded.
+        like = torch.empty((), dtype=self.gain.dtype, device=self.gain.device)
+        scales = [2 ** max(level.index - 1, 0) for level in LEVELS]
+        likes = [like.expand(1, lv.channels, h0 * s, w0 * s) for lv, s in zip(LEVELS, scales)]
+        return self._levels(likes, gains, _Decoding(self._indexes, decoder, level_check))()
 
     def compress_raw(self, x: torch.Tensor, qp: int | float) -> tuple[bytes, tuple[int, int]]:
         """Encode a 1x3xHxW image in [0, 1] (H, W multiples of 64) to one rANS stream.
@@ -534,6 +677,7 @@ class MSINN(nn.Module):
                     f"unexpected {result.unexpected_keys[:10]}"
                 )
         self._tables = None
+        self._sha256 = None
         return result
 
 
@@ -562,6 +706,13 @@ def is_derived_key(key: str) -> bool:
     """A state-dict key of a buffer derived from the weights (masks, CDF tables): never saved, rebuilt on load."""
     leaf = key.rsplit(".", 1)[-1]
     return leaf in ("mask", "_quantized_cdf", "_offset", "_cdf_length", "scale_table", "scale_bound", "bound")
+
+
+def weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the non-derived tensors in name order: the model's identity."""
+    h = hashlib.sha256()
+    hash_tensors(h, {k: v for k, v in sd.items() if not is_derived_key(k)})
+    return h.hexdigest()
 
 
 def _check_image(x: torch.Tensor) -> None:

@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch loads on first refinement: the levels are read by light callers (job specs)
     import torch
 
+    from .interface import CodecModel
+    from .model import MSINN
+
 
 @dataclass(frozen=True)
 class Effort:
@@ -70,9 +73,9 @@ def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.
     return f + p[..., 1]
 
 
-def float_decoder(model: torch.nn.Module) -> torch.nn.Module:
+def float_decoder(model: CodecModel) -> MSINN:
     """The float model gradients can flow through: a portable model's float twin, or the model itself."""
-    return getattr(model, "float_model", model)
+    return model.float_model
 
 
 def _mse(x_hat: torch.Tensor, x: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
@@ -81,7 +84,7 @@ def _mse(x_hat: torch.Tensor, x: torch.Tensor, region: tuple[int, int]) -> torch
 
 
 def rd_slope(
-    model: torch.nn.Module, latents: list[torch.Tensor], x: torch.Tensor, qp: float, region: tuple[int, int]
+    model: CodecModel, latents: list[torch.Tensor], x: torch.Tensor, qp: float, region: tuple[int, int]
 ) -> float | None:
     """Lambda for ``qp``: bits per pixel saved per unit of mean squared error given up, measured at qp +- 0.25."""
     import torch
@@ -103,7 +106,7 @@ def rd_slope(
 
 
 def refine_latents(
-    model: torch.nn.Module,
+    model: CodecModel,
     latents: list[torch.Tensor],
     x: torch.Tensor,
     qp: float,

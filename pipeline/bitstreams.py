@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 import re
 import tarfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import storage
+
+if TYPE_CHECKING:  # pragma: no cover
+    from msinn.interface import CodecModel
 
 SHARD_NAME = re.compile(r"part-[A-Za-z0-9_-]{1,80}\.tar")
 # a member's file name extension by the row's codec (rows written before codec choice are .msinn files); the
@@ -135,7 +138,7 @@ def _check_header(head: bytes, name: bytes, length: int, uri: str, start: int) -
                                  f"({length} bytes): the row points at another image")
 
 
-def load_model(spec: str, device: str):
+def load_model(spec: str, device: str) -> CodecModel:
     """A model by registry name or checkpoint path/URI the user gave, loaded once per worker process."""
     import msinn
 
@@ -152,7 +155,7 @@ def as_model_list(models: str | list[str] | tuple[str, ...] | None) -> list[str]
     return [models] if isinstance(models, str) else list(models)
 
 
-def model_for_row(row: dict, models: str | list[str] | None, device: str):
+def model_for_row(row: dict, models: str | list[str] | None, device: str) -> CodecModel:
     """The model a row decodes with: a given one holding the row's weights, else the registered one it names.
 
     Matching by weights hash lets one command restore an archive written by

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from msinn.raylocal import init_ray
 
@@ -32,6 +32,9 @@ from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
 from .spec import JobError, JobSpec, WorkUnit, check_limits, new_run_id
 
+if TYPE_CHECKING:  # pragma: no cover
+    from msinn.interface import CodecModel
+
 log = logging.getLogger("pipeline")
 
 
@@ -41,7 +44,7 @@ def canonical_spec(spec: JobSpec) -> JobSpec:
                    model=storage.canonical_model(spec.model))
 
 
-def load_job_model(model: str | None, target: tuple[str, float] | None = None):
+def load_job_model(model: str | None, target: tuple[str, float] | None = None) -> CodecModel:
     """Load the job's model once in the driver, so a bad name or file fails here, in one line; with ``target``,
     check that the model can meet it (a qp within its anchors). Returns the model."""
     import msinn

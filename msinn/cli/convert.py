@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
         print(f"msinn convert: {exc}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    meta = {"converted_from": getattr(model, "model_name", None), "source_sha256": model.weights_sha256,
+    meta = {"converted_from": model.model_name, "source_sha256": model.weights_sha256,
             "calibration_images": len(images), "calibration_crop": args.crop}
     portable = convert(model, images, meta=meta)
     save_portable(args.output, portable)

@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
             model.check_qp(qp)
         except (TypeError, ValueError) as exc:
             p.error(str(exc))
-    name = getattr(model, "model_name", None) or str(args.model or "default")
+    name = model.model_name or str(args.model or "default")
     log_stderr(f"msinn eval: {len(uris)} file(s), model {name}, qps {qps}, codecs {available or 'none'}")
 
     choice = [c.strip().lower() for c in args.choice.split(",") if c.strip()]
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> int:
         except (msinn.CheckpointError, FileNotFoundError) as exc:
             log_stderr(f"msinn eval: error: cannot load model to compare: {exc}")
             return 1
-        other_name = getattr(other, "model_name", None) or str(args.compare)
+        other_name = other.model_name or str(args.compare)
         log_stderr(f"msinn eval: comparing with {other_name}")
         result["compare"] = compare(other_name, evaluate(other, uris, qps, (), limit=args.limit), result)
     print(format_table(name, result))

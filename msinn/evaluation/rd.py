@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -22,7 +22,10 @@ from ..classical import CODEC_QUALITIES, code_at_quality
 from ..metrics import ms_ssim_uint8, psnr_uint8
 from .bdrate import bd_rate_with_reason
 
-Coder = Callable[[Any, np.ndarray, int | float], tuple[int, np.ndarray, float, float]]
+if TYPE_CHECKING:  # pragma: no cover
+    from ..interface import CodecModel
+
+Coder = Callable[["CodecModel", np.ndarray, int | float], tuple[int, np.ndarray, float, float]]
 
 
 # ---------------------------------------------------------------------------------------------- model coding
@@ -33,7 +36,7 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def code_image(model: Any, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[int, np.ndarray, float, float]:
+def code_image(model: CodecModel, img_uint8_hwc: np.ndarray, qp: int | float) -> tuple[int, np.ndarray, float, float]:
     """Really encode and decode one image: (bytes, 8-bit reconstruction, encode s, decode s).
 
     The byte count is the rANS stream alone. It is a module-level function so
@@ -73,7 +76,7 @@ def log_stderr(msg: str) -> None:
 
 
 def evaluate(
-    model: Any,
+    model: CodecModel,
     uris: Sequence[str],
     qps: Sequence[int | float],
     codecs: Sequence[str] = (),

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 
 from ..config import MSINNConfig
+from ..hashing import hash_tensors
 from .formats import PROFILE
 
 
@@ -20,11 +21,6 @@ def portable_hash(
     h.update(PROFILE.encode())
     h.update(json.dumps(config.to_dict(), sort_keys=True).encode())
     h.update(json.dumps(spec, sort_keys=True).encode())
-    for group in (tensors, float_tensors):
-        for k in sorted(group):
-            t = group[k].detach().cpu().contiguous()
-            h.update(k.encode())
-            h.update(str(t.dtype).encode())
-            h.update(str(tuple(t.shape)).encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_tensors(h, tensors)
+    hash_tensors(h, float_tensors)
     return h.hexdigest()

@@ -43,6 +43,8 @@ class PortableMSINN:
     """
 
     profile = PROFILE
+    model_name: str | None = None  # the registry or file name a loader gives it
+    weights_sha256: str  # portable_hash of profile, config, formats and tensors: fixed, the model never changes
 
     def __init__(
         self,
