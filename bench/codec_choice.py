@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
 from msinn.choice import ChoiceOptions, choose, search_classical  # noqa: E402
-from msinn.codec import prepare_encode  # noqa: E402
+from msinn.encoding import prepare_encode  # noqa: E402
 from msinn.evaluation.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.images import PreparedImage, open_image  # noqa: E402
 from msinn.ratecontrol import Target  # noqa: E402

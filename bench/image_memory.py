@@ -36,7 +36,7 @@ torch.set_num_threads({threads})
 import msinn
 from dataclasses import replace
 from msinn import refine
-from msinn.codec import EncodeOptions, prepare_encode
+from msinn.encoding import EncodeOptions, prepare_encode
 from msinn.images import open_image
 from msinn.ratecontrol import Target
 from pipeline.limits import peak_bytes

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import MSINNConfig
+from .container import MODEL_HASH_PREFIX
 from .determinism import make_deterministic
 from .model import MSINN, is_derived_key
 from .portable.formats import FORMAT as PORTABLE_FORMAT
@@ -292,3 +293,12 @@ def save_checkpoint(
     if extra:
         obj.update(extra)
     save_atomic(obj, path)
+
+
+def model_identity(model: MSINN) -> tuple[str, str]:
+    """(registry name, weights hash prefix) recorded in every file."""
+    h = getattr(model, "weights_sha256", None)
+    if h is None:
+        h = weights_hash(model.state_dict())
+        model.weights_sha256 = h
+    return getattr(model, "model_name", None) or "unregistered", h[:MODEL_HASH_PREFIX]

@@ -162,7 +162,7 @@ def pick(cands: list[Candidate], target: Target, floor: float | None, pixels: in
 
 
 def from_encode_result(res: Any) -> Candidate:
-    """The model's :class:`msinn.codec.EncodeResult` as a candidate."""
+    """The model's :class:`msinn.encoding.EncodeResult` as a candidate."""
     return Candidate(
         codec=MODEL_CODEC, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
         probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
@@ -260,9 +260,9 @@ def choose(
     """Every allowed codec at ``target``, the winner by the module's rule.
 
     ``model_result`` is the model's finished encode (an
-    :class:`msinn.codec.EncodeResult`) when ``msinn`` is among the codecs;
+    :class:`msinn.encoding.EncodeResult`) when ``msinn`` is among the codecs;
     the caller makes it, so the network half can run elsewhere (see
-    :class:`msinn.codec.PendingEncode`). ``exact`` is the exact file
+    :class:`msinn.encoding.PendingEncode`). ``exact`` is the exact file
     (:func:`msinn.lossless.store_exactly` of the input's bytes) when
     ``lossless`` is among the codecs or is the target.
     """
@@ -315,7 +315,7 @@ def encode_best(
     ``exact`` is the input's exact file when ``lossless`` is among the codecs."""
     result = None
     if MODEL_CODEC in options.codecs:
-        from .codec import prepare_encode
+        from .encoding import prepare_encode
 
         result = prepare_encode(model, img, target, encode_options, effort=effort).finish()
     return choose(img, target, options, result, exact)

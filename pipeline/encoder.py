@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from msinn.checkpoint import model_identity
 from msinn.choice import MODEL_CODEC, ChoiceOptions, choose, meets
-from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
+from msinn.encoding import EncodeOptions, PendingEncode, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.lossless import LOSSLESS, store_exactly

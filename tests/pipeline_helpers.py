@@ -12,7 +12,7 @@ from helpers import image_file
 from PIL import Image
 
 import msinn
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
 
 
 def free_port() -> int:

@@ -27,8 +27,8 @@ from helpers import image_file, png_stream
 from pipeline_helpers import png_bytes, read_manifest
 
 import msinn
-from msinn.codec import decode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
+from msinn.decoding import decode_image
 from msinn.errors import BitstreamError
 from pipeline.runner import run_job
 from pipeline.spec import JobError, JobSpec
@@ -46,7 +46,7 @@ def one_grid_file(model) -> bytes:
     """A 64x64 crop coded by the bundled model at qp 4: one latent grid, the cheapest file to decode (fuzzing)."""
     from PIL import Image
 
-    from msinn.codec import encode_image
+    from msinn.encoding import encode_image
     from msinn.ratecontrol import Target
 
     photo = Image.open(Path(__file__).resolve().parents[1] / "samples" / "kodim15.png").convert("RGB")
@@ -673,7 +673,8 @@ def test_float32_numerics_are_informational_and_messages_blame_the_right_thing(t
     a profile mismatch with the very model the file names is a damaged header, not advice to load it again."""
     import torch
 
-    from msinn.codec import NumericsMismatch, encode_image
+    from msinn.decoding import NumericsMismatch
+    from msinn.encoding import encode_image
     from msinn.ratecontrol import Target
 
     img = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)

@@ -93,7 +93,7 @@ def cmd_encode(argv: list[str]) -> int:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
     from ..choice import ChoiceOptions, encode_best, missing_codecs
-    from ..codec import EncodeOptions
+    from ..encoding import EncodeOptions
     from ..images import open_image
 
     opts = {}
@@ -180,7 +180,7 @@ def cmd_decode(argv: list[str]) -> int:
                 os.replace(tmp, args.output)
                 return 0
         if data[: len(MAGIC)] == MAGIC:
-            from ..codec import decode_image  # torch: only for the model's own files
+            from ..decoding import decode_image  # torch: only for the model's own files
 
             header, _ = read_header(data, args.input)
             model = _load_model(args.model or _registered_name(header, args.input), args.device)
