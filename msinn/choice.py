@@ -309,13 +309,14 @@ def choose(
 
 def encode_best(
     model: Any, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
-    effort: int = 0, exact: ExactFile | None = None,
+    exact: ExactFile | None = None,
 ) -> Choice:
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);
-    ``exact`` is the input's exact file when ``lossless`` is among the codecs."""
+    ``encode_options`` is the model's (:class:`msinn.encoding.EncodeOptions`, its effort included), ``exact``
+    the input's exact file when ``lossless`` is among the codecs."""
     result = None
     if MODEL_CODEC in options.codecs:
-        from .encoding import prepare_encode
+        from .encoding import encode_image
 
-        result = prepare_encode(model, img, target, encode_options, effort=effort).finish()
+        result = encode_image(model, img, target, encode_options)
     return choose(img, target, options, result, exact)

@@ -6,7 +6,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from .images import (
 from .metrics import psnr_uint8
 from .model import MSINN
 from .ratecontrol import Target, keep_within_cap, search_rate
-from .refine import effort_of, refine_latents
+from .refine import EFFORTS, Effort, effort_of, refine_latents
 from .tensors import to_padded_tensor, to_uint8
 from .version import __version__
 
@@ -44,15 +44,42 @@ PROBE_FRACTION = 1 / 16  # area of the crop whose estimates shape the rate searc
 
 @dataclass(frozen=True)
 class EncodeOptions:
+    """How the model codes an image beyond its target; every value is checked here, once, before any work."""
+
     tile_pixels: int = DEFAULT_TILE_PIXELS
     tile_size: int = DEFAULT_TILE_SIZE
     max_pixels: int = DEFAULT_MAX_PIXELS
+    effort: int = 0  # the encoder-side refinement level (msinn.refine)
 
     def __post_init__(self) -> None:
         if self.tile_size < 64 or self.tile_size % 64:
             raise ValueError("tile_size must be a positive multiple of 64")
         if self.tile_pixels < 64 * 64:
             raise ValueError("tile_pixels must be at least 4096")
+        effort_of(self.effort)  # a level this version does not have
+
+    @property
+    def refinement(self) -> Effort | None:
+        """The refinement of the (checked) effort level; None for 0."""
+        return EFFORTS.get(self.effort)
+
+
+def default_target(model: MSINN) -> Target:
+    """The target when none is given: the model's middle rate parameter."""
+    return Target("qp", (model.anchor_num - 1) / 2)
+
+
+@dataclass(frozen=True)
+class ChosenRate:
+    """The rate chosen for an image and the encode made at it (what :func:`_choose_rate` decides)."""
+
+    qp: int | float
+    encs: list  # per tile: the model's encode at qp (symbols; streams made only for the kept one)
+    recon: np.ndarray = field(repr=False)
+    in_range: bool
+    note: str
+    probes: int  # real encodes
+    estimates: int  # crop rate/PSNR estimates
 
 
 @dataclass
@@ -224,33 +251,26 @@ class PendingEncode:
     target: Target
     options: EncodeOptions
     tiles: list[tuple[int, int, int, int]]
-    encs: list
-    recon: np.ndarray
-    qp: int | float
-    in_range: bool
-    note: str
-    probes: int
-    estimates: int
+    rate: ChosenRate
     alpha_bytes: bytes
     seconds: float
-    effort: int = 0
 
     def finish(self) -> EncodeResult:
         """Code the kept symbols and pack the ``.msinn`` file; a cap within reach is never exceeded."""
         t0 = time.perf_counter()
         # the sizes a cap's search relied on (cached there, so free here), read before coding replaces them
-        predicted = sum(enc.code_length() for enc in self.encs) if self.target.is_cap else 0
-        streams = [enc.data for enc in self.encs]
+        predicted = sum(enc.code_length() for enc in self.rate.encs) if self.target.is_cap else 0
+        streams = [enc.data for enc in self.rate.encs]
         result = self._pack(streams, t0)
-        if not self.target.is_cap or not self.in_range:
+        if not self.target.is_cap or not self.rate.in_range:
             return result
 
         def search_again(aim: float) -> EncodeResult:
-            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, True, self.effort)
-            again = retry._pack([enc.data for enc in retry.encs], t0)
+            retry = _prepare(self.model, self.img, Target("bytes", aim), self.options, exact_sizes=True)
+            again = retry._pack([enc.data for enc in retry.rate.encs], t0)
             again.target = self.target  # the result reports the original target
-            if not retry.in_range:
-                again.in_range, again.note = False, retry.note
+            if not retry.rate.in_range:
+                again.in_range, again.note = False, retry.rate.note
             return again
 
         cap = self.target.cap_bytes(self.img.width * self.img.height)
@@ -258,18 +278,18 @@ class PendingEncode:
 
     def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
         """The ``.msinn`` file from the coded streams; ``t0`` is when finishing began."""
-        img, model = self.img, self.model
+        img, model, rate = self.img, self.model, self.rate
         name_, hash_ = model_identity(model)
         tiles, offset = [], 0
-        for (x0, y0, w, h), enc, stream in zip(self.tiles, self.encs, streams):
+        for (x0, y0, w, h), enc, stream in zip(self.tiles, rate.encs, streams):
             digests = [symbols_digest(v) for v in enc.level_symbols]
             tiles.append(TileRecord(x0, y0, w, h, list(enc.latent_shape), offset, len(stream), digests))
             offset += len(stream)
-        final_pixels = restore_image(self.recon, img.alpha, img.mode)
+        final_pixels = restore_image(rate.recon, img.alpha, img.mode)
         header = Header(
             model_name=name_,
             model_hash=hash_,
-            qp=self.qp,
+            qp=rate.qp,
             width=img.width,
             height=img.height,
             mode=img.mode,
@@ -293,34 +313,51 @@ class PendingEncode:
         return EncodeResult(
             data=data,
             header=header,
-            qp=self.qp,
+            qp=rate.qp,
             bytes=len(data),
             bpp=len(data) * 8 / pixels,
-            psnr=psnr_uint8(self.recon, img.rgb),
+            psnr=psnr_uint8(rate.recon, img.rgb),
             target=self.target,
-            in_range=self.in_range,
-            note=self.note,
-            probes=self.probes,
-            estimates=self.estimates,
+            in_range=rate.in_range,
+            note=rate.note,
+            probes=rate.probes,
+            estimates=rate.estimates,
             seconds=self.seconds + time.perf_counter() - t0,
             reconstruction=final_pixels,
         )
 
 
 def prepare_encode(
+    model: MSINN, img: PreparedImage, target: Target | None = None, options: EncodeOptions | None = None
+) -> PendingEncode:
+    """The network half of :func:`encode_image` for an image already read: rate chosen, reconstruction made,
+    nothing entropy-coded yet (the pipeline codes the rest on another thread).
+
+    The edge of the library: ``target`` and ``options`` checked themselves when
+    they were made; what only the model can check (a qp in its range) is
+    checked here, before any work. ``options.effort`` > 0 refines the latents
+    before coding (:mod:`msinn.refine`); the target still holds.
+    """
+    options = options or EncodeOptions()
+    target = target or default_target(model)
+    if target.kind == "qp":
+        model.check_qp(target.value)
+    return _prepare(model, img, target, options)
+
+
+def encode_image(
     model: MSINN,
     source: bytes | str | os.PathLike | PreparedImage,
     target: Target | None = None,
     options: EncodeOptions | None = None,
     source_name: str | None = None,
-    effort: int = 0,
-) -> PendingEncode:
-    """The network half of :func:`encode_image`: rate chosen, reconstruction made, nothing entropy-coded yet.
-
-    ``effort`` > 0 refines the latents before coding (:mod:`msinn.refine`); the target still holds.
-    """
+    effort: int | None = None,
+) -> EncodeResult:
+    """Encode one image (a file, its bytes or an image already read) to a complete ``.msinn`` file meeting
+    ``target``; ``effort`` is a shorthand for ``options.effort``."""
     options = options or EncodeOptions()
-    target = target or Target("qp", (model.anchor_num - 1) / 2)
+    if effort is not None:
+        options = replace(options, effort=effort)
     if isinstance(source, PreparedImage):
         img = source
     else:
@@ -330,83 +367,65 @@ def prepare_encode(
             name = source_name or str(source)
             data = Path(source).read_bytes()
         img = open_image(data, name, options.max_pixels)
-    if target.kind == "qp":
-        model.check_qp(target.value)
-    effort_of(effort)  # an unknown level fails before any work
-    return _prepare(model, img, target, options, effort=effort)
-
-
-def encode_image(
-    model: MSINN,
-    source: bytes | str | os.PathLike | PreparedImage,
-    target: Target | None = None,
-    options: EncodeOptions | None = None,
-    source_name: str | None = None,
-    effort: int = 0,
-) -> EncodeResult:
-    """Encode one image to a complete ``.msinn`` file meeting ``target``."""
-    return prepare_encode(model, source, target, options, source_name, effort).finish()
+    return prepare_encode(model, img, target, options).finish()
 
 
 def _prepare(
-    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False,
-    effort: int = 0,
+    model: MSINN, img: PreparedImage, target: Target, options: EncodeOptions, exact_sizes: bool = False
 ) -> PendingEncode:
     """Analysis once, then the rate: a fixed qp, or :func:`msinn.ratecontrol.search_rate` for caps and floors;
-    with ``effort``, refinement at that rate and the search again over the refined latents."""
+    with ``options.effort``, refinement at that rate and the search again over the refined latents."""
     t0 = time.perf_counter()
     pixels = img.width * img.height
     session = _ImageSession(model, img, options, target.cap_bytes(pixels) if target.is_cap else None)
-    best = _choose_rate(session, target, exact_sizes)
-    if effort:
-        best = _refined(session, target, exact_sizes, best, effort)
-    qp, encs, recon, in_range, note, probes, estimates = best
+    rate = _choose_rate(session, target, exact_sizes)
+    if options.refinement is not None:
+        rate = _refined(session, target, exact_sizes, rate, options.refinement)
     return PendingEncode(
-        model=model, img=img, target=target, options=options, tiles=session.tiles, encs=encs, recon=recon, qp=qp,
-        in_range=in_range, note=note, probes=probes, estimates=estimates, alpha_bytes=session.alpha_bytes,
-        seconds=time.perf_counter() - t0, effort=effort,
+        model=model, img=img, target=target, options=options, tiles=session.tiles, rate=rate,
+        alpha_bytes=session.alpha_bytes, seconds=time.perf_counter() - t0,
     )
 
 
-def _choose_rate(session: _ImageSession, target: Target, exact_sizes: bool) -> tuple:
-    """(qp, encodes, reconstruction, in_range, note, probes, estimates) for the target."""
+def _choose_rate(session: _ImageSession, target: Target, exact_sizes: bool) -> ChosenRate:
+    """The rate for the target and the encode at it."""
     model = session.model
     if target.kind == "qp":
         qp = model.snap_qp(int(target.value) if float(target.value).is_integer() else float(target.value))
         encs = session.encode(qp)
-        return qp, encs, session.reconstruct(encs), True, "", 1, 0
+        return ChosenRate(qp, encs, session.reconstruct(encs), True, "", probes=1, estimates=0)
     res = search_rate(session, target, exact_sizes)
     encs, recon = res.payload
     recon = session.reconstruct(encs) if recon is None else recon
-    return model.snap_qp(res.qp), encs, recon, res.in_range, res.note, res.measures, res.estimates
+    return ChosenRate(model.snap_qp(res.qp), encs, recon, res.in_range, res.note, res.measures, res.estimates)
 
 
-def _refined(session: _ImageSession, target: Target, exact_sizes: bool, base: tuple, effort: int) -> tuple:
+def _refined(
+    session: _ImageSession, target: Target, exact_sizes: bool, base: ChosenRate, effort: Effort
+) -> ChosenRate:
     """Refine every tile's latents at the chosen qp, then meet the target again from them; keep whichever
     file is better (a floor: smaller; a cap: higher PSNR; a qp: lower rate + lambda x distortion)."""
     model, img = session.model, session.img
-    qp = base[0]
     refined, lams = [], []
     for (x0, y0, w, h), lat in zip(session.tiles, session.latents):
         x = to_padded_tensor(img.rgb[y0 : y0 + h, x0 : x0 + w], session.device)
         with torch.enable_grad():
-            lat, lam = refine_latents(model, lat, x, float(qp), effort_of(effort), region=(h, w))
+            lat, lam = refine_latents(model, lat, x, float(base.qp), effort, region=(h, w))
         refined.append(lat)
         lams.append(lam or 0.0)
     other = _choose_rate(session.with_latents(refined), target, exact_sizes)
-    probes, estimates = base[5] + other[5], base[6] + other[6]
-    if not other[3] and base[3]:  # the refined latents cannot meet a target the plain ones meet
-        return (*base[:5], probes, estimates)
-    size = lambda r: sum(e.code_length() for e in r[1])  # noqa: E731  (exact from the CDF tables)
-    quality = lambda r: psnr_uint8(r[2], img.rgb)  # noqa: E731
+    counts = {"probes": base.probes + other.probes, "estimates": base.estimates + other.estimates}
+    if not other.in_range and base.in_range:  # the refined latents cannot meet a target the plain ones meet
+        return replace(base, **counts)
+    size = lambda r: sum(e.code_length() for e in r.encs)  # noqa: E731  (exact from the CDF tables)
+    quality = lambda r: psnr_uint8(r.recon, img.rgb)  # noqa: E731
     if target.is_cap:
         better = quality(other) > quality(base)
     elif target.kind == "psnr":
         better = size(other) < size(base)
     else:
         lam = float(np.mean(lams))  # bpp per unit of MSE on [0, 1]
-        mse = lambda r: float(np.mean((r[2].astype(np.float64) - img.rgb) ** 2)) / 255**2  # noqa: E731
+        mse = lambda r: float(np.mean((r.recon.astype(np.float64) - img.rgb) ** 2)) / 255**2  # noqa: E731
         cost = lambda r: size(r) * 8 / session.pixels + lam * mse(r)  # noqa: E731
         better = cost(other) < cost(base)
-    chosen = other if better else base
-    return (*chosen[:5], probes, estimates)
+    return replace(other if better else base, **counts)

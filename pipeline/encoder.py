@@ -186,8 +186,8 @@ class UnitEncoder:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             model_encode = None
             if MODEL_CODEC in spec.codecs:
-                opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-                model_encode = prepare_encode(self.model, img, target, opts, effort=spec.effort)
+                opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels, effort=spec.effort)
+                model_encode = prepare_encode(self.model, img, target, opts)
         except ImageInputError as exc:
             if exact:  # the exact file stores what cannot be coded: never an error for a file that can be stored
                 return row, PendingImage(None, target, None, rec.data, f"bad image: {exc}", rec.original)
