@@ -15,6 +15,13 @@ import msinn
 from msinn.decoding import decode_image
 
 
+def unit_summary(steps) -> dict:
+    """Run a unit's steps (``UnitEncoder.unit_steps`` or ``steps``) to the end, as the pool does; its summary."""
+    *_, (kind, summary) = steps
+    assert kind == "done", kind
+    return summary
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ import fsspec
 import numpy as np
 import pytest
 from helpers import image_file, png_stream
-from pipeline_helpers import png_bytes, read_manifest
+from pipeline_helpers import png_bytes, read_manifest, unit_summary
 
 import msinn
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
@@ -213,7 +213,7 @@ def small_archive(tmp_path_factory, tiny_checkpoint) -> Path:
     uris = tuple(str(root / "in" / f"{n}.png") for n in "ab")
     spec = JobSpec(input=str(root / "in"), output=str(root / "arch"), target_kind="qp", target_value=1.0,
                    model=tiny_checkpoint)
-    UnitEncoder(tiny_checkpoint).process_unit(WorkUnit("000000", "files", uris, 1, str(root / "in")), spec)
+    unit_summary(UnitEncoder(tiny_checkpoint).unit_steps(WorkUnit("000000", "files", uris, 1, str(root / "in")), spec))
     return root
 
 
