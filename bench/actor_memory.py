@@ -4,7 +4,7 @@
 
 Each case runs in a fresh process: a tar of a few small images and one large
 non-image member (a shard's size without its encoding time) is encoded by
-``UnitEncoder.process_unit`` (the actor's path: streamed), and, for
+``UnitEncoder.unit_steps`` (the actor's path: streamed), and, for
 comparison, read whole into memory first (what the pipeline did before).
 Prints peak RSS per case and the ratio. Not a test.
 """
@@ -31,14 +31,14 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 spec = JobSpec(input=path, output=out, target_kind="qp", target_value=2.0)
 unit = WorkUnit("000000", "tar", (path,), 0, path.rsplit("/", 1)[0])
 if mode == "stream":
-    res = enc.process_unit(unit, spec)
+    *_, (_, res) = enc.unit_steps(unit, spec)
 else:
     from pipeline.sources import InputRecord
     blob = open(path, "rb").read()
     with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
         recs = [InputRecord(m.name.split(".")[0], m.name, tf.extractfile(m).read()) for m in tf.getmembers()
                 if m.name.endswith(".png")]
-    res = enc.process(unit, recs, spec)
+    *_, (_, res) = enc.steps(unit, recs, spec)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({{"images": res["images"], "model_rss_mb": base / 1024, "peak_rss_mb": peak / 1024}}))
 """

@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
 from msinn.choice import ChoiceOptions, choose, search_classical  # noqa: E402
-from msinn.codec import prepare_encode  # noqa: E402
+from msinn.encoding import encode_image  # noqa: E402
 from msinn.evaluation.bdrate import bd_rate_with_reason  # noqa: E402
 from msinn.images import PreparedImage, open_image  # noqa: E402
 from msinn.ratecontrol import Target  # noqa: E402
@@ -50,7 +50,7 @@ def code_floor(model, img, floor: float, effort: int, speed: int) -> dict:
     target = Target("psnr", floor)
     out = {}
     t0 = time.perf_counter()
-    res = prepare_encode(model, img, target, effort=effort).finish()
+    res = encode_image(model, img, target, effort=effort)
     t_model = time.perf_counter() - t0
     out["msinn"] = {"bytes": len(res.data), "psnr": res.psnr, "probes": res.probes, "seconds": t_model}
     t0 = time.perf_counter()
@@ -99,7 +99,7 @@ def main() -> None:
             rec["floors"][str(floor)] = code_floor(model, img, floor, args.effort, args.avif_speed)
         for cap in _floats(args.caps):
             t = Target("bpp", cap)
-            res = prepare_encode(model, img, t).finish()
+            res = encode_image(model, img, t)
             ch = choose(img, t, ChoiceOptions(("msinn", "avif", "webp", "jpeg"), args.avif_speed), res)
             rec["caps"][str(cap)] = {c.codec: {"bpp": c.bytes * 8 / rec["pixels"], "psnr": c.psnr,
                                                "in_range": c.in_range} for c in ch.candidates}

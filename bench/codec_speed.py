@@ -55,7 +55,8 @@ def _timeit(fn, repeats: int) -> tuple[float, object]:
 
 def portable_vs_float(args: argparse.Namespace) -> None:
     import msinn
-    from msinn.codec import decode_image, encode_image
+    from msinn.decoding import decode_image
+    from msinn.encoding import encode_image
     from msinn.ratecontrol import Target
 
     models = {

@@ -36,7 +36,7 @@ torch.set_num_threads({threads})
 import msinn
 from dataclasses import replace
 from msinn import refine
-from msinn.codec import EncodeOptions, prepare_encode
+from msinn.encoding import EncodeOptions, encode_image
 from msinn.images import open_image
 from msinn.ratecontrol import Target
 from pipeline.limits import peak_bytes
@@ -46,8 +46,8 @@ model = msinn.load({model!r})
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 base, t0 = rss(), time.time()
 img = open_image(data, "bench", 1 << 30)
-opts = EncodeOptions(tile_pixels=1 << 21, max_pixels=1 << 30)
-prepare_encode(model, img, Target("qp", 3), opts, effort={effort}).finish()
+opts = EncodeOptions(tile_pixels=1 << 21, max_pixels=1 << 30, effort={effort})
+encode_image(model, img, Target("qp", 3), opts)
 estimate = peak_bytes(side, side, 1 << 21, {effort}) / 2**20
 print(json.dumps({{"side": side, "peak_mb": (rss() - base) / 2**20, "estimate_mb": estimate,
                   "seconds": time.time() - t0}}))

@@ -77,7 +77,7 @@ def main() -> None:
     import torch
 
     import msinn
-    from msinn.codec import encode_image
+    from msinn.encoding import encode_image
     from msinn.images import open_image
     from msinn.ratecontrol import Target
     from msinn.raylocal import init_ray

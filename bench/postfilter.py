@@ -121,7 +121,8 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     import msinn
-    from msinn.codec import decode_image, encode_image
+    from msinn.decoding import decode_image
+    from msinn.encoding import encode_image
     from msinn.evaluation.bdrate import bd_rate
     from msinn.images import open_image
     from msinn.ratecontrol import Target

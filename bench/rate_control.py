@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import msinn  # noqa: E402
-from msinn.codec import encode_image  # noqa: E402
+from msinn.encoding import encode_image  # noqa: E402
 from msinn.images import open_image  # noqa: E402
 from msinn.ratecontrol import Target  # noqa: E402
 

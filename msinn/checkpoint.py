@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .config import MSINNConfig
+from .container import MODEL_HASH_PREFIX
 from .determinism import make_deterministic
 from .model import MSINN, is_derived_key, weights_hash
 from .portable.formats import FORMAT as PORTABLE_FORMAT
@@ -26,6 +27,7 @@ from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
 from .portable.formats import PROFILE as PORTABLE_PROFILE
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .interface import CodecModel
     from .portable.model import PortableMSINN
 
 FORMAT = "msinn-checkpoint"
@@ -279,3 +281,8 @@ def save_checkpoint(
     if extra:
         obj.update(extra)
     save_atomic(obj, path)
+
+
+def model_identity(model: CodecModel) -> tuple[str, str]:
+    """(registry name, weights hash prefix) recorded in every file: both models carry them (``CodecModel``)."""
+    return model.model_name or "unregistered", model.weights_sha256[:MODEL_HASH_PREFIX]

@@ -165,7 +165,7 @@ def pick(cands: list[Candidate], target: Target, floor: float | None, pixels: in
 
 
 def from_encode_result(res: Any) -> Candidate:
-    """The model's :class:`msinn.codec.EncodeResult` as a candidate."""
+    """The model's :class:`msinn.encoding.EncodeResult` as a candidate."""
     return Candidate(
         codec=MODEL_CODEC, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
         probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
@@ -263,9 +263,9 @@ def choose(
     """Every allowed codec at ``target``, the winner by the module's rule.
 
     ``model_result`` is the model's finished encode (an
-    :class:`msinn.codec.EncodeResult`) when ``msinn`` is among the codecs;
+    :class:`msinn.encoding.EncodeResult`) when ``msinn`` is among the codecs;
     the caller makes it, so the network half can run elsewhere (see
-    :class:`msinn.codec.PendingEncode`). ``exact`` is the exact file
+    :class:`msinn.encoding.PendingEncode`). ``exact`` is the exact file
     (:func:`msinn.lossless.store_exactly` of the input's bytes) when
     ``lossless`` is among the codecs or is the target.
     """
@@ -312,13 +312,14 @@ def choose(
 
 def encode_best(
     model: CodecModel, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
-    effort: int = 0, exact: ExactFile | None = None,
+    exact: ExactFile | None = None,
 ) -> Choice:
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);
-    ``exact`` is the input's exact file when ``lossless`` is among the codecs."""
+    ``encode_options`` is the model's (:class:`msinn.encoding.EncodeOptions`, its effort included), ``exact``
+    the input's exact file when ``lossless`` is among the codecs."""
     result = None
     if MODEL_CODEC in options.codecs:
-        from .codec import prepare_encode
+        from .encoding import encode_image
 
-        result = prepare_encode(model, img, target, encode_options, effort=effort).finish()
+        result = encode_image(model, img, target, encode_options)
     return choose(img, target, options, result, exact)

@@ -209,7 +209,7 @@ class RateSearch:
 
 
 class RateProblem(Protocol):
-    """What a rate search needs of the image being coded (``msinn.codec``'s session provides it).
+    """What a rate search needs of the image being coded (``msinn.encoding``'s session provides it).
 
     ``kind`` is ``"bytes"`` (g is the log of the whole file's size) or
     ``"psnr"``; ``estimate`` works on crops, ``measure`` on the whole image,

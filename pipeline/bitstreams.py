@@ -164,7 +164,7 @@ def model_for_row(row: dict, models: str | list[str] | None, device: str) -> Cod
     they are given in. A row may name only a registered model whose hash it
     also carries: never a path or URL to load.
     """
-    from msinn.codec import model_identity
+    from msinn.checkpoint import model_identity
     from msinn.registry import lookup
 
     given = as_model_list(models)
@@ -276,7 +276,7 @@ def decode_row(row: dict, options: dict | None, models: str | list[str] | None, 
     data = read_member(row, options)
     check_member_size(key, codec, data, expect)
     if codec == "msinn":
-        from msinn.codec import decode_image
+        from msinn.decoding import decode_image
 
         decoded = decode_image(data, model_for_row(row, models, device), key)
         pixels, mode = decoded.pixels, decoded.mode

@@ -93,8 +93,8 @@ def webdataset_decoder(models: Any = None, device: str = "cpu", max_pixels: int 
     def decode(key: str, data: bytes) -> Any:
         ext = key.rsplit(".", 1)[-1].lower()
         if ext == "msinn":
-            from msinn.codec import decode_image
             from msinn.container import read_header
+            from msinn.decoding import decode_image
 
             from .bitstreams import model_for_row
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -18,8 +17,9 @@ from datetime import UTC, datetime
 import numpy as np
 import torch
 
+from msinn.checkpoint import model_identity
 from msinn.choice import MODEL_CODEC, ChoiceOptions, choose, meets
-from msinn.codec import EncodeOptions, PendingEncode, model_identity, prepare_encode
+from msinn.encoding import EncodeOptions, PendingEncode, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
 from msinn.lossless import LOSSLESS, store_exactly
@@ -83,15 +83,6 @@ PIPELINE_DEPTH = 2  # prepared records allowed to wait for the entropy coder
 Step = tuple[str, object]  # ("read", i), ("encode", i), ("commit", None), then ("done", the unit's summary)
 
 
-def _last(steps: Iterator[Step]) -> dict:
-    """Run the steps; the summary the last one carries."""
-    last = deque(steps, maxlen=1)
-    step: Step = last[0] if last else ("none", None)
-    if step[0] != "done":
-        raise RuntimeError(f"a unit's steps ended with {step[0]!r}, not its summary")
-    return step[1]  # type: ignore[return-value]
-
-
 def _staged(records: Iterable[InputRecord]) -> Iterator[tuple[str, int, InputRecord | None]]:
     """("read", i, None) before record i is pulled (read), then ("encode", i, record): the steps an actor reports."""
     it = iter(records)
@@ -145,10 +136,6 @@ class UnitEncoder:
     def ready(self) -> str:
         return self.device_name
 
-    def encode_record(self, rec: InputRecord, spec: JobSpec, unit: WorkUnit) -> tuple[ManifestRow, bytes | None]:
-        """Encode one record start to finish on the calling thread."""
-        return self.finish_record(*self.prepare_record(rec, spec, unit), spec)
-
     def prepare_record(
         self, rec: InputRecord, spec: JobSpec, unit: WorkUnit
     ) -> tuple[ManifestRow, PendingImage | None]:
@@ -185,8 +172,8 @@ class UnitEncoder:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             model_encode = None
             if MODEL_CODEC in spec.codecs:
-                opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels)
-                model_encode = prepare_encode(self.model, img, target, opts, effort=spec.effort)
+                opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels, effort=spec.effort)
+                model_encode = prepare_encode(self.model, img, target, opts)
         except ImageInputError as exc:
             if exact:  # the exact file stores what cannot be coded: never an error for a file that can be stored
                 return row, PendingImage(None, target, None, rec.data, f"bad image: {exc}", rec.original)
@@ -253,13 +240,11 @@ class UnitEncoder:
             row.bpp = w.bytes * 8 / (row.width * row.height)
         return row, w.data
 
-    def process_unit(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> dict:
-        """Read the unit's inputs here, on the actor (no separate read task can be starved of CPUs), and process it."""
-        return _last(self.unit_steps(unit, spec, attempt))
-
     def unit_steps(self, unit: WorkUnit, spec: JobSpec, attempt: Attempt | None = None) -> Iterator[Step]:
-        """``process_unit`` as the steps the pool follows (a Ray streaming generator): what this actor reads or
-        encodes, reported before it starts, so the driver knows where an actor was if it dies.
+        """The actor's entry point: read the unit's inputs here, on the actor (no separate read task can be
+        starved of CPUs), and encode and commit it, as the steps the pool follows (a Ray streaming generator):
+        what this actor reads or encodes, reported before it starts, so the driver knows where an actor was if
+        it dies.
 
         A read-ahead thread fetches and hashes the next records while the
         model encodes this one, holding at most ``spec.read_ahead_bytes``. A
@@ -273,14 +258,10 @@ class UnitEncoder:
             records = read_ahead(records, spec.read_ahead_bytes, init=self._coder_thread_init)
         yield from self.steps(unit, records, spec, overlap=False if attempt.careful else None)
 
-    def process(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec,
-                overlap: bool | None = None) -> dict:
-        """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last)."""
-        return _last(self.steps(unit, records, spec, overlap))
-
     def steps(self, unit: WorkUnit, records: Iterable[InputRecord], spec: JobSpec,
               overlap: bool | None = None) -> Iterator[Step]:
-        """Encode every record, then commit the unit, reporting each step; the last is ("done", summary).
+        """Encode every record, then commit the unit (``shards.commit``: tar first, manifest shard last), reporting
+        each step; the last is ("done", summary).
 
         With ``overlap`` (the default on a GPU) the network half of record i+1
         runs while a second thread entropy-codes and packs record i (rANS and

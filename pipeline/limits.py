@@ -34,7 +34,7 @@ TILED_BASE_BYTES = 400 << 20
 TILED_BYTES_PER_PIXEL = 160
 REFINE_BASE_BYTES = 192 << 20  # one SGA step (forward and backward through the float decoder) ...
 REFINE_BYTES_PER_PIXEL = 3400  # ... per pixel of the tile it refines
-TILE_SIDE = 1024  # the encoder's tiles above tile_pixels (msinn.codec.DEFAULT_TILE_SIZE; not imported: no torch)
+TILE_SIDE = 1024  # the encoder's tiles above tile_pixels (msinn.encoding.DEFAULT_TILE_SIZE; not imported: no torch)
 
 
 def peak_bytes(width: int, height: int, tile_pixels: int, effort: int = 0) -> int:

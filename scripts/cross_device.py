@@ -26,8 +26,8 @@ sys.path.insert(0, str(REPO))
 
 def encode(args: argparse.Namespace) -> int:
     import msinn
-    from msinn.codec import encode_image
     from msinn.determinism import numerics_record
+    from msinn.encoding import encode_image
     from msinn.images import pixels_sha256
     from msinn.ratecontrol import Target
 
@@ -53,7 +53,7 @@ def encode(args: argparse.Namespace) -> int:
 
 def decode(args: argparse.Namespace) -> int:
     import msinn
-    from msinn.codec import decode_image
+    from msinn.decoding import decode_image
     from msinn.determinism import numerics_record
     from msinn.errors import BitstreamError
     from msinn.images import pixels_sha256

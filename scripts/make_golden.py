@@ -71,8 +71,8 @@ def main() -> None:
     import io
 
     import msinn
-    from msinn.codec import EncodeOptions, encode_image
     from msinn.determinism import numerics_record
+    from msinn.encoding import EncodeOptions, encode_image
     from msinn.images import pixels_sha256
     from msinn.ratecontrol import Target
 
@@ -106,7 +106,7 @@ def main() -> None:
 def verify(args: argparse.Namespace) -> int:
     """Decode every file golden.json lists here; print one JSON line; 1 if any pixels differ."""
     import msinn
-    from msinn.codec import decode_image
+    from msinn.decoding import decode_image
     from msinn.determinism import numerics_record
     from msinn.images import pixels_sha256
 

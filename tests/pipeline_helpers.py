@@ -12,7 +12,14 @@ from helpers import image_file
 from PIL import Image
 
 import msinn
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
+
+
+def unit_summary(steps) -> dict:
+    """Run a unit's steps (``UnitEncoder.unit_steps`` or ``steps``) to the end, as the pool does; its summary."""
+    *_, (kind, summary) = steps
+    assert kind == "done", kind
+    return summary
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from PIL import Image
 from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest
 
 import msinn
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
 from pipeline.cli import main
 from pipeline.runner import run_job
 from pipeline.spec import JobSpec

@@ -75,6 +75,24 @@ def test_errors_name_the_input(tmp_path, model_path, capsys):
     assert main(["nonsense"]) == 2
 
 
+def test_each_encode_value_is_refused_once_in_one_line(tmp_path, png_path, model_path, capsys):
+    """The library's objects check the values (EncodeOptions, Target, the encoder's qp range); the CLI maps their
+    errors: an unknown --effort is a usage error found before the model loads (2), the rest end with 1."""
+    from msinn.encoding import EncodeOptions
+
+    out = str(tmp_path / "o.msinn")
+    with pytest.raises(ValueError, match="not a level"):
+        EncodeOptions(effort=99)
+    assert main(["encode", str(png_path), out, "--effort", "99", "--model", str(tmp_path / "absent.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "not a level" in err and err.count("\n") == 1
+    for bad, says in ((["--qp", "99"], "outside"), (["--tile-size", "100"], "multiple of 64")):
+        assert main(["encode", str(png_path), out, *bad, "--model", model_path]) == 1
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1
+    assert not (tmp_path / "o.msinn").exists()
+
+
 def test_decode_needs_the_named_model(tmp_path, png_path, model_path, capsys):
     out = tmp_path / "x.msinn"
     assert main(["encode", str(png_path), str(out), "--qp", "1", "--model", model_path]) == 0

@@ -293,7 +293,8 @@ def test_a_codec_this_build_lacks_is_refused_at_the_start_in_one_line(tmp_path, 
 def test_refinement_keeps_the_target_and_the_portable_profile(portable_tiny, monkeypatch):
     """Whatever refinement does, the file meets its target, decodes exactly, and is never worse than effort 0."""
     from msinn import refine
-    from msinn.codec import decode_image, encode_image
+    from msinn.decoding import decode_image
+    from msinn.encoding import encode_image
 
     monkeypatch.setitem(refine.EFFORTS, 9, refine.Effort(iterations=4, lr=0.02))
     img = _photo(128, 96)
@@ -336,7 +337,8 @@ def test_soft_forward_with_rounding_is_the_coding_path():
 def test_a_shipped_effort_level_saves_bytes_on_photo_crops(level):
     """The lowest shipped level, on the bundled model: floors still reached, fewer bytes in total than effort 0."""
     import msinn
-    from msinn.codec import decode_image, encode_image
+    from msinn.decoding import decode_image
+    from msinn.encoding import encode_image
 
     model = msinn.load()
     plain_total = refined_total = 0

@@ -11,8 +11,9 @@ import pytest
 import torch
 from helpers import image_file
 
-from msinn.codec import decode_image, encode_image
 from msinn.container import MAGIC, read_header, unpack
+from msinn.decoding import decode_image
+from msinn.encoding import encode_image
 from msinn.errors import BitstreamError
 from msinn.ratecontrol import Target
 

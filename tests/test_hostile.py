@@ -24,11 +24,11 @@ import fsspec
 import numpy as np
 import pytest
 from helpers import image_file, png_stream
-from pipeline_helpers import png_bytes, read_manifest
+from pipeline_helpers import png_bytes, read_manifest, unit_summary
 
 import msinn
-from msinn.codec import decode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
+from msinn.decoding import decode_image
 from msinn.errors import BitstreamError
 from pipeline.runner import run_job
 from pipeline.spec import JobError, JobSpec
@@ -46,7 +46,7 @@ def one_grid_file(model) -> bytes:
     """A 64x64 crop coded by the bundled model at qp 4: one latent grid, the cheapest file to decode (fuzzing)."""
     from PIL import Image
 
-    from msinn.codec import encode_image
+    from msinn.encoding import encode_image
     from msinn.ratecontrol import Target
 
     photo = Image.open(Path(__file__).resolve().parents[1] / "samples" / "kodim15.png").convert("RGB")
@@ -213,7 +213,7 @@ def small_archive(tmp_path_factory, tiny_checkpoint) -> Path:
     uris = tuple(str(root / "in" / f"{n}.png") for n in "ab")
     spec = JobSpec(input=str(root / "in"), output=str(root / "arch"), target_kind="qp", target_value=1.0,
                    model=tiny_checkpoint)
-    UnitEncoder(tiny_checkpoint).process_unit(WorkUnit("000000", "files", uris, 1, str(root / "in")), spec)
+    unit_summary(UnitEncoder(tiny_checkpoint).unit_steps(WorkUnit("000000", "files", uris, 1, str(root / "in")), spec))
     return root
 
 
@@ -673,7 +673,8 @@ def test_float32_numerics_are_informational_and_messages_blame_the_right_thing(t
     a profile mismatch with the very model the file names is a damaged header, not advice to load it again."""
     import torch
 
-    from msinn.codec import NumericsMismatch, encode_image
+    from msinn.decoding import NumericsMismatch
+    from msinn.encoding import encode_image
     from msinn.ratecontrol import Target
 
     img = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)

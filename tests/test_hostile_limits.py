@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import image_file, png_stream
-from pipeline_helpers import png_bytes, read_manifest
+from pipeline_helpers import png_bytes, read_manifest, unit_summary
 
 from msinn.errors import BitstreamError, ImageInputError
 from pipeline.spec import JobSpec, WorkUnit
@@ -199,8 +199,8 @@ def test_where_originals_are_read_is_the_commands_word_never_the_archives(tmp_pa
     arch = tmp_path / "arch"
     spec = JobSpec(input=str(tmp_path / "in"), output=str(arch), target_kind="qp", target_value=1.0,
                    model=tiny_checkpoint, run_id="first")
-    UnitEncoder(tiny_checkpoint).process_unit(
-        WorkUnit("000000", "files", (str(tmp_path / "in" / "a.png"),), 1, str(tmp_path / "in")), spec)
+    unit_summary(UnitEncoder(tiny_checkpoint).unit_steps(
+        WorkUnit("000000", "files", (str(tmp_path / "in" / "a.png"),), 1, str(tmp_path / "in")), spec))
     freeze_plan(str(arch / "_plan"), iter([]), {**spec.job_dict(), "input": "/"}, None)  # planted: the whole disk
     now = datetime.now(UTC)
     planted = [ManifestRow(key="etc/hostname", status="ok", source_uri="/etc/hostname", run_id="planted",

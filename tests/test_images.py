@@ -11,8 +11,9 @@ import pytest
 from helpers import image_file
 from PIL import Image
 
-from msinn.codec import EncodeOptions, decode_image, encode_image
 from msinn.container import read_header
+from msinn.decoding import decode_image
+from msinn.encoding import EncodeOptions, encode_image
 from msinn.errors import ImageInputError
 from msinn.images import open_image
 from msinn.ratecontrol import Target

@@ -15,7 +15,16 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import corrupt_bytes, png_bytes, read_manifest, read_unit, tar_bytes, unit_spec, verify_archive
+from pipeline_helpers import (
+    corrupt_bytes,
+    png_bytes,
+    read_manifest,
+    read_unit,
+    tar_bytes,
+    unit_spec,
+    unit_summary,
+    verify_archive,
+)
 
 from msinn.raylocal import RAY_ENV_DEFAULTS
 from pipeline.manifest import COLUMNS
@@ -66,12 +75,12 @@ def test_encoder_overlaps_entropy_coding_and_matches_one_at_a_time(tmp_path, tin
         return finish(row, planned, want_ms_ssim)
 
     monkeypatch.setattr(UnitEncoder, "finish_record", staticmethod(spy))
-    summary = enc.process(unit, records, spec)
+    summary = unit_summary(enc.steps(unit, records, spec))
     assert summary["images"] == 6 and summary["errors"] == 1
     assert coder_threads and all(name.startswith("entropy-coder") for name in coder_threads)
     rows = pq.read_table(tmp_path / "out" / "manifest" / "part-00000.parquet").to_pylist()
     assert [r["key"] for r in rows] == [r.key for r in records]
-    one_at_a_time = [enc.encode_record(r, spec, unit) for r in records]
+    one_at_a_time = [enc.finish_record(*enc.prepare_record(r, spec, unit), spec) for r in records]
     blob, _ = build_tar([(f"{row.key}.msinn", data) for row, data in one_at_a_time if data is not None])
     assert (tmp_path / "out" / "bitstreams" / "part-00000.tar").read_bytes() == blob
     for got, (want, _) in zip(rows, one_at_a_time):

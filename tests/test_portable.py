@@ -23,8 +23,9 @@ from helpers import image_file
 
 import msinn
 from msinn.checkpoint import CheckpointError, load_portable, save_portable
-from msinn.codec import EncodeOptions, NumericsMismatch, decode_image, encode_image
 from msinn.container import MAGIC, _uvarint, encode_header, pack, read_header, unpack
+from msinn.decoding import NumericsMismatch, decode_image
+from msinn.encoding import EncodeOptions, encode_image
 from msinn.errors import BitstreamError
 from msinn.images import pixels_sha256 as _digest
 from msinn.portable import exact, kernels
@@ -62,7 +63,7 @@ DECODE_SCRIPT = """
 import json, sys, torch
 torch.set_num_threads(int(sys.argv[1]))
 import msinn
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
 from msinn.images import pixels_sha256
 m = msinn.load(sys.argv[2])
 out = {path: pixels_sha256(decode_image(open(path, "rb").read(), m, path).pixels) for path in sys.argv[3:]}
@@ -98,7 +99,7 @@ def test_decode_inside_a_ray_task_is_identical(coded, local_ray):
     @ray.remote(num_cpus=1)
     def decode_all(name: str, blobs: dict[str, bytes]) -> dict[str, str]:
         import msinn as m
-        from msinn.codec import decode_image as dec
+        from msinn.decoding import decode_image as dec
         from msinn.images import pixels_sha256
 
         model = m.load(name)

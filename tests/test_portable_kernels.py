@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
 from msinn.images import pixels_sha256
 from msinn.portable import kernels
 
@@ -86,7 +86,7 @@ def test_trusting_a_rounding_kernel_changes_a_real_layer_at_its_bound(model, mon
 SETTINGS_SCRIPT = r"""
 import json, sys, torch
 import msinn
-from msinn.codec import decode_image
+from msinn.decoding import decode_image
 from msinn.images import pixels_sha256
 from msinn.portable import kernels
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import image_file
 from PIL import Image
 
-from msinn.codec import encode_image
+from msinn.encoding import encode_image
 from msinn.ratecontrol import RateSearch, Target, snap_qp
 
 

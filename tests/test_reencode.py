@@ -77,7 +77,7 @@ def test_reencode_with_a_new_target_then_gc(tmp_path, local_ray, tiny_checkpoint
     # the current view still decodes completely after gc
     current_ok = {k: r for k, r in after.items() if r["status"] == "ok"}
     model = msinn.load(tiny_checkpoint)
-    from msinn.codec import decode_image
+    from msinn.decoding import decode_image
 
     for r in current_ok.values():
         with open(r["tar_uri"], "rb") as f:

@@ -75,18 +75,18 @@ def _output_path(path: str, extension: str) -> str:
 
 def cmd_encode(argv: list[str]) -> int:
     args = _encode_parser().parse_args(argv)
-    try:  # the input's size from its header first: an image over the limit costs a few bytes, not a model load
-        from ..sizing import check_size, image_size
+    try:  # its size from its header first (light: no torch yet): an image over the limit costs a few bytes
+        from ..images import open_image
 
-        max_pixels = args.max_pixels or DEFAULT_MAX_PIXELS
         data = Path(args.input).read_bytes()
-        check_size(image_size(data, args.input), args.input, max_pixels)
-    except (ImageInputError, OSError) as exc:
+        img = open_image(data, args.input, args.max_pixels or DEFAULT_MAX_PIXELS)
+    except (ImageInputError, ValueError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
+    from dataclasses import replace
+
     from ..choice import ChoiceOptions, encode_best, missing_codecs
-    from ..codec import EncodeOptions
-    from ..images import open_image
+    from ..encoding import EncodeOptions, default_target
 
     opts = {}
     if args.tile_pixels:
@@ -95,11 +95,9 @@ def cmd_encode(argv: list[str]) -> int:
         opts["tile_size"] = args.tile_size
     if args.max_pixels:
         opts["max_pixels"] = args.max_pixels
-    try:
+    try:  # the library's option objects check their values, the CLI none (docs/architecture.md, "One image through")
         choice = ChoiceOptions(args.codecs, args.avif_speed)
-        from ..refine import effort_of
-
-        effort_of(args.effort)
+        coding = EncodeOptions(effort=args.effort)  # an unknown --effort: a usage error, before any work
     except ValueError as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 2
@@ -112,22 +110,15 @@ def cmd_encode(argv: list[str]) -> int:
               f"{'; '.join(f'{c} ({why})' for c, why in missing.items())}", file=sys.stderr)
         return 2
     try:
-        options = EncodeOptions(**opts)
+        options = replace(coding, **opts)  # a bad tile size ends with exit code 1, as it always has
         model = _load_model(args.model, args.device)
-        target = _target(args)
-        if target is None:
-            from ..ratecontrol import Target
-
-            target = Target("qp", (model.anchor_num - 1) / 2)
-        if target.kind == "qp":
-            model.check_qp(target.value)
-        img = open_image(data, args.input, options.max_pixels)
+        target = _target(args) or default_target(model)  # a qp is checked against the model by the encoder
         exact = None
         if "lossless" in choice.codecs:  # the exact file competes: the original bytes (JPEG) or pixels back
             from ..lossless import store_exactly
 
             exact = store_exactly(data, args.input, options.max_pixels)
-        result = encode_best(model, img, target, choice, options, args.effort, exact)
+        result = encode_best(model, img, target, choice, options, exact)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
@@ -174,7 +165,7 @@ def cmd_decode(argv: list[str]) -> int:
                 write_atomic(args.output, data)
                 return 0
         if data[: len(MAGIC)] == MAGIC:
-            from ..codec import decode_image  # torch: only for the model's own files
+            from ..decoding import decode_image  # torch: only for the model's own files
 
             header, _ = read_header(data, args.input)
             model = _load_model(args.model or _registered_name(header, args.input), args.device)
