@@ -61,7 +61,7 @@ def load_job_model(model: str | None, target: tuple[str, float] | None = None) -
             if kind == "qp":
                 loaded.check_qp(value)
         except (TypeError, ValueError) as exc:
-            raise JobError(f"bad target --{'qp' if kind == 'qp' else 'target-' + kind} {value:g}: {exc} "
+            raise JobError(f"bad target --{kind} {value:g}: {exc} "
                            f"(model {model or '(default)'})") from None
     return loaded
 
