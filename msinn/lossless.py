@@ -65,6 +65,7 @@ class ExactPixels:
     exif: bytes | None = None
     xmp: bytes | None = None
 
+    # width/height read like PreparedImage's (msinn/images.py) on purpose: callers size either the same way.
     @property
     def width(self) -> int:
         return int(self.array.shape[1])

@@ -629,6 +629,7 @@ class MSINN(nn.Module):
             enc.data  # noqa: B018 -- code now, on the caller's thread
         return enc
 
+    # Same signature as PortableMSINN.decode_latents on purpose: both implement CodecModel's (msinn/interface.py).
     @torch.inference_mode()
     def decode_latents(
         self,

@@ -140,6 +140,7 @@ class UnitEncoder:
         self, rec: InputRecord, spec: JobSpec, unit: WorkUnit
     ) -> tuple[ManifestRow, PendingImage | None]:
         """The network half of a record: its manifest row so far and its pending image (None on error)."""
+        # Named fields, one per line, like the JobSpec built in pipeline/cli.py: a similar shape, not shared logic.
         row = ManifestRow(
             key=rec.key,
             source_uri=rec.source_uri,

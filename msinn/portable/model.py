@@ -153,6 +153,7 @@ class PortableMSINN:
         self.check_qp(qp)
         return self.decoder.encode_latents(latents, qp, self.float_model.gains(qp), keep_state, code)
 
+    # Same signature as MSINN.decode_latents on purpose: both implement CodecModel's (msinn/interface.py).
     @torch.inference_mode()
     def decode_latents(
         self,
