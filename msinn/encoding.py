@@ -286,6 +286,7 @@ class PendingEncode:
             tiles.append(TileRecord(x0, y0, w, h, list(enc.latent_shape), offset, len(stream), digests))
             offset += len(stream)
         final_pixels = restore_image(rate.recon, img.alpha, img.mode)
+        # Named fields, one per line (the duplicate scan pairs this shape with other constructor calls: not logic).
         header = Header(
             model_name=name_,
             model_hash=hash_,
