@@ -571,10 +571,15 @@ class MSINN(nn.Module):
 
     @torch.inference_mode()
     def estimate_bits(self, latents: list[torch.Tensor], qp: int | float, reconstruct: bool = False):
-        """Estimated bits (sum of -log2 likelihoods) and, optionally, the reconstruction."""
-        out = self.forward_latents(latents, qp)
-        bits = float(likelihood_bits(out["likelihoods"]))
-        return bits, (out["x_hat"] if reconstruct else None)
+        """Estimated bits (sum of -log2 likelihoods) and, optionally, the reconstruction.
+
+        Every likelihood is known when the level loop ends, so the inverse
+        transform (``finish``) runs only when the reconstruction is asked for:
+        the rate search's byte probes skip it.
+        """
+        coding = _TrainingCoding(self.gaussian_conditional)
+        finish = self._levels(latents, self.gains(qp), coding)
+        return float(likelihood_bits(coding.likelihoods)), (finish() if reconstruct else None)
 
     # ------------------------------------------------------------------ entropy coder tables
     def update(self, scale_table: torch.Tensor | None = None, force: bool = True) -> bool:
