@@ -81,10 +81,10 @@ def measure(checkout: Path, file: Path, repeats: int, ray: bool = False) -> dict
                                  check=True, capture_output=True, text=True)
             parts.append(json.loads(out.stdout.strip().splitlines()[-1]))
     if ray:
-        for _ in range(repeats):
+        for part in parts:
             out = subprocess.run([sys.executable, "-c", ACTOR], env=_env(checkout), cwd=checkout, check=True,
                                  capture_output=True, text=True)
-            parts[len(parts) - repeats + _].update(json.loads(out.stdout.strip().splitlines()[-1]))
+            part.update(json.loads(out.stdout.strip().splitlines()[-1]))
     result = {"msinn decode (wall)": statistics.median(walls)}
     for k in parts[0]:
         result[k] = statistics.median(p[k] for p in parts)

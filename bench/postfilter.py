@@ -72,7 +72,7 @@ class PostFilter(nn.Module):
 def training_pairs(model, crops: list[np.ndarray], anchors: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(reconstructions, originals, qps): every crop coded at every anchor with real rounding."""
     xs, ys, qs = [], [], []
-    float_model = getattr(model, "float_model", None) or model
+    float_model = model.float_model
     float_model.eval()
     with torch.no_grad():
         for crop in crops:
@@ -128,7 +128,7 @@ def main() -> None:
     from msinn.ratecontrol import Target
 
     model = msinn.load(args.model)
-    anchors = model.anchor_num if hasattr(model, "anchor_num") else model.float_model.anchor_num
+    anchors = model.anchor_num
     paths = sorted((SHARED / "train").glob("*.png")) + sorted((SHARED / "train-extra").glob("*.*g"))
     t0 = time.perf_counter()
     xs, ys, qs = training_pairs(model, random_crops(paths, args.crops, args.crop_size), anchors)
@@ -180,7 +180,7 @@ def main() -> None:
     p0 = [float(np.mean(before[q])) for q in qps]
     p1 = [float(np.mean(after[q])) for q in qps]
     gain = bd_rate(rates, p0, rates, p1)
-    out = {"model": model.model_name if hasattr(model, "model_name") else args.model, "channels": args.channels,
+    out = {"model": model.model_name or args.model, "channels": args.channels,
            "layers": args.layers, "unshuffle": args.unshuffle, "macs_per_pixel": net.macs_per_pixel(),
            "images": len(kodak), "qps": qps,
            "bpp": rates, "psnr_codec": p0, "psnr_filtered": p1, "bd_rate_vs_codec": gain,

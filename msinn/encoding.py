@@ -33,7 +33,7 @@ from .images import (
 from .metrics import psnr_uint8
 from .model import MSINN
 from .ratecontrol import Target, keep_within_cap, search_rate
-from .refine import EFFORTS, Effort, effort_of, refine_latents
+from .refine import Effort, effort_of, refine_latents
 from .tensors import to_padded_tensor, to_uint8
 from .version import __version__
 
@@ -61,7 +61,7 @@ class EncodeOptions:
     @property
     def refinement(self) -> Effort | None:
         """The refinement of the (checked) effort level; None for 0."""
-        return EFFORTS.get(self.effort)
+        return effort_of(self.effort)
 
 
 def default_target(model: MSINN) -> Target:

@@ -28,7 +28,6 @@ if TYPE_CHECKING:  # torch loads on first refinement: the levels are read by lig
     import torch
 
     from .interface import CodecModel
-    from .model import MSINN
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,6 @@ def sga_round(v: torch.Tensor, tau: float, generator: torch.Generator) -> torch.
     return f + p[..., 1]
 
 
-def float_decoder(model: CodecModel) -> MSINN:
-    """The float model gradients can flow through: a portable model's float twin, or the model itself."""
-    return model.float_model
-
-
 def _mse(x_hat: torch.Tensor, x: torch.Tensor, region: tuple[int, int]) -> torch.Tensor:
     h, w = region
     return ((x_hat[..., :h, :w] - x[..., :h, :w]) ** 2).mean()
@@ -89,7 +83,7 @@ def rd_slope(
     """Lambda for ``qp``: bits per pixel saved per unit of mean squared error given up, measured at qp +- 0.25."""
     import torch
 
-    m = float_decoder(model)
+    m = model.float_model  # gradients flow through it: a portable model's float twin, or the model itself
     lo, hi = max(qp - 0.25, 0.0), min(qp + 0.25, float(m.anchor_num - 1))
     if hi <= lo:
         return None
@@ -124,7 +118,7 @@ def refine_latents(
     """
     import torch
 
-    m = float_decoder(model)
+    m = model.float_model  # gradients flow through it: a portable model's float twin, or the model itself
     region = region or (x.shape[2], x.shape[3])
     lam = rd_slope(model, latents, x, qp, region)
     if lam is None:

@@ -14,8 +14,8 @@ import json
 import logging
 import sys
 
-from msinn.cli import options
-from msinn.cli.options import add_coding_args, coding_of
+from msinn.cli.options import add_coding_args, add_target_args, coding_of
+from msinn.cli.options import target_of as given_target
 
 from .spec import JobSpec, check_limits
 from .storage_options import options_arg
@@ -23,7 +23,7 @@ from .storage_options import options_arg
 
 def target_of(args: argparse.Namespace) -> tuple[str, float]:
     """The job's target from the shared options (``msinn.cli.options``): every command needs one."""
-    found = options.target_of(args)
+    found = given_target(args)
     if found is None:
         raise SystemExit("a target is required")
     return found
@@ -43,7 +43,7 @@ def transcode_parser(prog: str = "msinn-pipeline transcode") -> argparse.Argumen
     p = argparse.ArgumentParser(prog=prog, description="Archive an image dataset with MS-INN on Ray.")
     p.add_argument("--input", required=True, help="fsspec URI: folder/prefix of images, *.tar shards or *.parquet")
     p.add_argument("--output", required=True, help="fsspec URI of the archive (bitstreams/, manifest/, summary.json)")
-    options.add_target_args(p, required=True, lossless=True)
+    add_target_args(p, required=True, lossless=True)
     p.add_argument("--model", help="bundled model name, or path/URI of a checkpoint (default: bundled weights)")
     p.add_argument("--input-kind", default="auto", choices=["auto", "files", "tar", "parquet"])
     p.add_argument("--key-column", default="key", help="Parquet inputs: column holding the key")
@@ -302,7 +302,7 @@ def cmd_verify(argv: list[str], prog: str = "msinn-pipeline verify") -> int:
 def reencode_parser(prog: str) -> argparse.ArgumentParser:
     p = _archive_parser(prog, "Re-encode the rows of an archive that a SQL predicate selects.")
     p.add_argument("--where", help="SQL predicate over the current manifest, e.g. \"status = 'error'\"")
-    options.add_target_args(p, required=True, lossless=True)
+    add_target_args(p, required=True, lossless=True)
     p.add_argument("--model", help="model for the new encodes (default: bundled weights)")
     p.add_argument("--from", dest="source_mode", default="auto", choices=["auto", "source", "bitstream"],
                    help="re-encode from the original image, the decoded bitstream, or the first that works")

@@ -20,8 +20,7 @@ from .storage import canonical, filesystem, full_uri, is_local, open_read, retri
 def within(uri: str, root: str) -> bool:
     """True when ``uri`` is ``root`` or lies below it, compared segment by segment in canonical spelling
     (``/data/in2`` is not under ``/data/in``; ``/data/in/../x`` is not under it either)."""
-    u, r = canonical(uri), canonical(root)
-    return u == r or u.startswith(r.rstrip("/") + "/")
+    return _inside(canonical(uri), canonical(root))
 
 
 def _inside(path: str, root: str) -> bool:

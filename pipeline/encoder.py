@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from msinn.checkpoint import model_identity
-from msinn.choice import MODEL_CODEC, ChoiceOptions, choose, meets
+from msinn.choice import ChoiceOptions, choose, meets
 from msinn.encoding import EncodeOptions, PendingEncode, prepare_encode
 from msinn.errors import ImageInputError
 from msinn.images import PreparedImage, open_image, rgb_view
@@ -172,7 +172,7 @@ class UnitEncoder:
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
             model_encode = None
-            if MODEL_CODEC in spec.codecs:
+            if spec.needs_model:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels, effort=spec.effort)
                 model_encode = prepare_encode(self.model, img, target, opts)
         except ImageInputError as exc:

@@ -85,8 +85,9 @@ def cmd_encode(argv: list[str]) -> int:
         return 1
     from dataclasses import replace
 
-    from ..choice import ChoiceOptions, encode_best, missing_codecs
+    from ..choice import MODEL_CODEC, ChoiceOptions, encode_best, missing_codecs
     from ..encoding import EncodeOptions, default_target
+    from ..lossless import LOSSLESS, store_exactly
 
     opts = {}
     if args.tile_pixels:
@@ -101,7 +102,7 @@ def cmd_encode(argv: list[str]) -> int:
     except ValueError as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 2
-    if args.qp is not None and "msinn" not in choice.codecs:
+    if args.qp is not None and MODEL_CODEC not in choice.codecs:
         print("msinn encode: --qp is the model's rate parameter: it needs msinn among the --codecs", file=sys.stderr)
         return 2
     missing = missing_codecs(choice.codecs)
@@ -114,9 +115,7 @@ def cmd_encode(argv: list[str]) -> int:
         model = _load_model(args.model, args.device)
         target = _target(args) or default_target(model)  # a qp is checked against the model by the encoder
         exact = None
-        if "lossless" in choice.codecs:  # the exact file competes: the original bytes (JPEG) or pixels back
-            from ..lossless import store_exactly
-
+        if LOSSLESS in choice.codecs:  # the exact file competes: the original bytes (JPEG) or pixels back
             exact = store_exactly(data, args.input, options.max_pixels)
         result = encode_best(model, img, target, choice, options, exact)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:

@@ -67,7 +67,6 @@ class PortableMSINN:
         self._float_model: MSINN | None = None  # built on first use: decoding never needs it
         self._twin_lock = threading.Lock()
         self.weights_sha256 = portable_hash(config, spec, tensors, float_tensors)
-        self.model_name: str | None = None
 
     @property
     def layers(self) -> dict[str, Layer]:
