@@ -2,6 +2,9 @@
 
 The ``stats`` command, the plots and every run's summary read the manifest
 through these queries, so an error cause or a mean is derived one way only.
+Means add their rows in key order (``avg(x ORDER BY key, x)``): a float sum
+depends on its order, and the order rows reach an aggregate is not fixed, so
+without it the same archive could report means a last digit apart.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ SELECT
     coalesce(sum(list_sum([m.bytes for m in members])), 0) AS stored_parts_bytes,
     count(*) FILTER (WHERE status = 'ok' AND exact = 'bytes') AS exact_bytes,
     count(*) FILTER (WHERE status = 'ok' AND exact = 'pixels') AS exact_pixels,
-    avg(bpp) FILTER (WHERE status = 'ok') AS mean_bpp,
+    avg(bpp ORDER BY key, bpp) FILTER (WHERE status = 'ok') AS mean_bpp,
     quantile_cont(bpp, 0.05) FILTER (WHERE status = 'ok') AS bpp_p5,
     quantile_cont(bpp, 0.50) FILTER (WHERE status = 'ok') AS bpp_p50,
     quantile_cont(bpp, 0.95) FILTER (WHERE status = 'ok') AS bpp_p95,
-    avg(psnr) FILTER (WHERE status = 'ok') AS mean_psnr,
+    avg(psnr ORDER BY key, psnr) FILTER (WHERE status = 'ok') AS mean_psnr,
     quantile_cont(psnr, 0.05) FILTER (WHERE status = 'ok') AS psnr_p5,
     quantile_cont(psnr, 0.50) FILTER (WHERE status = 'ok') AS psnr_p50,
     quantile_cont(psnr, 0.95) FILTER (WHERE status = 'ok') AS psnr_p95,
@@ -47,13 +50,15 @@ GROUP BY cause ORDER BY n DESC, cause
 GROUP_SQL = """
 SELECT {col} AS name, count(*) AS images, count(*) FILTER (WHERE status = 'ok') AS ok,
        coalesce(sum(bytes) FILTER (WHERE status = 'ok'), 0) AS bytes_out,
-       avg(bpp) FILTER (WHERE status = 'ok') AS mean_bpp, avg(psnr) FILTER (WHERE status = 'ok') AS mean_psnr
+       avg(bpp ORDER BY key, bpp) FILTER (WHERE status = 'ok') AS mean_bpp,
+       avg(psnr ORDER BY key, psnr) FILTER (WHERE status = 'ok') AS mean_psnr
 FROM manifest GROUP BY {col} ORDER BY {col}
 """
 
 
 CODEC_SQL = """
-SELECT codec AS name, count(*) AS images, sum(bytes) AS bytes_out, avg(bpp) AS mean_bpp, avg(psnr) AS mean_psnr,
+SELECT codec AS name, count(*) AS images, sum(bytes) AS bytes_out, avg(bpp ORDER BY key, bpp) AS mean_bpp,
+       avg(psnr ORDER BY key, psnr) AS mean_psnr,
        count(*) / sum(count(*)) OVER () AS share
 FROM {rows} WHERE status = 'ok' AND codec IS DISTINCT FROM 'none' GROUP BY codec ORDER BY codec
 """
