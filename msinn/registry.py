@@ -60,3 +60,12 @@ def lookup_hash(sha256: str) -> RegisteredModel | None:
         if m.sha256 == sha256:
             return m
     return None
+
+
+def default_float_model() -> RegisteredModel | None:
+    """The float model the default was converted from (``NAME-pN`` comes from ``NAME``): training continues from it."""
+    name = default_model_name()
+    if name is None:
+        return None
+    base, sep, profile = name.rpartition("-p")
+    return lookup(base) if sep and profile.isdigit() else lookup(name)

@@ -91,7 +91,7 @@ def main() -> int:
     for p in (e, d):
         p.add_argument("--device", default="cpu")
         p.add_argument("--threads", type=int, default=0)
-        p.add_argument("--model", default=None if p is d else "msinn-small-2026-11d-p1")
+        p.add_argument("--model", default=None)  # encode: the default model; decode: the one each file names
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

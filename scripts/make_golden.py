@@ -13,6 +13,10 @@ that files written in another configuration decode on CI's machine.
 pixels with golden.json (exit 1 on any difference), so another configuration
 can check the files the others wrote.
 
+Each file is decoded with the model golden.json names for it, so the files of
+every published portable model keep being checked; a new default writes its own
+set (``--tag`` with the model's short name, say ``12a-p1``).
+
 ``--tag`` names a set written elsewhere (``TAG-NAME.msinn``; say an older
 torch or another CPU architecture); entries are merged into golden.json,
 others kept. Run it with the interpreter of that configuration, with
@@ -60,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default="msinn-small-2026-11d-p1")
+    ap.add_argument("--model", default="", help="portable model that writes the files (default: the default model)")
     ap.add_argument("--tag", default="", help="prefix of the files' names: a set written in another configuration")
     ap.add_argument("--only", default="", help="comma-separated image names (default: all)")
     ap.add_argument("--verify", action="store_true", help="decode every golden file and compare, write nothing")
@@ -76,7 +80,7 @@ def main() -> None:
     from msinn.images import pixels_sha256
     from msinn.ratecontrol import Target
 
-    model = msinn.load(args.model, args.device)
+    model = msinn.load(args.model or None, args.device)
     OUT.mkdir(parents=True, exist_ok=True)
     index_path = OUT / "golden.json"
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
@@ -110,10 +114,11 @@ def verify(args: argparse.Namespace) -> int:
     from msinn.determinism import numerics_record
     from msinn.images import pixels_sha256
 
-    model = msinn.load(args.model, args.device)
     index = json.loads((OUT / "golden.json").read_text())
+    models = {m: msinn.load(m, args.device) for m in sorted({e["model"] for e in index.values()})}
     differ = [name for name, e in index.items()
-              if pixels_sha256(decode_image((OUT / e["file"]).read_bytes(), model, name).pixels) != e["pixels_sha256"]]
+              if pixels_sha256(decode_image((OUT / e["file"]).read_bytes(), models[e["model"]], name).pixels)
+              != e["pixels_sha256"]]
     print(json.dumps({"identical": len(index) - len(differ), "files": len(index), "differ": differ,
                       "decoded_on": numerics_record(torch.device(args.device))}))
     return 1 if differ else 0

@@ -2,7 +2,7 @@
 
     # first call: start from the bundled float weights (or any checkpoint), on CUDA
     python scripts/train_budget.py --run RUN --budget-minutes 8 --device cuda \\
-        --init-from msinn/weights/msinn-small-2026-11d.pt --data DATA/train DATA/train-extra --data-weights 0.5 0.5
+        --init-from msinn/weights/msinn-small-2026-12a.pt --data DATA/train DATA/train-extra --data-weights 0.5 0.5
     # every later call, on any machine: resumes RUN/last.pt where it stopped
     python scripts/train_budget.py --run RUN --budget-minutes 8 --device cuda
 
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print("train_budget: --device cuda but no GPU is visible here (use --device cpu)", file=sys.stderr)
         return 2
     from msinn.cli.train import main as train
+    from msinn.registry import default_float_model
 
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device == "cuda"
     flags = ["--out", str(run), "--device", args.device, "--checkpoint-every", "500", "--validate-every", "1000000"]
     if not resuming:
-        init = args.init_from or str(REPO / "msinn" / "weights" / "msinn-small-2026-11d.pt")
+        init = args.init_from or str(default_float_model().path)  # the default's float weights
         if not args.data:
             print("train_budget: a new run needs --data", file=sys.stderr)
             return 2

@@ -50,6 +50,44 @@ def test_bd_rate_without_overlap_is_none():
     assert bdrate.bd_rate(RATES, PSNRS, [0.5], [30.0]) is None  # one point is no curve
 
 
+def _eval_doc(model: str, scale: dict[str, float], qps: list[int]) -> dict:
+    """An ``msinn eval --json`` document whose images' rates are the curve above times ``scale[image]``."""
+    per_image = [{"image": f"/data/{name}", "points": [{"qp": q, "bpp": RATES[i] * f, "psnr": PSNRS[i]}
+                                                      for i, q in enumerate(range(6)) if q in qps]}
+                 for name, f in scale.items()]
+    points = [{"qp": q, "bpp": RATES[q] * float(np.mean(list(scale.values()))), "psnr": PSNRS[q]} for q in qps]
+    return {"model": model, "points": points, "per_image": per_image}
+
+
+def test_compare_rd_gates_model_against_model_over_the_common_qps(tmp_path, capsys):
+    """scripts/compare_rd.py: a candidate 10% cheaper on one image and 5% dearer on the other, measured at more
+    qps than the default, is compared over the qps both have; files with nothing in common are refused."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_rd", Path(__file__).resolve().parents[1] / "scripts"
+                                                  / "compare_rd.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    old = _eval_doc("old", {"a.png": 1.0, "b.png": 1.0}, [0, 2, 4])
+    new = _eval_doc("new", {"a.png": 0.9, "b.png": 1.05}, [0, 1, 2, 3, 4, 5])
+    r = mod.compare_files(new, old)
+    assert r["qps"] == [0, 2, 4]
+    assert r["per_image"]["a.png"] == pytest.approx(-10.0, abs=1e-6)
+    assert r["per_image"]["b.png"] == pytest.approx(5.0, abs=1e-6)
+    assert r["bd_rate"] == pytest.approx(-2.5, abs=1e-6)
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert mod.main([str(tmp_path / "new.json"), str(tmp_path / "old.json")]) == 0
+    out = capsys.readouterr().out
+    assert "BD-rate -2.50%" in out and "1 of 2 images better" in out
+    (tmp_path / "other.json").write_text(json.dumps(_eval_doc("x", {"c.png": 1.0}, [0, 2])))
+    assert mod.main([str(tmp_path / "other.json"), str(tmp_path / "old.json")]) == 1
+    assert "no image" in capsys.readouterr().err
+    (tmp_path / "one.json").write_text(json.dumps(_eval_doc("y", {"a.png": 1.0}, [0])))
+    assert mod.main([str(tmp_path / "one.json"), str(tmp_path / "old.json")]) == 1
+    assert "at least two" in capsys.readouterr().err
+
+
 def test_the_per_image_choice_takes_each_images_smaller_codec_at_each_floor():
     """Two images: the model wins on one, the codec on the other; the choice is the mean of the smaller rates."""
     model = {"bpp": [0.2, 0.5, 1.2], "psnr": [30.0, 34.0, 38.0]}

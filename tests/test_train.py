@@ -130,6 +130,39 @@ def test_more_anchors_start_as_copies_of_the_top_anchor(tmp_path, images, straig
     assert not torch.equal(t.model.gain[3], t.model.gain[2])  # the new anchor trains on its own
 
 
+def test_copied_top_anchors_restart_on_the_progression_and_the_run_resumes(tmp_path, images, straight):
+    """scripts/extrapolate_anchors.py (2026-12a's recipe): copies above the top continue each channel's ratio
+    between the two anchors below them; the rest of the checkpoint is kept and training resumes from it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("extrapolate_anchors", ROOT / "scripts" / "extrapolate_anchors.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    old = straight[0]
+    wide = replace(TINY, anchor_num=5)
+    out = tmp_path / "wide"
+    t = Trainer(_settings(out, steps=1), wide, init_from=str(straight[1] / "last.pt"), images=images)
+    t.run()
+    before = torch.load(out / "last.pt", weights_only=True)
+    assert mod.main([str(out / "last.pt"), "--first", "3"]) == 0
+    after = torch.load(out / "last.pt", weights_only=True)
+    for k in ("gain", "inv_gain", "scale_gain"):
+        v, w = before["state_dict"][k], after["state_dict"][k]
+        assert torch.equal(w[:3], v[:3]) and not torch.equal(w[3:], v[3:])
+        ratio = v[2] / v[1]
+        torch.testing.assert_close(w[3], v[2] * ratio)
+        torch.testing.assert_close(w[4], v[2] * ratio**2)
+    assert not torch.equal(after["state_dict"]["gain"][4], old["gain"][2])
+    assert after["step"] == before["step"] and after["optimizer"].keys() == before["optimizer"].keys()
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items()
+               if k not in ("gain", "inv_gain", "scale_gain"))
+    resumed = Trainer(_settings(out, steps=2), images=images)
+    torch.testing.assert_close(resumed.model.gain.detach(), after["state_dict"]["gain"])
+    resumed.run()
+    assert resumed.step == 2
+    assert mod.main([str(out / "last.pt"), "--first", "1"]) == 2  # needs two anchors below to extrapolate
+
+
 def test_lower_lambdas_become_anchors_below_with_extrapolated_gains(tmp_path, images, straight):
     old = straight[0]
     wide = replace(TINY, anchor_num=5)

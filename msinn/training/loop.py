@@ -101,7 +101,7 @@ def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0)
     starts close to where it will settle instead of as a copy.
     """
     out = dict(sd)
-    for k in ("gain", "inv_gain", "scale_gain"):
+    for k in GAIN_KEYS:
         v = sd[k]
         above = anchor_num - v.shape[0] - below
         if above < 0 or below < 0:
@@ -110,6 +110,29 @@ def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0)
         lower = [v[0:1] * step**i for i in range(below, 0, -1)]
         extra = v[-1:].expand(above, *v.shape[1:])
         out[k] = torch.cat((*lower, v, extra), dim=0).contiguous()
+    return out
+
+
+GAIN_KEYS = ("gain", "inv_gain", "scale_gain")
+
+
+def extrapolate_top_anchors(sd: dict[str, torch.Tensor], first: int) -> dict[str, torch.Tensor]:
+    """Restart anchors ``first`` and above on the trained anchors' geometric progression.
+
+    Rows copied from the top anchor barely move in training (the 2026-12 CPU
+    run: three copies stayed within 0.8% of the top's gains after 4300 steps),
+    so they code at nearly the top rate. Each channel's gain, inverse gain and
+    scale gain instead continue the ratio between the two anchors below
+    ``first``, which is nearly constant across the trained range.
+    """
+    out = dict(sd)
+    for k in GAIN_KEYS:
+        v = sd[k]
+        if not 2 <= first < v.shape[0]:
+            raise ValueError(f"anchors {first}.. cannot be extrapolated in a model of {v.shape[0]} anchors")
+        top, step = v[first - 1], v[first - 1] / v[first - 2]
+        rows = [top * step**i for i in range(1, v.shape[0] - first + 1)]
+        out[k] = torch.cat((v[:first], torch.stack(rows)), dim=0).contiguous()
     return out
 
 
