@@ -64,15 +64,5 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Replace ``path`` with ``data`` (text is written as UTF-8), whole or not at all."""
-    path = Path(path)
-    tmp = _temporary(path, "")
-    try:
-        with open(tmp, "xb") as f:  # a new file: created with the umask's permissions, never an existing one
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
+    with atomic_path(path) as tmp, open(tmp, "xb") as f:  # "x": a new file, created with the umask's permissions
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)

@@ -213,6 +213,27 @@ class _ImageSession:
         return min(psnr_uint8(rec, self.img.rgb), 100.0), (encs, rec)
 
 
+def _file_header(
+    model: MSINN, img: PreparedImage, tiles: list[TileRecord], qp: int | float, alpha: tuple[int, int] | None,
+    digest: str,
+) -> Header:
+    """The header of a ``.msinn`` file (payload length and CRC are filled in by ``pack``).
+
+    One builder serves the real file and the size cap's bound, so the two
+    cannot drift apart. ``alpha`` is (offset, length) of the alpha stream.
+    """
+    name, h = model_identity(model)
+    single = len(tiles) == 1
+    return Header(
+        model_name=name, model_hash=h, qp=qp, width=img.width, height=img.height, mode=img.mode,
+        source_mode=img.source_mode, bit_depth=img.bit_depth, padding="replicate",
+        tile_width=img.width if single else tiles[0].width, tile_height=img.height if single else tiles[0].height,
+        tiles=tiles, alpha_offset=alpha[0] if alpha else None, alpha_length=alpha[1] if alpha else None,
+        payload_length=0, payload_crc32=0, image_digest=digest, codec_version=__version__, profile=model.profile,
+        numerics="" if model.profile != "float32" else numerics_record(model.device),
+    )
+
+
 def _header_overhead(
     model: MSINN, img: PreparedImage, tiles: list[tuple[int, int, int, int]], alpha_len: int, payload_bound: int
 ) -> int:
@@ -222,18 +243,11 @@ def _header_overhead(
     offset and length as ``payload_bound``, so the real header is never larger
     when the payload stays within it: a size cap holds for the whole file.
     """
-    name, h = model_identity(model)
     n = max(int(payload_bound), 1)
     records = [TileRecord(x, y, w, ht, [-(-ht // 64) * 4, -(-w // 64) * 4], n, n, ["00000000"] * 5)
                for x, y, w, ht in tiles]
-    header = Header(
-        model_name=name, model_hash=h, qp=0.5, width=img.width, height=img.height, mode=img.mode,
-        source_mode=img.source_mode, bit_depth=img.bit_depth, padding="replicate", tile_width=tiles[0][2],
-        tile_height=tiles[0][3], tiles=records, alpha_offset=n if alpha_len else None,
-        alpha_length=n if alpha_len else None, payload_length=n, payload_crc32=0, image_digest="0" * 16,
-        codec_version=__version__, profile=model.profile,
-        numerics="" if model.profile != "float32" else numerics_record(model.device),
-    )
+    header = _file_header(model, img, records, 0.5, (n, n) if alpha_len else None, "0" * 16)
+    header.payload_length = n
     return header_bytes(header) + alpha_len
 
 
@@ -279,36 +293,14 @@ class PendingEncode:
     def _pack(self, streams: list[bytes], t0: float) -> EncodeResult:
         """The ``.msinn`` file from the coded streams; ``t0`` is when finishing began."""
         img, model, rate = self.img, self.model, self.rate
-        name_, hash_ = model_identity(model)
         tiles, offset = [], 0
         for (x0, y0, w, h), enc, stream in zip(self.tiles, rate.encs, streams):
             digests = [symbols_digest(v) for v in enc.level_symbols]
             tiles.append(TileRecord(x0, y0, w, h, list(enc.latent_shape), offset, len(stream), digests))
             offset += len(stream)
         final_pixels = restore_image(rate.recon, img.alpha, img.mode)
-        # Named fields, one per line (the duplicate scan pairs this shape with other constructor calls: not logic).
-        header = Header(
-            model_name=name_,
-            model_hash=hash_,
-            qp=rate.qp,
-            width=img.width,
-            height=img.height,
-            mode=img.mode,
-            source_mode=img.source_mode,
-            bit_depth=img.bit_depth,
-            padding="replicate",
-            tile_width=self.tiles[0][2] if len(self.tiles) > 1 else img.width,
-            tile_height=self.tiles[0][3] if len(self.tiles) > 1 else img.height,
-            tiles=tiles,
-            alpha_offset=offset if self.alpha_bytes else None,
-            alpha_length=len(self.alpha_bytes) if self.alpha_bytes else None,
-            payload_length=0,
-            payload_crc32=0,
-            image_digest=image_digest(final_pixels),
-            codec_version=__version__,
-            profile=model.profile,
-            numerics="" if model.profile != "float32" else numerics_record(model.device),
-        )
+        alpha = (offset, len(self.alpha_bytes)) if self.alpha_bytes else None
+        header = _file_header(model, img, tiles, rate.qp, alpha, image_digest(final_pixels))
         data = pack(header, b"".join(streams) + self.alpha_bytes)
         pixels = img.width * img.height
         return EncodeResult(

@@ -25,7 +25,7 @@ from . import storage
 from .archive import connect, iter_select
 from .bitstreams import UntrustedReference, as_model_list, shard_name
 from .plan import LEGACY_PLAN, PLAN_MARKER, Plan, PlanError, archived_rows, freeze_plan, read_frozen, read_plan
-from .runner import execute_units, load_job_model
+from .runner import check_job_model, execute_units
 from .shards import committed_shards, is_committed
 from .spec import ArchivedRow, JobError, JobSpec, WorkUnit, check_limits, new_run_id
 
@@ -120,7 +120,7 @@ def run_reencode(
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
     if probe.needs_model:  # a bad --model or target fails before a plan is frozen
-        load_job_model(model, (target_kind, float(target_value)))
+        check_job_model(model, (target_kind, float(target_value)))
     check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]

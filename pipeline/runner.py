@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from msinn.raylocal import init_ray
 
@@ -32,9 +32,6 @@ from .pool import PoolSettings, run_pool
 from .shards import committed_shards, is_committed
 from .spec import JobError, JobSpec, WorkUnit, check_limits, new_run_id
 
-if TYPE_CHECKING:  # pragma: no cover
-    from msinn.interface import CodecModel
-
 log = logging.getLogger("pipeline")
 
 
@@ -44,9 +41,9 @@ def canonical_spec(spec: JobSpec) -> JobSpec:
                    model=storage.canonical_model(spec.model))
 
 
-def load_job_model(model: str | None, target: tuple[str, float] | None = None) -> CodecModel:
+def check_job_model(model: str | None, target: tuple[str, float] | None = None) -> None:
     """Load the job's model once in the driver, so a bad name or file fails here, in one line; with ``target``,
-    check that the model can meet it (a qp within its anchors). Returns the model."""
+    check that the model can meet it (a qp within its anchors). The workers load their own copy."""
     import msinn
     from msinn.ratecontrol import Target
 
@@ -63,14 +60,13 @@ def load_job_model(model: str | None, target: tuple[str, float] | None = None) -
         except (TypeError, ValueError) as exc:
             raise JobError(f"bad target --{kind} {value:g}: {exc} "
                            f"(model {model or '(default)'})") from None
-    return loaded
 
 
 def check_job(spec: JobSpec) -> None:
     """Refuse a job with a bad parameter before anything is frozen: a plan fixes its job, so a typo frozen in
     would refuse the corrected rerun. (Its limits were checked when the spec was made: ``spec.check_limits``.)"""
     if spec.needs_model:
-        load_job_model(spec.model, (spec.target_kind, spec.target_value))
+        check_job_model(spec.model, (spec.target_kind, spec.target_value))
     else:
         from msinn.ratecontrol import Target
 

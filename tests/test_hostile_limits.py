@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import BUNDLED
 from helpers import image_file, png_stream
 from pipeline_helpers import png_bytes, read_manifest, unit_summary
 
@@ -145,7 +146,7 @@ def _forged_archive(tmp_path: Path, members: dict[str, bytes]) -> tuple[str, dic
             codec = {"jpg": "jpeg"}.get(ext, ext)
             rows[key] = {"key": key, "status": "ok", "codec": codec, "mode": "RGB", "width": 96, "height": 64,
                          "pixel_hash": "0" * 16, "tar_uri": str(tar), "offset": m.offset_data, "length": m.size,
-                         "archive_root": str(arch), "model": "msinn-small-2026-11d-p1",
+                         "archive_root": str(arch), "model": BUNDLED,
                          "model_hash": "cd158f947d2d9aa3"}
     return str(arch), rows
 

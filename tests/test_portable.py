@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import BUNDLED
 from helpers import image_file
 
 import msinn
@@ -34,7 +35,6 @@ from msinn.ratecontrol import Target
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 INDEX = json.loads((GOLDEN / "golden.json").read_text())
-PORTABLE = "msinn-small-2026-11d-p1"
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ print("RESULT " + json.dumps(out))
 
 def _decode_elsewhere(threads: int, paths: list[str]) -> dict[str, str]:
     proc = subprocess.run(
-        [sys.executable, "-c", DECODE_SCRIPT, str(threads), PORTABLE, *paths],
+        [sys.executable, "-c", DECODE_SCRIPT, str(threads), BUNDLED, *paths],
         capture_output=True, text=True, timeout=600, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -105,14 +105,14 @@ def test_decode_inside_a_ray_task_is_identical(coded, local_ray):
         model = m.load(name)
         return {k: pixels_sha256(dec(v, model, k).pixels) for k, v in blobs.items()}
 
-    got = ray.get(decode_all.remote(PORTABLE, {k: v[0] for k, v in coded.items()}))
+    got = ray.get(decode_all.remote(BUNDLED, {k: v[0] for k, v in coded.items()}))
     assert got == {k: v[1] for k, v in coded.items()}
 
 
 @pytest.fixture(scope="module")
 def golden_models(model) -> dict[str, object]:
     """Each published portable model that wrote golden files, loaded once (the default fixture reused)."""
-    return {PORTABLE: model}
+    return {BUNDLED: model}
 
 
 @pytest.mark.parametrize("name", sorted(INDEX))

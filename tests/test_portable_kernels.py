@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import BUNDLED
 
 from msinn.decoding import decode_image
 from msinn.images import pixels_sha256
@@ -27,7 +28,6 @@ from msinn.portable import kernels
 REPO = Path(__file__).resolve().parents[1]
 GOLDEN = REPO / "tests" / "golden"
 INDEX = json.loads((GOLDEN / "golden.json").read_text())
-PORTABLE = "msinn-small-2026-11d-p1"
 CASE = "k03-qp4"
 SMALL = "gray-qp0"
 
@@ -119,7 +119,7 @@ print("RESULT " + json.dumps(out))
 def test_every_precision_setting_decodes_the_same_pixels():
     """Legacy and new APIs one after the other, in a process started as NVIDIA's containers start one."""
     env = {"TORCH_ALLOW_TF32_CUBLAS_OVERRIDE": "1", "ONEDNN_DEFAULT_FPMATH_MODE": "BF16"}
-    proc = subprocess.run([sys.executable, "-c", SETTINGS_SCRIPT, PORTABLE, str(GOLDEN / INDEX[SMALL]["file"])],
+    proc = subprocess.run([sys.executable, "-c", SETTINGS_SCRIPT, BUNDLED, str(GOLDEN / INDEX[SMALL]["file"])],
                           capture_output=True, text=True, timeout=600, cwd=REPO,
                           env={**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
