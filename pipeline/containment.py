@@ -47,11 +47,20 @@ def open_input(uri: str, options: dict | None, root: str) -> BinaryIO:
     with ``fstat``, so a FIFO or a device (which could block forever or
     never end) is refused instead of read. Object stores hold only objects.
     """
-    if not within(uri, root):
-        raise RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
+    _check_within(uri, root)
     fs, path = filesystem(uri, options)
     if not is_local(fs):
         return open_read(uri, options)
+    return _open_local(uri, path, root)
+
+
+def _check_within(uri: str, root: str) -> None:
+    if not within(uri, root):
+        raise RefusedInput(f"{uri}: not under the input {root}; only files under it are read")
+
+
+def _open_local(uri: str, path: str, root: str) -> BinaryIO:
+    """A local regular file whose real path lies under ``root``, opened without following a last link."""
     real = os.path.realpath(path)
     real_root = os.path.realpath(canonical(root))
     if not _inside(real, real_root):
@@ -70,9 +79,10 @@ def read_input(uri: str, options: dict | None, root: str, max_bytes: int) -> byt
 
     On object stores this is one ranged GET of at most ``max_bytes + 1`` bytes.
     """
+    _check_within(uri, root)
     fs, path = filesystem(uri, options)
-    if is_local(fs) or not within(uri, root):
-        with open_input(uri, options, root) as f:
+    if is_local(fs):
+        with _open_local(uri, path, root) as f:
             data = f.read(max_bytes + 1)
     else:
         data = retried(fs, lambda: fs.cat_file(path, start=0, end=max_bytes + 1), f"read {uri}")

@@ -34,21 +34,39 @@ def _log_skip(uri: str, why: str) -> None:
     log.warning("%r: not planned: %s", uri, why)  # repr: a name's control or bidirectional characters escaped
 
 
+def _single_file(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> tuple[str, int] | None:
+    """(uri, size) when the input names one file rather than a prefix: both listings start with this."""
+    if not retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
+        return None
+    info = retried(fs, lambda: fs.info(path), f"stat {uri}")
+    return full_uri(fs, path), int(info.get("size") or 0)
+
+
+def _entry_size(
+    fs: fsspec.AbstractFileSystem, real_root: str, on_skip: Skip | None
+) -> Callable[[str, dict], int | None]:
+    """The size rule both listings apply to one entry: a file's own size; links and other entries as
+    ``special_entry_size`` decides (None: not planned, reported to ``on_skip`` or logged)."""
+
+    def size(name: str, info: dict) -> int | None:
+        if info.get("type", "file") == "file":
+            return int(info.get("size") or 0)
+        return special_entry_size(fs, name, info, real_root, on_skip or _log_skip)
+
+    return size
+
+
 def file_sizes(uri: str, options: dict | None = None, on_skip: Skip | None = None) -> dict[str, int]:
     """Sizes of every file under a prefix, from one listing call (no per-object requests); other entries
     are reported to ``on_skip`` (or logged) unless ``special_entry_size``'s rule plans them."""
     fs, path = filesystem(uri, options)
-    if retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
-        info = retried(fs, lambda: fs.info(path), f"stat {uri}")
-        items = {path: info}
-    else:
-        items = retried(fs, lambda: fs.find(path, detail=True), f"list {uri}")
-    real_root = os.path.realpath(path) if is_local(fs) else path
+    if (one := _single_file(fs, path, uri)) is not None:
+        return dict([one])
+    items = retried(fs, lambda: fs.find(path, detail=True), f"list {uri}")
+    size_of = _entry_size(fs, os.path.realpath(path) if is_local(fs) else path, on_skip)
     out = {}
     for p, i in sorted(items.items()):
-        size = int(i.get("size") or 0) if i.get("type", "file") == "file" else special_entry_size(
-            fs, p, i, real_root, on_skip or _log_skip)
-        if size is not None:
+        if (size := size_of(p, i)) is not None:
             out[full_uri(fs, p)] = size
     return out
 
@@ -69,15 +87,13 @@ def iter_file_sizes(uri: str, options: dict | None = None, on_skip: Skip | None 
     (``special_entry_size`` says which are planned anyway), never dropped silently.
     """
     fs, path = filesystem(uri, options)
-    if retried(fs, lambda: fs.isfile(path), f"stat {uri}"):
-        info = retried(fs, lambda: fs.info(path), f"stat {uri}")
-        yield full_uri(fs, path), int(info.get("size") or 0)
+    if (one := _single_file(fs, path, uri)) is not None:
+        yield one
         return
     if protocol_of(fs) in ("s3", "s3a"):
         pages = _s3_pages(fs, path)
     else:
-        real_root = os.path.realpath(path) if is_local(fs) else path
-        pages = _walk_sorted(fs, path, uri, lambda n, e: special_entry_size(fs, n, e, real_root, on_skip or _log_skip))
+        pages = _walk_sorted(fs, path, uri, _entry_size(fs, os.path.realpath(path) if is_local(fs) else path, on_skip))
     for name, size in pages:  # the order is checked by the planner, which relies on it
         yield full_uri(fs, name), size
 
@@ -106,7 +122,7 @@ def _s3_pages(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[tuple[str, i
 
 
 def _walk_sorted(fs: fsspec.AbstractFileSystem, path: str, uri: str,
-                 special: Callable[[str, dict], int | None]) -> Iterator[tuple[str, int]]:
+                 size_of: Callable[[str, dict], int | None]) -> Iterator[tuple[str, int]]:
     """Depth first, one folder listed at a time; memory grows with the widest folder, not the tree."""
     entries = retried(fs, lambda: fs.ls(path, detail=True), f"list {uri}")
     ordered = sorted(
@@ -115,8 +131,6 @@ def _walk_sorted(fs: fsspec.AbstractFileSystem, path: str, uri: str,
     )
     for name, e in ordered:
         if e.get("type") == "directory":
-            yield from _walk_sorted(fs, name.rstrip("/"), uri, special)
-        elif e.get("type", "file") == "file":
-            yield e["name"], int(e.get("size") or 0)
-        elif (size := special(e["name"], e)) is not None:
+            yield from _walk_sorted(fs, name.rstrip("/"), uri, size_of)
+        elif (size := size_of(e["name"], e)) is not None:
             yield e["name"], size
