@@ -112,12 +112,12 @@ def validate_and_export(run: Path, val_data: str, device: str) -> dict:
     import torch
 
     from msinn.checkpoint import build_model, read_checkpoint
-    from msinn.training.loop import center_crops, export_weights, load_images, validate
+    from msinn.training.loop import center_crops, export_weights, load_images, validate, validation_anchors
 
     cfg, sd, meta = read_checkpoint(run / "last.pt")
     model = build_model(cfg, sd).to(device)
     crops = center_crops(load_images(val_data, 4), 256)
-    anchors = sorted({0, cfg.anchor_num // 2, cfg.anchor_num - 1})
+    anchors = validation_anchors(cfg.anchor_num)
     with torch.no_grad():
         rows = validate(model, crops, anchors, device)
     digest = export_weights(run / "last.pt", run / "export.pt", half=True)

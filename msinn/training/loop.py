@@ -244,6 +244,11 @@ def _step_generator(seed: int, step: int) -> torch.Generator:
     return g
 
 
+def validation_anchors(anchor_num: int) -> list[int]:
+    """The lowest, middle and top anchors: what every validation reports, so runs compare line by line."""
+    return sorted({0, anchor_num // 2, anchor_num - 1})
+
+
 class Trainer:
     """Owns model, optimiser and data; ``run()`` trains to ``settings.steps`` with checkpoints.
 
@@ -402,8 +407,7 @@ class Trainer:
         self._record(row)
 
     def _validate(self) -> None:
-        anchors = sorted({0, self.config.anchor_num // 2, self.config.anchor_num - 1})
-        rows = validate(self.model, self.val_crops, anchors, self.s.device)
+        rows = validate(self.model, self.val_crops, validation_anchors(self.config.anchor_num), self.s.device)
         log.info("validation step %d: %s", self.step,
                  " | ".join(f"qp{r['qp']} {r['bpp']:.3f} bpp {r['psnr']:.2f} dB" for r in rows))
         self._record({"step": self.step, "validation": rows})
