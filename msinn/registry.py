@@ -62,10 +62,15 @@ def lookup_hash(sha256: str) -> RegisteredModel | None:
     return None
 
 
+def float_source_name(name: str) -> str | None:
+    """``NAME`` for a portable model named ``NAME-pN`` (converted from the float model ``NAME``), else None."""
+    base, sep, profile = name.rpartition("-p")
+    return base if sep and base and profile.isdigit() else None
+
+
 def default_float_model() -> RegisteredModel | None:
-    """The float model the default was converted from (``NAME-pN`` comes from ``NAME``): training continues from it."""
+    """The float model the default was converted from: training continues from it."""
     name = default_model_name()
     if name is None:
         return None
-    base, sep, profile = name.rpartition("-p")
-    return lookup(base) if sep and profile.isdigit() else lookup(name)
+    return lookup(float_source_name(name) or name)

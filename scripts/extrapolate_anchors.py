@@ -2,11 +2,11 @@
 
     python scripts/extrapolate_anchors.py RUN/last.pt --first 11
 
-The step of msinn-small-2026-12a's recipe between its two training phases
-(docs/training.md): anchors added above the top start as copies and barely
-move, so their gain, inverse gain and scale gain are set, per channel, by
-continuing the ratio between the two anchors below ``--first``. Everything
-else in the checkpoint (other weights, optimiser state, step, settings) is
+The step between the two phases of the e2 run (docs/training.md, 2026-12):
+anchors added above the top start as copies and barely move, so their gain,
+inverse gain and scale gain are set, per channel, by continuing the ratio
+between the two anchors below ``--first``. Everything else in the checkpoint
+(other weights, optimiser state, step, settings) is
 kept, so ``msinn train --out RUN`` resumes from it.
 """
 

@@ -15,7 +15,7 @@ can check the files the others wrote.
 
 Each file is decoded with the model golden.json names for it, so the files of
 every published portable model keep being checked; a new default writes its own
-set (``--tag`` with the model's short name, say ``12a-p1``).
+set (``--tag`` with the model's short name, say ``11e-p1`` for a model named ``msinn-small-2026-11e-p1``).
 
 ``--tag`` names a set written elsewhere (``TAG-NAME.msinn``; say an older
 torch or another CPU architecture); entries are merged into golden.json,

@@ -33,11 +33,11 @@ def test_every_portable_name_ships_and_the_folder_stays_within_its_cap():
     a superseded float model may (its entry keeps a ``retrieve`` line)."""
     models = registry.registered_models()
     for m in models:
-        if m.name.endswith(tuple(f"-p{n}" for n in range(1, 10))):
+        if registry.float_source_name(m.name):
             assert m.bundled, f"{m.name} is a portable model: files coded with it must decode without a download"
     source = registry.default_float_model()
     assert source is not None and source.bundled, "the default's float model ships: training continues from it"
-    assert source.name != registry.default_model_name() and not source.name.endswith("-p1")
+    assert source.name != registry.default_model_name() and registry.float_source_name(source.name) is None
     total = sum(p.stat().st_size for p in registry.WEIGHTS_DIR.glob("*.pt"))
     assert total <= 15 * 1000 * 1000
 

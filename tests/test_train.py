@@ -131,7 +131,7 @@ def test_more_anchors_start_as_copies_of_the_top_anchor(tmp_path, images, straig
 
 
 def test_copied_top_anchors_restart_on_the_progression_and_the_run_resumes(tmp_path, images, straight):
-    """scripts/extrapolate_anchors.py (2026-12a's recipe): copies above the top continue each channel's ratio
+    """scripts/extrapolate_anchors.py (the e2 run's recipe): copies above the top continue each channel's ratio
     between the two anchors below them; the rest of the checkpoint is kept and training resumes from it."""
     import importlib.util
 

@@ -92,6 +92,9 @@ def init_gains(model: MSINN, lo: float, hi: float) -> None:
     model.scale_gain.copy_(g.expand_as(model.scale_gain))
 
 
+GAIN_KEYS = ("gain", "inv_gain", "scale_gain")  # the per-anchor tensors
+
+
 def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0) -> dict[str, torch.Tensor]:
     """Fine-tuning to more anchors, in ascending-lambda order.
 
@@ -111,9 +114,6 @@ def extend_anchors(sd: dict[str, torch.Tensor], anchor_num: int, below: int = 0)
         extra = v[-1:].expand(above, *v.shape[1:])
         out[k] = torch.cat((*lower, v, extra), dim=0).contiguous()
     return out
-
-
-GAIN_KEYS = ("gain", "inv_gain", "scale_gain")
 
 
 def extrapolate_top_anchors(sd: dict[str, torch.Tensor], first: int) -> dict[str, torch.Tensor]:
