@@ -163,6 +163,49 @@ def test_copied_top_anchors_restart_on_the_progression_and_the_run_resumes(tmp_p
     assert mod.main([str(out / "last.pt"), "--first", "1"]) == 2  # needs two anchors below to extrapolate
 
 
+def test_interpolated_weights_mix_shared_anchors_and_keep_the_tuned_models_extra_ones(tmp_path, images, straight):
+    """scripts/interpolate_weights.py: alpha of the tuned model plus 1 - alpha of its start, anchor rows the start
+    lacks from the tuned model; the file loads as a model and records what it was mixed from."""
+    import importlib.util
+
+    import msinn
+    from msinn.checkpoint import read_checkpoint
+
+    spec = importlib.util.spec_from_file_location("interpolate_weights", ROOT / "scripts" / "interpolate_weights.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base_file = str(straight[1] / "last.pt")
+    out = tmp_path / "tuned"
+    Trainer(_settings(out, steps=2, lr=1e-3), replace(TINY, anchor_num=4), init_from=base_file, images=images).run()
+    tuned_file = str(out / "last.pt")
+    _, tuned, _ = read_checkpoint(tuned_file)
+    _, base, _ = read_checkpoint(base_file)
+    assert not torch.equal(tuned["g_a0.0.actnorm.bias"], base["g_a0.0.actnorm.bias"])
+
+    mixed_file = tmp_path / "mixed.pt"
+    assert mod.main([tuned_file, base_file, "--alpha", "0.25", "--out", str(mixed_file)]) == 0
+    _, mixed, meta = read_checkpoint(mixed_file)
+    for k, v in tuned.items():
+        if not v.is_floating_point():
+            assert torch.equal(mixed[k], v)
+        elif k in ("gain", "inv_gain", "scale_gain"):
+            torch.testing.assert_close(mixed[k][:3], 0.25 * v[:3] + 0.75 * base[k])
+            assert torch.equal(mixed[k][3], v[3])
+        else:
+            torch.testing.assert_close(mixed[k], 0.25 * v + 0.75 * base[k])
+    info = meta["interpolation"]
+    assert info["alpha"] == 0.25 and info["tuned"] == "last.pt"
+    assert info["base_sha256"] == msinn.load_file(base_file).weights_sha256
+    assert msinn.load_file(str(mixed_file)).config.anchor_num == 4
+
+    assert mod.main([tuned_file, base_file, "--alpha", "1", "--out", str(mixed_file)]) == 0
+    _, same, _ = read_checkpoint(mixed_file)
+    assert all(torch.equal(same[k], v) for k, v in tuned.items() if k in same)
+    assert mod.main([tuned_file, base_file, "--alpha", "1.5", "--out", str(tmp_path / "x.pt")]) == 2
+    assert mod.main([base_file, tuned_file, "--alpha", "0.5", "--out", str(tmp_path / "x.pt")]) == 2  # base has more
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_lower_lambdas_become_anchors_below_with_extrapolated_gains(tmp_path, images, straight):
     old = straight[0]
     wide = replace(TINY, anchor_num=5)
