@@ -172,6 +172,12 @@ def check_compatible(model: MSINN, sd: Mapping[str, torch.Tensor]) -> None:
         raise CheckpointError("incompatible checkpoint: " + "; ".join(parts))
 
 
+def stored_weights_hash(sd: Mapping[str, torch.Tensor]) -> str:
+    """The identity a file's tensors get when loaded (float16 read as float32, derived buffers left out),
+    without building the model: what ``build_model`` records as ``weights_sha256``."""
+    return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
+
+
 def build_model(
     config: MSINNConfig, sd: Mapping[str, torch.Tensor], device: str | torch.device = "cpu"
 ) -> MSINN:

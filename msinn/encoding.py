@@ -215,9 +215,10 @@ class _ImageSession:
 
 def _file_header(
     model: MSINN, img: PreparedImage, tiles: list[TileRecord], qp: int | float, alpha: tuple[int, int] | None,
-    digest: str,
+    digest: str, payload_length: int = 0,
 ) -> Header:
-    """The header of a ``.msinn`` file (payload length and CRC are filled in by ``pack``).
+    """The header of a ``.msinn`` file (``pack`` fills in the payload's length and CRC; the size cap's
+    bound passes its own length).
 
     One builder serves the real file and the size cap's bound, so the two
     cannot drift apart. ``alpha`` is (offset, length) of the alpha stream.
@@ -229,8 +230,8 @@ def _file_header(
         source_mode=img.source_mode, bit_depth=img.bit_depth, padding="replicate",
         tile_width=img.width if single else tiles[0].width, tile_height=img.height if single else tiles[0].height,
         tiles=tiles, alpha_offset=alpha[0] if alpha else None, alpha_length=alpha[1] if alpha else None,
-        payload_length=0, payload_crc32=0, image_digest=digest, codec_version=__version__, profile=model.profile,
-        numerics="" if model.profile != "float32" else numerics_record(model.device),
+        payload_length=payload_length, payload_crc32=0, image_digest=digest, codec_version=__version__,
+        profile=model.profile, numerics="" if model.profile != "float32" else numerics_record(model.device),
     )
 
 
@@ -246,8 +247,7 @@ def _header_overhead(
     n = max(int(payload_bound), 1)
     records = [TileRecord(x, y, w, ht, [-(-ht // 64) * 4, -(-w // 64) * 4], n, n, ["00000000"] * 5)
                for x, y, w, ht in tiles]
-    header = _file_header(model, img, records, 0.5, (n, n) if alpha_len else None, "0" * 16)
-    header.payload_length = n
+    header = _file_header(model, img, records, 0.5, (n, n) if alpha_len else None, "0" * 16, payload_length=n)
     return header_bytes(header) + alpha_len
 
 

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from ..checkpoint import FORMAT, FORMAT_VERSION, build_model, read_checkpoint, save_atomic
+from ..checkpoint import FORMAT, FORMAT_VERSION, build_model, read_checkpoint, save_atomic, stored_weights_hash
 from ..model import is_derived_key
 from .loop import GAIN_KEYS
 
@@ -41,12 +41,13 @@ def interpolate_state(
         if not t.is_floating_point():
             out[k] = t
             continue
-        rows = b.shape[0] if k in GAIN_KEYS and b.dim() and t.dim() else None
-        if t.shape != b.shape and not (rows is not None and t.shape[1:] == b.shape[1:] and rows < t.shape[0]):
+        tf, bf = t.float(), b.float()
+        if t.shape == b.shape:
+            mixed = alpha * tf + (1.0 - alpha) * bf
+        elif k in GAIN_KEYS and t.dim() and t.shape[1:] == b.shape[1:] and b.shape[0] < t.shape[0]:
+            mixed = torch.cat((alpha * tf[: b.shape[0]] + (1.0 - alpha) * bf, tf[b.shape[0]:]))
+        else:
             raise ValueError(f"{k}: shapes {tuple(t.shape)} and {tuple(b.shape)} cannot be mixed")
-        mixed = t.float().clone()
-        n = b.shape[0] if t.shape != b.shape else t.shape[0]
-        mixed[:n] = alpha * t.float()[:n] + (1.0 - alpha) * b.float()
         out[k] = mixed.to(t.dtype)
     return out
 
@@ -68,9 +69,9 @@ def interpolate_checkpoints(
     m["interpolation"] = {
         "alpha": alpha,
         "tuned": os.path.basename(os.fspath(tuned)),
-        "tuned_sha256": build_model(cfg_t, sd_t).weights_sha256,
+        "tuned_sha256": stored_weights_hash(sd_t),
         "base": os.path.basename(os.fspath(base)),
-        "base_sha256": build_model(cfg_b, sd_b).weights_sha256,
+        "base_sha256": stored_weights_hash(sd_b),
     }
     obj = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg_t.to_dict(), "state_dict": sd, "meta": m}
     save_atomic(obj, dest)

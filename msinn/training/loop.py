@@ -483,7 +483,7 @@ def export_weights(
     ckpt: str | os.PathLike, dest: str | os.PathLike, half: bool = False, meta: dict | None = None
 ) -> str:
     """Strip optimiser state from a training checkpoint; returns the weights hash."""
-    from ..checkpoint import build_model, weights_hash
+    from ..checkpoint import build_model
 
     cfg, sd, old_meta = read_checkpoint(ckpt)
     sd = {k: v for k, v in sd.items() if not is_derived_key(k)}
@@ -494,6 +494,4 @@ def export_weights(
     m.update(meta or {})
     obj = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.to_dict(), "state_dict": sd, "meta": m}
     save_atomic(obj, dest)
-    if half:
-        return weights_hash({k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()})
-    return model.weights_sha256
+    return model.weights_sha256  # build_model reads float16 as float32, as loading the file will
