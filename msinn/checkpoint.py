@@ -22,6 +22,7 @@ from .config import MSINNConfig
 from .container import MODEL_HASH_PREFIX
 from .determinism import make_deterministic
 from .model import MSINN, is_derived_key, weights_hash
+from .packing import MAX_UNPACKED_BYTES, PACKED_SUFFIX, XZ_MAGIC, PackError, is_packed, pack, unpack
 from .portable.formats import FORMAT as PORTABLE_FORMAT
 from .portable.formats import FORMAT_VERSION as PORTABLE_VERSION
 from .portable.formats import PROFILE as PORTABLE_PROFILE
@@ -87,10 +88,30 @@ def infer_config(sd: Mapping[str, torch.Tensor], permutation: str | None = None)
     )
 
 
+def _unpacked(source: str | os.PathLike | bytes, name: str) -> str | os.PathLike | io.BytesIO:
+    """What ``torch.load`` reads: the file itself, or the unpacked bytes of an xz-packed one (``packing``)."""
+    if isinstance(source, bytes):
+        return io.BytesIO(unpack(source, name, MAX_UNPACKED_BYTES) if is_packed(source) else source)
+    with open(source, "rb") as f:
+        if not is_packed(f.read(len(XZ_MAGIC))):
+            return source
+        if os.fstat(f.fileno()).st_size > MAX_UNPACKED_BYTES:
+            raise CheckpointError(f"{name}: a packed file larger than {MAX_UNPACKED_BYTES} bytes")
+        f.seek(0)
+        return io.BytesIO(unpack(f.read(), name, MAX_UNPACKED_BYTES))
+
+
 def _load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        f = io.BytesIO(source) if isinstance(source, bytes) else source
+        f = _unpacked(source, name)
+    except PackError as exc:
+        raise CheckpointError(str(exc)) from None
+    except FileNotFoundError:
+        raise
+    except OSError as exc:  # a folder, no permission
+        raise CheckpointError(f"{name}: cannot read the checkpoint ({type(exc).__name__}: {exc})") from exc
+    try:
         obj = torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
@@ -248,15 +269,20 @@ def _check_portable_config(name: str, cfg: MSINNConfig, tensors: Mapping[str, to
 
 
 def save_atomic(obj: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` to a temp file beside ``path``, then rename over it.
+    """``torch.save`` to a temp file beside ``path``, then rename over it (xz-packed when ``path`` ends in .xz).
 
     Every checkpoint is written here, so a crash or a full disk mid-write
     leaves the previous file intact rather than a torn one that cannot load.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import atomic_path
+    from .atomic import atomic_path, write_atomic
 
+    if path.name.endswith(PACKED_SUFFIX):  # NAME.pt.xz: the same file, xz-packed (``packing``)
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        write_atomic(path, pack(buf.getvalue()))
+        return
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 

@@ -3,8 +3,10 @@
 A name, once published, always means the same weights: bitstreams record the
 name and a hash prefix of the weights, so an old file never decodes with a
 different model. Add new entries at the end; never edit or reuse one, except
-to move an old snapshot's file out of the package to keep it small: the entry
-then stays, with ``retrieve`` saying where its weights can still be had.
+to keep the package small: an old snapshot's file may move out of the package
+(the entry stays, with ``retrieve`` saying where its weights can still be had),
+and a file may be repacked (``NAME.pt`` to ``NAME.pt.xz``, see ``packing``):
+``sha256`` is the hash of the tensors, which neither changes.
 """
 
 from __future__ import annotations
