@@ -109,8 +109,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--images", type=int, default=4, help="--portable: Kodak images to code")
     ap.add_argument("--device", default="cpu", help="--portable: cpu or cuda")
-    ap.add_argument("--float-model", default="msinn-small-2026-12a")
-    ap.add_argument("--portable-model", default="msinn-small-2026-12a-p1")
+    ap.add_argument("--float-model", default="msinn-small-2026-12b")
+    ap.add_argument("--portable-model", default="msinn-small-2026-12b-p1")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

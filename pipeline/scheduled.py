@@ -4,7 +4,7 @@ Example spec::
 
     archive = "s3://bucket/archive"
     where = "status = 'error' OR bpp > 0.6"
-    model = "msinn-small-2026-12a-p1"    # optional
+    model = "msinn-small-2026-12b-p1"    # optional
     from = "auto"                        # auto | source | bitstream
     source_prefix = "s3://bucket/images" # where originals may be read (without it, none is: from = "auto"
                                          # re-encodes from the bitstreams, "source" is refused)

@@ -1,6 +1,6 @@
 """Model against model from two ``msinn eval --json`` files of the same images: the gate for a new default.
 
-    python scripts/compare_rd.py new.json docs/rd-kodak-12a-float.json
+    python scripts/compare_rd.py new.json docs/rd-kodak-12b-float.json
 
 Prints the BD-rate (PSNR) of the first file's model against the second's over
 the qps both files have, and how many images it codes in fewer bits. A third

@@ -2,7 +2,7 @@
 
     # first call: start from the bundled float weights (or any checkpoint), on CUDA
     python scripts/train_budget.py --run RUN --budget-minutes 8 --device cuda \\
-        --init-from msinn/weights/msinn-small-2026-12a.pt --data DATA/train DATA/train-extra --data-weights 0.5 0.5
+        --init-from msinn/weights/msinn-small-2026-12b.pt.xz --data DATA/train DATA/train-extra --data-weights 0.5 0.5
     # every later call, on any machine: resumes RUN/last.pt where it stopped
     python scripts/train_budget.py --run RUN --budget-minutes 8 --device cuda
 
