@@ -90,19 +90,23 @@ def infer_config(sd: Mapping[str, torch.Tensor], permutation: str | None = None)
 
 def _unpacked(source: str | os.PathLike | bytes, name: str) -> str | os.PathLike | io.BytesIO:
     """What ``torch.load`` reads: the file itself, or the unpacked bytes of an xz-packed one (``packing``)."""
-    if isinstance(source, bytes):
-        return io.BytesIO(unpack(source, name, MAX_UNPACKED_BYTES) if is_packed(source) else source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        return io.BytesIO(unpack(data, name, MAX_UNPACKED_BYTES) if is_packed(data) else data)
     with open(source, "rb") as f:
         if not is_packed(f.read(len(XZ_MAGIC))):
             return source
-        if os.fstat(f.fileno()).st_size > MAX_UNPACKED_BYTES:
-            raise CheckpointError(f"{name}: a packed file larger than {MAX_UNPACKED_BYTES} bytes")
         f.seek(0)
-        return io.BytesIO(unpack(f.read(), name, MAX_UNPACKED_BYTES))
+        # read at most one byte past the limit, whatever the file claims to be (a pipe has no size)
+        return io.BytesIO(unpack(f.read(MAX_UNPACKED_BYTES + 1), name, MAX_UNPACKED_BYTES))
 
 
-def _load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
+def load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
+    """(name, the file's dict) from a model or training checkpoint file, packed or not, or its bytes.
+
+    The one place model files are read: ``torch.load(weights_only=True)`` after unpacking within limits.
+    """
+    name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
     try:
         f = _unpacked(source, name)
     except PackError as exc:
@@ -145,7 +149,7 @@ def checked_config(name: str, stored: Mapping, inferred: MSINNConfig) -> MSINNCo
 
 def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
     """(config, state dict, metadata) from a float checkpoint file or its bytes."""
-    name, obj = _load_object(source)
+    name, obj = load_object(source)
     return _parse_float(name, obj)
 
 
@@ -216,7 +220,7 @@ def build_model(
 
 def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu") -> MSINN | PortableMSINN:
     """Ready-to-code model from a checkpoint file (or its bytes): float (either kind) or portable."""
-    name, obj = _load_object(path)
+    name, obj = load_object(path)
     if obj.get("format") == PORTABLE_FORMAT:
         return load_portable(name, obj, device)
     cfg, sd, meta = _parse_float(name, obj)

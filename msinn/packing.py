@@ -1,7 +1,7 @@
 """xz-compressed model files (``NAME.pt.xz``): the bundled weights take half the room.
 
 A portable model stores small integers in wide tensors, so xz shrinks its file
-to under half (5.26 MB to 2.44 MB); float16 checkpoints shrink less (to about
+to under half (5.26 MB to 2.45 MB); float16 checkpoints shrink less (to about
 88%). The package keeps a size cap on its weights, and packing is what lets
 every portable name people archived with stay bundled while new defaults are
 added. Packing changes only the bytes on disk: the tensors, and so the weights
@@ -16,7 +16,7 @@ work; this module only sets the limits and says clearly what was wrong.
 
 from __future__ import annotations
 
-import lzma
+import types
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 PACKED_SUFFIX = ".xz"
@@ -25,8 +25,8 @@ PACKED_SUFFIX = ".xz"
 MAX_UNPACKED_BYTES = 1 << 30
 # liblzma's decoder memory: preset 9 (extreme or not) needs 65 MiB; a header asking for more is refused.
 MAX_DECODER_MEMORY = 128 << 20
-# What ``pack`` writes: the strongest standard preset (the files are written once and read many times).
-PACK_PRESET = 9 | lzma.PRESET_EXTREME
+# What ``pack`` writes: xz's strongest preset, ``-9e`` (the files are written once and read many times).
+PACK_LEVEL = 9
 
 
 class PackError(ValueError):
@@ -38,14 +38,27 @@ def is_packed(head: bytes) -> bool:
     return head[: len(XZ_MAGIC)] == XZ_MAGIC
 
 
+def _lzma() -> types.ModuleType:
+    """Python's lzma, imported on first use: a Python built without it still reads plain files."""
+    try:
+        import lzma
+    except ImportError as exc:  # pragma: no cover - CPython builds normally include it
+        raise PackError(f"this Python has no lzma module, so packed model files cannot be read ({exc})") from None
+    return lzma
+
+
 def pack(data: bytes) -> bytes:
     """``data`` as one xz stream (with xz's own CRC64 check), for files ending in ``.xz``."""
-    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=PACK_PRESET)
+    lzma = _lzma()
+    return lzma.compress(data, format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC64, preset=PACK_LEVEL | lzma.PRESET_EXTREME)
 
 
 def unpack(data: bytes, name: str, limit: int = MAX_UNPACKED_BYTES) -> bytes:
-    """The bytes packed in ``data`` (one xz stream), refusing more than ``limit`` bytes, a decoder that needs
-    more than ``MAX_DECODER_MEMORY``, a truncated or corrupt stream, and bytes after the stream."""
+    """The bytes packed in ``data`` (one xz stream), refusing more than ``limit`` bytes in or out, a decoder
+    that needs more than ``MAX_DECODER_MEMORY``, a truncated or corrupt stream, and bytes after the stream."""
+    if len(data) > limit:
+        raise PackError(f"{name}: a packed file larger than {limit} bytes, the most a model file may hold")
+    lzma = _lzma()
     decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=MAX_DECODER_MEMORY)
     try:
         out = decoder.decompress(data, max_length=limit + 1)

@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -27,13 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint", help="a training run's last.pt (or an exported checkpoint)")
     ap.add_argument("--first", type=int, required=True, help="index of the lowest anchor to restart")
     args = ap.parse_args(argv)
-    from msinn.checkpoint import save_atomic
+    from msinn.checkpoint import load_object, save_atomic
     from msinn.training.loop import extrapolate_top_anchors
 
-    obj = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
     try:
+        obj = dict(load_object(args.checkpoint)[1])  # a run's last.pt or an exported file, packed or not
         obj["state_dict"] = extrapolate_top_anchors(obj["state_dict"], args.first)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError) as exc:  # CheckpointError is a ValueError
         print(f"extrapolate_anchors: {args.checkpoint}: {exc}", file=sys.stderr)
         return 2
     save_atomic(obj, args.checkpoint)

@@ -18,7 +18,7 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("model", help="registered float model name or checkpoint path")
-    p.add_argument("output", help="portable model file to write (.pt)")
+    p.add_argument("output", help="portable model file to write (.pt; a name ending in .pt.xz is written xz-packed)")
     p.add_argument(
         "--calibration", required=True, help="folder of photos like the ones you will code (not your test set)"
     )

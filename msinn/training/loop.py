@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomic
-from ..checkpoint import FORMAT, FORMAT_VERSION, read_checkpoint, save_atomic, save_checkpoint
+from ..checkpoint import FORMAT, FORMAT_VERSION, load_object, read_checkpoint, save_atomic, save_checkpoint
 from ..config import MSINNConfig
 from ..image_files import list_images, read_image_rgb
 from ..metrics import psnr_from_mse
@@ -305,7 +305,7 @@ class Trainer:
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if resume:
-            obj = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+            obj = load_object(self.ckpt_path)[1]
             self.load_training_state(obj)
             _warn_settings_drift(saved_meta.get("settings", {}), asdict(settings))
             self._trim_history()
