@@ -88,9 +88,12 @@ def infer_config(sd: Mapping[str, torch.Tensor], permutation: str | None = None)
     )
 
 
+BUFFER_TYPES = (bytes, bytearray, memoryview)  # a checkpoint's bytes, as read from object storage
+
+
 def _unpacked(source: str | os.PathLike | bytes, name: str) -> str | os.PathLike | io.BytesIO:
     """What ``torch.load`` reads: the file itself, or the unpacked bytes of an xz-packed one (``packing``)."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
+    if isinstance(source, BUFFER_TYPES):
         data = bytes(source)
         return io.BytesIO(unpack(data, name, MAX_UNPACKED_BYTES) if is_packed(data) else data)
     with open(source, "rb") as f:
@@ -106,7 +109,7 @@ def load_object(source: str | os.PathLike | bytes) -> tuple[str, Mapping]:
 
     The one place model files are read: ``torch.load(weights_only=True)`` after unpacking within limits.
     """
-    name = "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source)
+    name = "<bytes>" if isinstance(source, BUFFER_TYPES) else str(source)
     try:
         f = _unpacked(source, name)
     except PackError as exc:
@@ -150,10 +153,11 @@ def checked_config(name: str, stored: Mapping, inferred: MSINNConfig) -> MSINNCo
 def read_checkpoint(source: str | os.PathLike | bytes) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
     """(config, state dict, metadata) from a float checkpoint file or its bytes."""
     name, obj = load_object(source)
-    return _parse_float(name, obj)
+    return parse_float(name, obj)
 
 
-def _parse_float(name: str, obj: Mapping) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
+def parse_float(name: str, obj: Mapping) -> tuple[MSINNConfig, dict[str, torch.Tensor], dict]:
+    """``read_checkpoint`` of a dict ``load_object`` already read (a resumed run needs both the dict and this)."""
     if obj.get("format") == PORTABLE_FORMAT:
         raise CheckpointError(f"{name}: a portable-profile model, not a float checkpoint")
     if obj.get("format") == FORMAT:
@@ -223,7 +227,7 @@ def load_file(path: str | os.PathLike | bytes, device: str | torch.device = "cpu
     name, obj = load_object(path)
     if obj.get("format") == PORTABLE_FORMAT:
         return load_portable(name, obj, device)
-    cfg, sd, meta = _parse_float(name, obj)
+    cfg, sd, meta = parse_float(name, obj)
     model = build_model(cfg, sd, device)
     model.checkpoint_meta = meta
     return model

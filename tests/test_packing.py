@@ -5,6 +5,7 @@ from __future__ import annotations
 import lzma
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,12 +35,12 @@ def test_a_packed_float_checkpoint_is_the_same_model(tmp_path, tiny_model):
 def test_a_packed_portable_file_codes_the_same_bits_and_is_smaller(tmp_path, tiny_checkpoint):
     png_path = str(tmp_path / "in.png")
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 56, 3), np.uint8)).save(png_path)
-    plain = msinn.load(tiny_checkpoint)
+    plain, raw = msinn.load(tiny_checkpoint), Path(tiny_checkpoint).read_bytes()
     packed_file = tmp_path / "tiny.pt.xz"
-    packed_file.write_bytes(packing.pack(open(tiny_checkpoint, "rb").read()))
-    assert packed_file.stat().st_size < 0.7 * len(open(tiny_checkpoint, "rb").read())
+    packed_file.write_bytes(packing.pack(raw))
+    assert packed_file.stat().st_size < 0.7 * len(raw)
     # unpacking gives the original file back byte for byte
-    assert packing.unpack(packed_file.read_bytes(), "t") == open(tiny_checkpoint, "rb").read()
+    assert packing.unpack(packed_file.read_bytes(), "t") == raw
     assert msinn.load(packed_file).weights_sha256 == plain.weights_sha256
     a, b = tmp_path / "a.msinn", tmp_path / "b.msinn"
     assert main(["encode", png_path, str(a), "--qp", "2", "--model", tiny_checkpoint]) == 0

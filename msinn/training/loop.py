@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..atomic import write_atomic
-from ..checkpoint import FORMAT, FORMAT_VERSION, load_object, read_checkpoint, save_atomic, save_checkpoint
+from ..checkpoint import FORMAT, FORMAT_VERSION, load_object, parse_float, read_checkpoint, save_atomic, save_checkpoint
 from ..config import MSINNConfig
 from ..image_files import list_images, read_image_rgb
 from ..metrics import psnr_from_mse
@@ -285,8 +285,8 @@ class Trainer:
         cfg0: MSINNConfig | None = None
         meta0: dict = {}
         if resume:
-            cfg, sd, saved_meta = read_checkpoint(self.ckpt_path)
-            config = cfg
+            name, saved = load_object(self.ckpt_path)  # read once: the config here, the training state below
+            config, _, saved_meta = parse_float(name, saved)
         elif init_from:
             cfg0, sd0, meta0 = read_checkpoint(init_from)
             config = config or cfg0
@@ -305,8 +305,7 @@ class Trainer:
         self.model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=settings.lr)
         if resume:
-            obj = load_object(self.ckpt_path)[1]
-            self.load_training_state(obj)
+            self.load_training_state(saved)
             _warn_settings_drift(saved_meta.get("settings", {}), asdict(settings))
             self._trim_history()
             log.info("resumed from %s at step %d", self.ckpt_path, self.step)
