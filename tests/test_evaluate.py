@@ -270,3 +270,53 @@ def test_resume_keeps_earlier_images_and_codes_only_the_rest(small_dir: Path, ch
     assert eval_cli.main(other) == 1
     assert json.loads(out_json.read_text())["per_image"] == doc["per_image"]
     assert not (tmp_path / "out.json.part").exists()
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched_files(tmp_path, capsys):
+    """scripts/weights_choice.py: weights B codes image a in 30% fewer bits and image b in 30% more; the choice
+    takes B's points for a and A's for b, so it is cheaper than A alone against the same AVIF points."""
+    mod = _load_script("weights_choice")
+    qps = [0, 1, 2, 3, 4, 5]
+    extra = {"ms_ssim": 0.9, "encode_s": 1.0, "decode_s": 1.0}
+
+    def doc(scale: dict[str, float], with_avif: bool) -> dict:
+        per_image = []
+        for name, f in scale.items():
+            points = [{"qp": q, "bpp": RATES[q] * f, "psnr": PSNRS[q], **extra} for q in qps]
+            avif = [{"quality": q, "bpp": RATES[i] * 0.9, "psnr": PSNRS[i], "ms_ssim": 0.9, "encode_s": 0.1}
+                    for i, q in enumerate(classical.CODEC_QUALITIES["avif"][:6])]
+            codecs = {"avif": avif} if with_avif else {}
+            per_image.append({"image": f"/data/{name}", "points": points, "codecs": codecs})
+        return {"model": "m", "per_image": per_image, "codecs": {}}
+
+    a, b = doc({"a.png": 1.0, "b.png": 1.0}, True), doc({"a.png": 0.7, "b.png": 1.3}, False)
+    lambdas = [0.001 * 2**k for k in range(6)]
+    chosen, wins = mod.choose([a, b], lambdas)
+    assert wins == [6, 6]
+    assert [p["bpp"] for p in chosen[0]["points"]] == pytest.approx([r * 0.7 for r in RATES])
+    assert [p["bpp"] for p in chosen[1]["points"]] == pytest.approx(RATES)
+    for i, d in enumerate((a, b)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(d))
+    argv = [str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--lambdas", *map(str, lambdas)]
+    assert mod.main(argv) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("avif "))
+    alone, choice = (float(v.rstrip("%")) for v in row.split()[1:3])
+    assert alone == pytest.approx(100 / 0.9 - 100, abs=0.5)  # A alone needs 1/0.9 of AVIF's rate
+    assert choice == pytest.approx(85 / 0.9 - 100, abs=0.5)  # the choice: the mean of 0.7 and 1.0 of A's
+    assert mod.main([str(tmp_path / "1.json"), str(tmp_path / "0.json"), "--lambdas", *map(str, lambdas)]) == 1
+    assert "no classical codecs" in capsys.readouterr().err
+    (tmp_path / "2.json").write_text(json.dumps(doc({"a.png": 1.0}, False)))
+    assert mod.main([str(tmp_path / "0.json"), str(tmp_path / "2.json"), "--lambdas", "0.1"]) == 1
+    assert "missing" in capsys.readouterr().err
+    assert mod.main([str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--lambdas", "0.1", "0.2"]) == 1
+    assert "no lambda" in capsys.readouterr().err

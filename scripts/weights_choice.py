@@ -1,0 +1,110 @@
+"""What a per-image choice between several weights of the model would give, from their ``msinn eval --json`` files.
+
+    python scripts/weights_choice.py docs/rd-graphics.json graphics-g1.json --lambdas-from g1.pt
+
+Every file must hold the same images at the same qps. For each image and qp
+the weights with the smaller ``bpp + lambda_qp * 255^2 * MSE`` are kept (the
+training loss at that anchor: weights trained with the same lambdas share what
+a qp means, so the smaller loss is the better point), and the chosen points
+are summarised as ``msinn eval`` summarises its own (mean bpp and PSNR per qp,
+BD-rate against every classical codec of the first file, which must carry
+them: the README's run). The first file's model alone is printed beside it,
+so the two rows are measured on the same images and codecs.
+
+This is an estimate for a per-image choice of weights before an encoder makes
+one; each weights' points are real files, the choice between them is made here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def lambdas_of(source: str) -> list[float]:
+    """The per-anchor lambdas a checkpoint was trained with (its ``meta``)."""
+    from msinn.checkpoint import load_object
+
+    _, obj = load_object(source)
+    meta = obj.get("meta")
+    lam = meta.get("lambdas") if isinstance(meta, dict) else None
+    if not lam:
+        raise ValueError(f"{source}: the checkpoint records no training lambdas; give --lambdas")
+    return [float(v) for v in lam]
+
+
+def loss(point: dict, lam: float) -> float:
+    return point["bpp"] + lam * 255**2 * 10 ** (-point["psnr"] / 10)
+
+
+def choose(evals: list[dict], lambdas: list[float]) -> tuple[list[dict], list[int]]:
+    """Per image, the first file's entry with each qp's point taken from the weights of lowest loss; and how
+    many (image, qp) points each file gave."""
+    by_name = [{os.path.basename(im["image"]): im for im in e["per_image"]} for e in evals]
+    names = [os.path.basename(im["image"]) for im in evals[0]["per_image"]]
+    missing = [n for n in names if any(n not in b for b in by_name[1:])]
+    if missing:
+        raise ValueError(f"images missing from a later file: {', '.join(missing[:5])}")
+    wins = [0] * len(evals)
+    out = []
+    for name in names:
+        ims = [b[name] for b in by_name]
+        qps = [p["qp"] for p in ims[0]["points"]]
+        if any([p["qp"] for p in im["points"]] != qps for im in ims[1:]):
+            raise ValueError(f"{name}: the files coded other qps")
+        points = []
+        for i, qp in enumerate(qps):
+            lam = lambdas[int(qp)] if float(qp).is_integer() and 0 <= int(qp) < len(lambdas) else None
+            if lam is None:
+                raise ValueError(f"qp {qp}: no lambda (fractional or beyond the {len(lambdas)} anchors)")
+            k = min(range(len(ims)), key=lambda j: loss(ims[j]["points"][i], lam))
+            wins[k] += 1
+            points.append(ims[k]["points"][i])
+        out.append({**ims[0], "points": points})
+    return out, wins
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("evals", nargs="+", help="msinn eval --json files, the first with the classical codecs")
+    ap.add_argument("--lambdas-from", help="checkpoint whose training lambdas define each qp's loss")
+    ap.add_argument("--lambdas", type=float, nargs="+", help="per-anchor lambdas (instead of --lambdas-from)")
+    args = ap.parse_args(argv)
+    if len(args.evals) < 2 or not (args.lambdas or args.lambdas_from):
+        ap.error("give two or more eval files and --lambdas-from or --lambdas")
+    from msinn.evaluation.rd import summarize
+
+    try:
+        evals = [json.loads(Path(p).read_text()) for p in args.evals]
+        lambdas = args.lambdas or lambdas_of(args.lambdas_from)
+        chosen, wins = choose(evals, lambdas)
+        codecs = sorted(evals[0]["per_image"][0].get("codecs") or {})
+        if not codecs:
+            raise ValueError(f"{args.evals[0]}: no classical codecs to compare with (the README's run has them)")
+        qps = [p["qp"] for p in evals[0]["per_image"][0]["points"]]
+        alone = summarize(evals[0]["per_image"], qps, codecs)
+        both = summarize(chosen, qps, codecs)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        print(f"weights_choice: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(chosen)} images, qps {qps}; points taken from each file: "
+          + ", ".join(f"{Path(p).name} {w}" for p, w in zip(args.evals, wins)))
+    print(f"{'BD-rate against':16s} {'first alone':>12s} {'choice':>10s}")
+    for c in codecs:
+        a, b = alone["bd_rate"].get(c), both["bd_rate"].get(c)
+        fa = f"{a:+.2f}%" if a is not None else "-"
+        fb = f"{b:+.2f}%" if b is not None else "-"
+        print(f"{c:16s} {fa:>12s} {fb:>10s}")
+    for p, q in zip(alone["points"], both["points"]):
+        print(f"qp {p['qp']:>4}: {p['bpp']:.4f} bpp {p['psnr']:.2f} dB -> {q['bpp']:.4f} bpp {q['psnr']:.2f} dB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
