@@ -1,12 +1,13 @@
 """Two cheap encoder-side ideas, measured before anyone builds them (docs/refinement.md, "What was tried").
 
 * ``deadzone``: round each symbol towards zero unless it lies ``delta`` past the half (a classical
-  dead-zone quantiser, no iterations), against plain rounding, on whole images at qps 1-11:
-  rate (bits of the discretised Gaussian, what the coder writes to within its tables) and PSNR of
-  the decoded 8-bit image, BD-rate against delta 0 side by side.
-* ``padding``: the share of an image's bits spent on latent positions that lie wholly in the
-  replicated padding up to a multiple of 64 (cropped away on decode), for images whose sides are
-  not multiples of 64.
+  dead-zone quantiser, no iterations), against plain rounding, at qps 1-11 on each image cropped
+  to multiples of 64 (no padding in the figures): rate (bits of the discretised Gaussian, what
+  the coder writes to within its tables) and PSNR of the decoded 8-bit image, BD-rate against
+  delta 0 side by side.
+* ``padding``: the share of an image's estimated bits (-log2 of the training path's likelihoods)
+  spent on latent positions that lie wholly in the replicated padding up to a multiple of 64
+  (cropped away on decode), for images whose sides are not multiples of 64.
 
     python bench/encoder_probes.py deadzone ../shared/datasets/kodak --stride 4
     python bench/encoder_probes.py padding ../shared/datasets/graphics
@@ -18,9 +19,13 @@ import argparse
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:  # pragma: no cover
+    from msinn.model import MSINN
 
 QPS = (1, 3, 5, 7, 9, 11)
 DELTAS = (0.0, 0.05, 0.1, 0.15, 0.2)
@@ -31,7 +36,7 @@ def _images(folder: str, stride: int) -> list[Path]:
     return paths[::stride]
 
 
-def deadzone(model, paths: list[Path]) -> None:
+def deadzone(model: MSINN, paths: list[Path]) -> None:
     import torch
 
     from msinn.evaluation.bdrate import bd_rate
@@ -63,7 +68,7 @@ def deadzone(model, paths: list[Path]) -> None:
         print(f"{d:<5}  {cells}  {bd_rate(*base, r, p):+.2f}%")
 
 
-def padding(model, paths: list[Path], qp: int) -> None:
+def padding(model: MSINN, paths: list[Path], qp: int) -> None:
     import torch
 
     from msinn.image_files import read_image_rgb
@@ -111,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_file(args.model)
     model.eval()
     paths = _images(args.folder, args.stride)
-    deadzone(model, paths) if args.probe == "deadzone" else padding(model, paths, args.qp)
+    if args.probe == "deadzone":
+        deadzone(model, paths)
+    else:
+        padding(model, paths, args.qp)
     return 0
 
 

@@ -3,7 +3,8 @@
     python scripts/weights_choice.py docs/rd-graphics.json graphics-g1.json --lambdas-from g1.pt
 
 Every file must hold the same images at the same qps. For each image and qp
-the weights with the smaller ``bpp + lambda_qp * 255^2 * MSE`` are kept (the
+the weights with the smaller ``bpp + lambda_qp * 255^2 * MSE`` are kept (MSE of
+pixels in [0, 1], so the PSNR gives it; the
 training loss at that anchor: weights trained with the same lambdas share what
 a qp means, so the smaller loss is the better point), and the chosen points
 are summarised as ``msinn eval`` summarises its own (mean bpp and PSNR per qp,
@@ -40,14 +41,23 @@ def lambdas_of(source: str) -> list[float]:
 
 
 def loss(point: dict, lam: float) -> float:
+    """The training loss of one measured point: MSE of [0, 1] pixels from its PSNR."""
     return point["bpp"] + lam * 255**2 * 10 ** (-point["psnr"] / 10)
 
 
 def choose(evals: list[dict], lambdas: list[float]) -> tuple[list[dict], list[int]]:
     """Per image, the first file's entry with each qp's point taken from the weights of lowest loss; and how
     many (image, qp) points each file gave."""
-    by_name = [{os.path.basename(im["image"]): im for im in e["per_image"]} for e in evals]
-    names = [os.path.basename(im["image"]) for im in evals[0]["per_image"]]
+    by_name = []
+    for n, e in enumerate(evals):
+        if not e.get("per_image"):
+            raise ValueError(f"file {n + 1} holds no per-image results")
+        names = [os.path.basename(im["image"]) for im in e["per_image"]]
+        twice = sorted({x for x in names if names.count(x) > 1})
+        if twice:  # matched by file name: two folders' a.png would be one image
+            raise ValueError(f"file {n + 1} names two images {twice[0]}; evaluate one folder per file")
+        by_name.append(dict(zip(names, e["per_image"])))
+    names = list(by_name[0])
     missing = [n for n in names if any(n not in b for b in by_name[1:])]
     if missing:
         raise ValueError(f"images missing from a later file: {', '.join(missing[:5])}")
@@ -73,11 +83,12 @@ def choose(evals: list[dict], lambdas: list[float]) -> tuple[list[dict], list[in
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("evals", nargs="+", help="msinn eval --json files, the first with the classical codecs")
-    ap.add_argument("--lambdas-from", help="checkpoint whose training lambdas define each qp's loss")
-    ap.add_argument("--lambdas", type=float, nargs="+", help="per-anchor lambdas (instead of --lambdas-from)")
+    how = ap.add_mutually_exclusive_group(required=True)
+    how.add_argument("--lambdas-from", help="checkpoint whose training lambdas define each qp's loss")
+    how.add_argument("--lambdas", type=float, nargs="+", help="per-anchor lambdas")
     args = ap.parse_args(argv)
-    if len(args.evals) < 2 or not (args.lambdas or args.lambdas_from):
-        ap.error("give two or more eval files and --lambdas-from or --lambdas")
+    if len(args.evals) < 2:
+        ap.error("give two or more eval files")
     from msinn.evaluation.rd import summarize
 
     try:
@@ -90,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
         qps = [p["qp"] for p in evals[0]["per_image"][0]["points"]]
         alone = summarize(evals[0]["per_image"], qps, codecs)
         both = summarize(chosen, qps, codecs)
-    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-        print(f"weights_choice: {exc}", file=sys.stderr)
+    except KeyError as exc:
+        print(f"weights_choice: an eval file lacks the field {exc} (not an msinn eval --json file?)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, TypeError, IndexError) as exc:
+        print(f"weights_choice: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     print(f"{len(chosen)} images, qps {qps}; points taken from each file: "
           + ", ".join(f"{Path(p).name} {w}" for p, w in zip(args.evals, wins)))
@@ -100,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         a, b = alone["bd_rate"].get(c), both["bd_rate"].get(c)
         fa = f"{a:+.2f}%" if a is not None else "-"
         fb = f"{b:+.2f}%" if b is not None else "-"
-        print(f"{c:16s} {fa:>12s} {fb:>10s}")
+        why = both["bd_rate_reasons"].get(c) or alone["bd_rate_reasons"].get(c)
+        print(f"{c:16s} {fa:>12s} {fb:>10s}" + (f"  ({why})" if why else ""))
     for p, q in zip(alone["points"], both["points"]):
         print(f"qp {p['qp']:>4}: {p['bpp']:.4f} bpp {p['psnr']:.2f} dB -> {q['bpp']:.4f} bpp {q['psnr']:.2f} dB")
     return 0

@@ -62,12 +62,7 @@ def _eval_doc(model: str, scale: dict[str, float], qps: list[int]) -> dict:
 def test_compare_rd_gates_model_against_model_over_the_common_qps(tmp_path, capsys):
     """scripts/compare_rd.py: a candidate 10% cheaper on one image and 5% dearer on the other, measured at more
     qps than the default, is compared over the qps both have; files with nothing in common are refused."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_rd", Path(__file__).resolve().parents[1] / "scripts"
-                                                  / "compare_rd.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _load_script("compare_rd")
     old = _eval_doc("old", {"a.png": 1.0, "b.png": 1.0}, [0, 2, 4])
     new = _eval_doc("new", {"a.png": 0.9, "b.png": 1.05}, [0, 1, 2, 3, 4, 5])
     r = mod.compare_files(new, old)
@@ -283,17 +278,20 @@ def _load_script(name: str):
 
 def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched_files(tmp_path, capsys):
     """scripts/weights_choice.py: weights B codes image a in 30% fewer bits and image b in 30% more; the choice
-    takes B's points for a and A's for b, so it is cheaper than A alone against the same AVIF points."""
+    takes B's points for a and A's for b, so it is cheaper than A alone against the same AVIF points.
+    On log-linear curves (which PCHIP reproduces exactly) the BD-rates are known in closed form."""
     mod = _load_script("weights_choice")
     qps = [0, 1, 2, 3, 4, 5]
+    curve = lambda p: 0.01 * math.exp(0.15 * p)  # noqa: E731 -- bpp at PSNR p
+    psnr = {q: 28.0 + 2 * q for q in qps}
     extra = {"ms_ssim": 0.9, "encode_s": 1.0, "decode_s": 1.0}
 
-    def doc(scale: dict[str, float], with_avif: bool) -> dict:
+    def doc(scale: dict[str, float], with_avif: bool, dpsnr: float = 0.0) -> dict:
         per_image = []
         for name, f in scale.items():
-            points = [{"qp": q, "bpp": RATES[q] * f, "psnr": PSNRS[q], **extra} for q in qps]
-            avif = [{"quality": q, "bpp": RATES[i] * 0.9, "psnr": PSNRS[i], "ms_ssim": 0.9, "encode_s": 0.1}
-                    for i, q in enumerate(classical.CODEC_QUALITIES["avif"][:6])]
+            points = [{"qp": q, "bpp": curve(psnr[q]) * f, "psnr": psnr[q] + dpsnr, **extra} for q in qps]
+            avif = [{"quality": q, "bpp": 0.9 * curve(26.0 + 2 * i), "psnr": 26.0 + 2 * i, "ms_ssim": 0.9,
+                     "encode_s": 0.1} for i, q in enumerate(classical.CODEC_QUALITIES["avif"])]
             codecs = {"avif": avif} if with_avif else {}
             per_image.append({"image": f"/data/{name}", "points": points, "codecs": codecs})
         return {"model": "m", "per_image": per_image, "codecs": {}}
@@ -302,8 +300,8 @@ def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched
     lambdas = [0.001 * 2**k for k in range(6)]
     chosen, wins = mod.choose([a, b], lambdas)
     assert wins == [6, 6]
-    assert [p["bpp"] for p in chosen[0]["points"]] == pytest.approx([r * 0.7 for r in RATES])
-    assert [p["bpp"] for p in chosen[1]["points"]] == pytest.approx(RATES)
+    assert [p["bpp"] for p in chosen[0]["points"]] == pytest.approx([0.7 * curve(psnr[q]) for q in qps])
+    assert [p["bpp"] for p in chosen[1]["points"]] == pytest.approx([curve(psnr[q]) for q in qps])
     for i, d in enumerate((a, b)):
         (tmp_path / f"{i}.json").write_text(json.dumps(d))
     argv = [str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--lambdas", *map(str, lambdas)]
@@ -311,8 +309,8 @@ def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if line.startswith("avif "))
     alone, choice = (float(v.rstrip("%")) for v in row.split()[1:3])
-    assert alone == pytest.approx(100 / 0.9 - 100, abs=0.5)  # A alone needs 1/0.9 of AVIF's rate
-    assert choice == pytest.approx(85 / 0.9 - 100, abs=0.5)  # the choice: the mean of 0.7 and 1.0 of A's
+    assert alone == pytest.approx(100 / 0.9 - 100, abs=0.01)  # A alone needs 1/0.9 of AVIF's rate
+    assert choice == pytest.approx(85 / 0.9 - 100, abs=0.01)  # the choice: the mean of 0.7 and 1.0 of A's
     assert mod.main([str(tmp_path / "1.json"), str(tmp_path / "0.json"), "--lambdas", *map(str, lambdas)]) == 1
     assert "no classical codecs" in capsys.readouterr().err
     (tmp_path / "2.json").write_text(json.dumps(doc({"a.png": 1.0}, False)))
@@ -320,3 +318,41 @@ def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched
     assert "missing" in capsys.readouterr().err
     assert mod.main([str(tmp_path / "0.json"), str(tmp_path / "1.json"), "--lambdas", "0.1", "0.2"]) == 1
     assert "no lambda" in capsys.readouterr().err
+    twice = doc({"a.png": 1.0}, True)
+    twice["per_image"].append({**twice["per_image"][0], "image": "/other/a.png"})
+    (tmp_path / "3.json").write_text(json.dumps(twice))
+    assert mod.main([str(tmp_path / "3.json"), str(tmp_path / "1.json"), "--lambdas", "0.1"]) == 1
+    assert "two images a.png" in capsys.readouterr().err
+    (tmp_path / "4.json").write_text(json.dumps({"model": "m"}))
+    assert mod.main([str(tmp_path / "0.json"), str(tmp_path / "4.json"), "--lambdas", "0.1"]) == 1
+    assert "no per-image results" in capsys.readouterr().err
+
+
+def test_weights_choice_weighs_bits_against_distortion_with_each_qps_lambda(tmp_path):
+    """Weights B save 20% of the bits for 1 dB less: worth it where lambda is small (low qps), not where it is
+    large; the lambdas come from the checkpoint's meta, and a checkpoint without them is refused."""
+    import torch
+
+    mod = _load_script("weights_choice")
+    qps = list(range(6))
+    psnr = {q: 28.0 + 2 * q for q in qps}
+    bpp = {q: 0.01 * math.exp(0.15 * psnr[q]) for q in qps}
+    mse = {q: 10 ** (-psnr[q] / 10) for q in qps}
+    # B wins at qp q exactly when lambda < 0.2 bpp / (255^2 (10^0.1 - 1) mse): half that below qp 3, twice above
+    even = {q: 0.2 * bpp[q] / (255**2 * (10**0.1 - 1) * mse[q]) for q in qps}
+    lambdas = [even[q] * (0.5 if q < 3 else 2.0) for q in qps]
+    torch.save({"meta": {"lambdas": lambdas}}, tmp_path / "w.pt")
+    assert mod.lambdas_of(str(tmp_path / "w.pt")) == pytest.approx(lambdas)
+    torch.save({"meta": {}}, tmp_path / "none.pt")
+    with pytest.raises(ValueError, match="no training lambdas"):
+        mod.lambdas_of(str(tmp_path / "none.pt"))
+
+    def doc(f: float, dpsnr: float) -> dict:
+        pts = [{"qp": q, "bpp": bpp[q] * f, "psnr": psnr[q] + dpsnr} for q in qps]
+        return {"per_image": [{"image": "/x/c.png", "points": pts}]}
+
+    chosen, wins = mod.choose([doc(1.0, 0.0), doc(0.8, -1.0)], mod.lambdas_of(str(tmp_path / "w.pt")))
+    assert wins == [3, 3]
+    assert [p["psnr"] for p in chosen[0]["points"]] == pytest.approx([psnr[q] - (1 if q < 3 else 0) for q in qps])
+    backwards, _ = mod.choose([doc(1.0, 0.0), doc(0.8, -1.0)], lambdas[::-1])  # lambdas the wrong way round
+    assert [p["psnr"] for p in backwards[0]["points"]] == pytest.approx([psnr[q] - (0 if q < 3 else 1) for q in qps])
