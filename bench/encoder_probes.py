@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,6 +40,8 @@ def deadzone(model: MSINN, paths: list[Path]) -> None:
 
     from msinn.evaluation.bdrate import bd_rate
     from msinn.image_files import read_image_rgb
+    from msinn.metrics import psnr_uint8
+    from msinn.tensors import to_padded_tensor, to_uint8
 
     def rounding(delta: float):
         return lambda v: torch.sign(v) * torch.floor(v.abs() + 0.5 - delta)
@@ -49,15 +50,15 @@ def deadzone(model: MSINN, paths: list[Path]) -> None:
     for path in paths:
         rgb = read_image_rgb(str(path))
         h, w = rgb.shape[0] // 64 * 64, rgb.shape[1] // 64 * 64  # whole multiples: no padding in the figures
-        x = torch.from_numpy(rgb[:h, :w].copy()).permute(2, 0, 1)[None].float() / 255
+        crop = rgb[:h, :w]
+        x = to_padded_tensor(crop)
         with torch.no_grad():
             latents = model.analyze(x)
             for q in QPS:
                 for d in DELTAS:
                     bits, x_hat = model.soft_forward(latents, q, rounding(d))
-                    mse = ((x_hat.clamp(0, 1) * 255).round() / 255 - x).pow(2).mean().item()
                     sums[d][q][0] += bits.item() / (h * w)
-                    sums[d][q][1] += -10 * math.log10(mse)
+                    sums[d][q][1] += psnr_uint8(crop, to_uint8(x_hat))
         print(f"  {path.name}", flush=True)
     n = len(paths)
     base = [sums[0.0][q][0] / n for q in QPS], [sums[0.0][q][1] / n for q in QPS]
