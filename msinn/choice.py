@@ -8,7 +8,9 @@ The promise is the same whichever codec wins:
   highest PSNR);
 * ``qp``: the model's rate parameter. It needs ``msinn`` among the codecs:
   the model is coded at that qp, the PSNR it reaches becomes the floor of
-  every other codec, and the smallest file reaching it wins;
+  every other codec, and the smallest file reaching it wins. With several
+  weights (``--also-model``), each is coded at that qp and the one with the
+  lower training loss there sets the floor (:mod:`msinn.weights_set`);
 * ``lossless``: the exact file alone (:mod:`msinn.lossless`).
 
 ``lossless`` among the codecs lets the exact file (the original back, or its
@@ -16,7 +18,9 @@ pixels) compete at the target: its PSNR is infinite, so it reaches any floor
 and wins wherever it is the smallest file that does (within a cap it wins
 whenever it fits).
 
-The model runs first (its rate search is the costliest); each classical
+Several weights are several candidates of the codec ``msinn``: each file
+names its weights, so any of them decodes. The model runs first (its rate
+search is the costliest); each classical
 codec's quality search then stops as soon as its outcome is decided against
 the best candidate so far (:class:`msinn.ratecontrol.QualitySearch`), so a
 codec that cannot win costs one or two encodes. Every candidate is decoded
@@ -101,6 +105,7 @@ class Candidate:
     codec_version: str
     codec_params: str | None = None
     header: Header | None = None  # the .msinn header (the model only)
+    model: str | None = None  # the weights' registry name (the model only)
     exact: ExactFile | None = None  # the exact file (lossless only): what comes back, and what was tried
 
     @property
@@ -139,7 +144,8 @@ class Choice:
             "estimates": sum(c.estimates for c in self.candidates),
             "seconds": round(self.seconds, 3),
             "candidates": [{"codec": c.codec, "bytes": c.bytes, "psnr": round(c.psnr, 4), "quality": c.quality,
-                            "in_range": c.in_range} for c in self.candidates],
+                            "in_range": c.in_range, **({"model": c.model} if c.model else {})}
+                           for c in self.candidates],
         }
 
 
@@ -170,6 +176,7 @@ def from_encode_result(res: Any) -> Candidate:
         codec=MODEL_CODEC, data=res.data, psnr=res.psnr, quality=float(res.qp), in_range=res.in_range, note=res.note,
         probes=res.probes, estimates=res.estimates, seconds=res.seconds, pixels=res.reconstruction,
         pixel_hash=res.header.image_digest, codec_version=__version__, header=res.header,
+        model=res.header.model_name,
     )
 
 
@@ -253,19 +260,33 @@ def search_classical(
     )
 
 
+def _model_lead(cands: list[Candidate], pixels: int, qp_lambda: float | None) -> Candidate:
+    """At a qp target, the weights whose file has the lowest training loss there (the first on a tie)."""
+    if len(cands) == 1:
+        return cands[0]
+    if qp_lambda is None:
+        raise ValueError("several weights at a qp target need the lambda of that qp to compare their files")
+    from .weights_set import rd_cost
+
+    return min(cands, key=lambda c: rd_cost(c.bytes, pixels, c.psnr, qp_lambda))
+
+
 def choose(
     img: PreparedImage,
     target: Target,
     options: ChoiceOptions,
     model_result: Any = None,
     exact: ExactFile | None = None,
+    qp_lambda: float | None = None,
 ) -> Choice:
     """Every allowed codec at ``target``, the winner by the module's rule.
 
     ``model_result`` is the model's finished encode (an
-    :class:`msinn.encoding.EncodeResult`) when ``msinn`` is among the codecs;
-    the caller makes it, so the network half can run elsewhere (see
-    :class:`msinn.encoding.PendingEncode`). ``exact`` is the exact file
+    :class:`msinn.encoding.EncodeResult`), or a list of them, one per weights,
+    when ``msinn`` is among the codecs; the caller makes it, so the network
+    half can run elsewhere (see :class:`msinn.encoding.PendingEncode`).
+    ``qp_lambda`` is the training lambda of a qp target, which compares several
+    weights' files there (:func:`msinn.weights_set.lambda_at`). ``exact`` is the exact file
     (:func:`msinn.lossless.store_exactly` of the input's bytes) when
     ``lossless`` is among the codecs or is the target.
     """
@@ -277,16 +298,16 @@ def choose(
         return Choice(cand, [cand], target, None, time.perf_counter() - t0 + exact.seconds)
     if target.kind == "qp" and model_result is None:
         raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
-    cands: list[Candidate] = []
+    results = [] if model_result is None else (
+        list(model_result) if isinstance(model_result, list | tuple) else [model_result])
+    cands: list[Candidate] = [from_encode_result(r) for r in results]
     failed: dict[str, str] = {}
-    if model_result is not None:
-        cands.append(from_encode_result(model_result))
+    pixels = img.width * img.height
     floor = None
     if target.kind == "psnr":
         floor = float(target.value)
     elif target.kind == "qp":
-        floor = cands[0].psnr  # the model's quality at that qp is what the others must reach
-    pixels = img.width * img.height
+        floor = _model_lead(cands, pixels, qp_lambda).psnr  # the model's quality at that qp: what others must reach
     for codec in options.codecs:
         if codec == MODEL_CODEC:
             continue
@@ -306,20 +327,32 @@ def choose(
     if not cands:
         why = "; ".join(f"{k}: {v}" for k, v in failed.items())
         raise ValueError(f"none of the codecs {', '.join(options.codecs)} could code this image ({why})")
-    seconds = time.perf_counter() - t0 + (model_result.seconds if model_result is not None else 0.0)
+    seconds = time.perf_counter() - t0 + sum(r.seconds for r in results)
     return Choice(pick(cands, target, floor, pixels), cands, target, floor, seconds, failed)
+
+
+def qp_lambda_for(models: list[CodecModel], target: Target) -> float | None:
+    """The training lambda of a qp target when several weights compete there (None otherwise)."""
+    if target.kind != "qp" or len(models) < 2:
+        return None
+    from .weights_set import lambda_at, shared_lambdas
+
+    return lambda_at(shared_lambdas(models), float(target.value))
 
 
 def encode_best(
     model: CodecModel, img: PreparedImage, target: Target, options: ChoiceOptions, encode_options: Any = None,
-    exact: ExactFile | None = None,
+    exact: ExactFile | None = None, also: list[CodecModel] | tuple[CodecModel, ...] = (),
 ) -> Choice:
     """Code ``img`` with every allowed codec and keep the best: the whole choice in one call (``msinn encode``);
     ``encode_options`` is the model's (:class:`msinn.encoding.EncodeOptions`, its effort included), ``exact``
-    the input's exact file when ``lossless`` is among the codecs."""
-    result = None
+    the input's exact file when ``lossless`` is among the codecs, ``also`` other weights that compete with
+    ``model`` (a qp target means ``model``'s qp)."""
+    results = None
+    models = [model, *also]
+    lam = qp_lambda_for(models, target) if MODEL_CODEC in options.codecs else None  # before any coding
     if MODEL_CODEC in options.codecs:
         from .encoding import encode_image
 
-        result = encode_image(model, img, target, encode_options)
-    return choose(img, target, options, result, exact)
+        results = [encode_image(m, img, target, encode_options) for m in models]
+    return choose(img, target, options, results, exact, lam)

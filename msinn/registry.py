@@ -7,6 +7,10 @@ to keep the package small: an old snapshot's file may move out of the package
 (the entry stays, with ``retrieve`` saying where its weights can still be had),
 and a file may be repacked (``NAME.pt`` to ``NAME.pt.xz``, see ``packing``):
 ``sha256`` is the hash of the tensors, which neither changes.
+
+A ``specialist`` entry (weights fine-tuned for one kind of image, used beside
+the default with ``--also-model``) is never the default, however late it was
+added.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class RegisteredModel:
     sha256: str  # weights_hash() of the model's tensors
     description: str = ""
     retrieve: str = ""  # for weights no longer in the package: how to get them
+    specialist: str = ""  # what images these weights are for, when they compete beside the default (never it)
 
     @property
     def path(self) -> Path:
@@ -44,8 +49,8 @@ def registered_models() -> list[RegisteredModel]:
 
 
 def default_model_name() -> str | None:
-    """The newest registered model is the default."""
-    models = registered_models()
+    """The newest registered model that is not a specialist is the default."""
+    models = [m for m in registered_models() if not m.specialist]
     return models[-1].name if models else None
 
 

@@ -45,11 +45,12 @@ class PendingImage:
 
     img: PreparedImage | None  # None for an exact file alone (a lossless target, or an image only it can store)
     target: Target
-    model_encode: PendingEncode | None  # None when msinn is not among the job's codecs
+    model_encode: list[PendingEncode] | None  # one per weights; None when msinn is not among the job's codecs
     data: bytes | None = None  # the input's bytes, when the exact file competes (lossless)
     refusal: str | None = None  # why the image is not decoded (its exact file is stored as it is)
     original: str = "bytes"  # what ``data`` is of the original (InputRecord.original): caps what the row promises
     recompress: bool = True  # False: over the memory budget, the exact file is the original as it is
+    qp_lambda: float | None = None  # a qp target's training lambda, when several weights compete there
 
 
 def _node_id() -> str | None:
@@ -112,7 +113,7 @@ class UnitEncoder:
     """Holds the model; encodes units. Wrapped as a Ray actor by the runner."""
 
     def __init__(self, model: str | None, device: str = "cpu", threads: int = 0, overlap: bool | None = None,
-                 load_model: bool = True):
+                 load_model: bool = True, also_models: tuple[str, ...] | list[str] = ()):
         import msinn
 
         self.threads = threads
@@ -126,6 +127,9 @@ class UnitEncoder:
             raise RuntimeError("device cuda requested but no GPU is visible to this worker")
         # a job that never runs the model (--lossless, classical codecs alone) does not load it
         self.model = msinn.load(model, device=device) if load_model else None
+        # other weights competing per image (--also-model); each row names the weights of its file
+        self.also = [msinn.load(m, device=device) for m in also_models] if load_model else []
+        self._lambdas: tuple[float, ...] | None = None
         self.device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
         self.model_name, self.model_hash = model_identity(self.model) if self.model is not None else (None, None)
 
@@ -171,17 +175,29 @@ class UnitEncoder:
             return row, PendingImage(None, target, None, rec.data, original=rec.original)
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
-            model_encode = None
+            model_encode, lam = None, None
             if spec.needs_model:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels, effort=spec.effort)
-                model_encode = prepare_encode(self.model, img, target, opts)
+                lam = self._qp_lambda(target)
+                model_encode = [prepare_encode(m, img, target, opts) for m in (self.model, *self.also)]
         except ImageInputError as exc:
             if exact:  # the exact file stores what cannot be coded: never an error for a file that can be stored
                 return row, PendingImage(None, target, None, rec.data, f"bad image: {exc}", rec.original)
             return row.fail(f"bad image: {exc}"), None
         except (ValueError, RuntimeError, MemoryError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
-        return row, PendingImage(img, target, model_encode, rec.data if exact else None, original=rec.original)
+        return row, PendingImage(img, target, model_encode, rec.data if exact else None, original=rec.original,
+                                 qp_lambda=lam)
+
+    def _qp_lambda(self, target: Target) -> float | None:
+        """The training lambda of a qp target when several weights compete (their lambdas read once)."""
+        if not self.also or target.kind != "qp":
+            return None
+        from msinn.weights_set import lambda_at, shared_lambdas
+
+        if self._lambdas is None:
+            self._lambdas = shared_lambdas([self.model, *self.also])
+        return lambda_at(self._lambdas, float(target.value))
 
     @staticmethod
     def finish_record(
@@ -192,13 +208,14 @@ class UnitEncoder:
             return row, None
         img, target = pending.img, pending.target
         try:
-            res = pending.model_encode.finish() if pending.model_encode is not None else None
+            res = [p.finish() for p in pending.model_encode] if pending.model_encode is not None else None
             exact = None
             if pending.data is not None:
                 exact = store_exactly(pending.data, row.source_uri or row.key, spec.max_pixels, pending.recompress)
                 if pending.refusal:
                     exact.notes.insert(0, pending.refusal)
-            choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res, exact)
+            choice = choose(img, target, ChoiceOptions(tuple(spec.codecs), spec.avif_speed), res, exact,
+                            pending.qp_lambda)
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
         w = choice.winner
@@ -231,7 +248,8 @@ class UnitEncoder:
             row.target_met = bool(meets(w, target, choice.floor, pixels)) if target.kind != "qp" else True
             row.in_range = w.in_range
             row.pixel_hash, row.exact = w.pixel_hash, "none"
-            if w.header is not None:
+            if w.header is not None:  # the weights that made the kept file (one of several with --also-model)
+                row.model, row.model_hash = w.header.model_name, w.header.model_hash
                 row.profile, row.numerics, row.effort = w.header.profile, w.header.numerics or None, spec.effort
             else:  # a classical file needs no model to decode
                 row.model = row.model_hash = None

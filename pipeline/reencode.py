@@ -94,6 +94,7 @@ def run_reencode(
     codecs: tuple[str, ...] | list[str] | str | None = None,
     avif_speed: int = 6,
     effort: int = 0,
+    also_models: tuple[str, ...] | list[str] = (),
 ) -> dict[str, Any]:
     """Select, plan (or resume), encode; returns a summary with ``selected`` 0 when nothing matched.
 
@@ -103,7 +104,7 @@ def run_reencode(
     elsewhere is re-encoded from its bitstream (``auto``) or gets an error row.
     ``codecs`` (default: msinn alone) lets each image take whichever format is
     best at the target, so a re-encode can also migrate an archive to another
-    codec set.
+    codec set; ``also_models`` are weights competing with ``model`` per image.
     """
     from msinn.choice import parse_codecs
 
@@ -114,13 +115,14 @@ def run_reencode(
     check_limits({"rows_per_shard": rows_per_shard, "actors": actors, "cpus_per_actor": cpus_per_actor,
                   "image_memory": image_memory, "image_seconds": image_seconds}, option_style=False)
     source_root = _source_root(source_prefix, source_mode)  # before anything is frozen: --from source needs it
+    also_models = tuple(storage.canonical_model(m) for m in also_models or ())  # workers run elsewhere
     probe = JobSpec(input="", output="", target_kind=target_kind, target_value=float(target_value),
-                    codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort)
+                    codecs=parse_codecs(codecs), avif_speed=avif_speed, effort=effort, also_models=also_models)
     coding = probe.coding_dict()
     archive = storage.canonical(archive)  # workers run in other directories
     model = storage.canonical_model(model)
     if probe.needs_model:  # a bad --model or target fails before a plan is frozen
-        check_job_model(model, (target_kind, float(target_value)))
+        check_job_model(model, (target_kind, float(target_value)), also_models)
     check_codecs(tuple(coding.get("codecs", ["msinn"])))
     if decode_model:
         decode_model = [storage.canonical_model(m) for m in as_model_list(decode_model)]
@@ -187,7 +189,7 @@ def _source_root(source_prefix: str | None, source_mode: str) -> str | None:
 
 def _spec(archive: str, job: dict, base_job: dict, options: dict | None, run_id: str, device: str) -> JobSpec:
     coding = {"codecs": tuple(job.get("codecs") or ("msinn",)), "avif_speed": int(job.get("avif_speed", 6)),
-              "effort": int(job.get("effort", 0))}
+              "effort": int(job.get("effort", 0)), "also_models": tuple(job.get("also_models") or ())}
     return JobSpec(
         input=archive, output=archive, target_kind=job["target_kind"], target_value=job["target_value"],
         model=job.get("model"), input_options=options or {}, output_options=options or {}, input_kind="rows",

@@ -38,12 +38,15 @@ log = logging.getLogger("pipeline")
 def canonical_spec(spec: JobSpec) -> JobSpec:
     """Input, output and a model file as absolute canonical URIs: workers do not share the driver's directory."""
     return replace(spec, input=storage.canonical(spec.input), output=storage.canonical(spec.output),
-                   model=storage.canonical_model(spec.model))
+                   model=storage.canonical_model(spec.model),
+                   also_models=tuple(storage.canonical_model(m) for m in spec.also_models))
 
 
-def check_job_model(model: str | None, target: tuple[str, float] | None = None) -> None:
+def check_job_model(model: str | None, target: tuple[str, float] | None = None,
+                    also: tuple[str, ...] | list[str] = ()) -> None:
     """Load the job's model once in the driver, so a bad name or file fails here, in one line; with ``target``,
-    check that the model can meet it (a qp within its anchors). The workers load their own copy."""
+    check that the model can meet it (a qp within its anchors). ``also`` are weights competing with it: each
+    must load, and at a qp target all must agree on what the qp trades. The workers load their own copy."""
     import msinn
     from msinn.ratecontrol import Target
 
@@ -51,6 +54,19 @@ def check_job_model(model: str | None, target: tuple[str, float] | None = None) 
         loaded = msinn.load(model)
     except (msinn.CheckpointError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
         raise JobError(f"cannot use model {model or '(default)'}: {exc}") from None
+    others = []
+    for name in also:
+        try:
+            others.append(msinn.load(name))
+        except (msinn.CheckpointError, FileNotFoundError, OSError, ValueError, RuntimeError) as exc:
+            raise JobError(f"cannot use --also-model {name}: {exc}") from None
+    if others and target is not None and target[0] == "qp":
+        from msinn.weights_set import shared_lambdas
+
+        try:
+            shared_lambdas([loaded, *others])
+        except ValueError as exc:
+            raise JobError(f"cannot compare weights at a qp target: {exc}") from None
     if target is not None:
         kind, value = target
         try:
@@ -66,7 +82,7 @@ def check_job(spec: JobSpec) -> None:
     """Refuse a job with a bad parameter before anything is frozen: a plan fixes its job, so a typo frozen in
     would refuse the corrected rerun. (Its limits were checked when the spec was made: ``spec.check_limits``.)"""
     if spec.needs_model:
-        check_job_model(spec.model, (spec.target_kind, spec.target_value))
+        check_job_model(spec.model, (spec.target_kind, spec.target_value), spec.also_models)
     else:
         from msinn.ratecontrol import Target
 
@@ -364,7 +380,7 @@ def execute_units(
             pending,
             todo,
             lambda n: actor_cls.options(name=f"msinn-encoder-{spec.run_id}-{n}", **options).remote(
-                spec.model, spec.device, threads, load_model=spec.needs_model),
+                spec.model, spec.device, threads, load_model=spec.needs_model, also_models=spec.also_models),
             lambda actor, unit, attempt: actor.unit_steps.options(
                 num_returns="streaming", **(CAREFUL_STREAM if attempt.careful else {})).remote(unit, spec, attempt),
             settings,

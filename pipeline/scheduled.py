@@ -13,6 +13,7 @@ Example spec::
     codecs = ["msinn", "avif"]           # optional: per-image codec choice (default msinn)
     avif_speed = 6                       # optional
     effort = 0                           # optional: the model's encoder-side refinement level
+    also_models = ["msinn-small-graphics-2026-12-p1"]  # optional: weights competing with model per image
 
     [target]
     kind = "bpp"                         # bpp | psnr | bytes | qp | lossless (no value: --lossless)
@@ -52,6 +53,9 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             spec["codecs"] = parse_codecs(codecs)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
+    also = spec.get("also_models", [])
+    if not isinstance(also, list) or not all(isinstance(m, str) and m for m in also):
+        raise ValueError(f"{path}: also_models must be a list of model names or checkpoint paths")
     from .spec import JobError, check_limits  # light: no torch
 
     try:
@@ -82,6 +86,7 @@ def run_scheduled(path: str | Path) -> dict[str, Any]:
         image_memory=int(memory_mb) << 20 if memory_mb is not None else None,
         image_seconds=float(timeout) if timeout is not None else None,
         codecs=spec.get("codecs"), avif_speed=int(spec.get("avif_speed", 6)), effort=int(spec.get("effort", 0)),
+        also_models=spec.get("also_models", ()),
     )
     if spec.get("gc"):
         summary["gc"] = gc_shards(spec["archive"], opts, float(spec.get("retention_hours", 168)))

@@ -84,6 +84,7 @@ class JobSpec:
     codecs: tuple[str, ...] = ("msinn",)  # per-image choice among these (msinn.choice)
     avif_speed: int = 6
     effort: int = 0  # the model's encoder-side refinement level (msinn.refine)
+    also_models: tuple[str, ...] = ()  # other weights competing with ``model`` per image (msinn.weights_set)
 
     def __post_init__(self) -> None:
         check_limits({f: getattr(self, f) for f in ("shard_bytes", "read_ahead_bytes", "max_pixels", "tile_pixels",
@@ -95,6 +96,9 @@ class JobSpec:
         object.__setattr__(self, "codecs", (LOSSLESS,) if self.target_kind == LOSSLESS else options.codecs)
         if self.target_kind == "qp" and MODEL_CODEC not in options.codecs:
             raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
+        object.__setattr__(self, "also_models", tuple(self.also_models or ()))
+        if self.also_models and MODEL_CODEC not in self.codecs:
+            raise ValueError("--also-model names weights of the model: it needs msinn among the codecs")
         from msinn.refine import effort_of  # light: the levels, not torch
 
         effort_of(self.effort)  # a level this version does not have is refused here
@@ -145,6 +149,8 @@ class JobSpec:
                 out["avif_speed"] = self.avif_speed
         if self.effort:
             out["effort"] = self.effort
+        if self.also_models:
+            out["also_models"] = list(self.also_models)
         return out
 
 

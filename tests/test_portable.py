@@ -304,9 +304,16 @@ def test_convert_cli_then_encode_and_decode(tiny_float_checkpoint, tmp_path, cap
     for i, c in enumerate(_crops(2)):
         Image.fromarray((c[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(cal / f"{i}.png")
     out = tmp_path / "tiny-portable.pt"
-    assert main(["convert", tiny_float_checkpoint, str(out), "--calibration", str(cal), "--crop", "64"]) == 0
+    from msinn.checkpoint import load_object, save_atomic
+
+    source = tmp_path / "tiny-float-lambdas.pt"  # a float file that records its training lambdas
+    obj = dict(load_object(tiny_float_checkpoint)[1])
+    save_atomic({**obj, "meta": {**obj.get("meta", {}), "lambdas": [0.002, 0.008, 0.03, 0.1]}}, source)
+    assert main(["convert", str(source), str(out), "--calibration", str(cal), "--crop", "64"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["sha256"] == msinn.load(str(out)).weights_sha256
+    converted = msinn.load(str(out))
+    assert report["sha256"] == converted.weights_sha256
+    assert converted.checkpoint_meta["lambdas"] == [0.002, 0.008, 0.03, 0.1]  # carried over: weights_set reads it
     src = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (70, 90, 3), np.uint8)).save(src)
     assert main(["encode", str(src), str(tmp_path / "x.msinn"), "--qp", "1.5", "--model", str(out)]) == 0

@@ -43,6 +43,22 @@ def test_every_portable_name_ships_and_the_folder_stays_within_its_cap():
     assert sum(p.stat().st_size for p in files) <= 15 * 1000 * 1000
 
 
+def test_a_specialist_is_never_the_default(tmp_path, monkeypatch):
+    """Weights for one kind of image compete beside the default (--also-model); appended last, they must not
+    become the default that every job without --model uses."""
+    shipped = registry.registered_models()
+    specialists = [m for m in shipped if m.specialist]
+    assert specialists and all(m.bundled for m in specialists)
+    assert not registry.lookup(registry.default_model_name()).specialist
+    entries = json.loads(registry.REGISTRY_FILE.read_text())["models"]
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "registry.json").write_text(json.dumps({"models": entries + [
+        {"name": "later-specialist", "file": "x.pt", "sha256": "0" * 64, "specialist": "text"}]}))
+    monkeypatch.setattr(registry, "REGISTRY_FILE", weights / "registry.json")
+    assert registry.default_model_name() == [m.name for m in shipped if not m.specialist][-1]
+
+
 @pytest.fixture()
 def retired_registry(tmp_path, monkeypatch, tiny_checkpoint):
     """A registry whose only entry names the tiny model's weights, which are not in the package."""

@@ -105,6 +105,10 @@ def cmd_encode(argv: list[str]) -> int:
     if args.qp is not None and MODEL_CODEC not in choice.codecs:
         print("msinn encode: --qp is the model's rate parameter: it needs msinn among the --codecs", file=sys.stderr)
         return 2
+    if args.also_model and MODEL_CODEC not in choice.codecs:
+        print("msinn encode: --also-model names weights of the model: it needs msinn among the --codecs",
+              file=sys.stderr)
+        return 2
     missing = missing_codecs(choice.codecs)
     if missing:
         print(f"msinn encode: not available in this Pillow build: "
@@ -117,7 +121,8 @@ def cmd_encode(argv: list[str]) -> int:
         exact = None
         if LOSSLESS in choice.codecs:  # the exact file competes: the original bytes (JPEG) or pixels back
             exact = store_exactly(data, args.input, options.max_pixels)
-        result = encode_best(model, img, target, choice, options, exact)
+        also = [_load_model(name, args.device) for name in args.also_model]
+        result = encode_best(model, img, target, choice, options, exact, also)
     except (ImageInputError, ValueError, FileNotFoundError, OSError) as exc:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1

@@ -49,6 +49,9 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     meta = {"converted_from": model.model_name, "source_sha256": model.weights_sha256,
             "calibration_images": len(images), "calibration_crop": args.crop}
+    lambdas = (getattr(model, "checkpoint_meta", None) or {}).get("lambdas")
+    if lambdas is not None:  # what each qp trades: files of several weights are compared by it (weights_set)
+        meta["lambdas"] = [float(v) for v in lambdas]
     portable = convert(model, images, meta=meta)
     save_portable(args.output, portable)
     print(json.dumps({"output": args.output, "sha256": portable.weights_sha256, "from": meta["converted_from"],

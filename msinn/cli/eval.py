@@ -26,6 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("dir", help="folder, file or fsspec URI of images")
     p.add_argument("--model", help="registered model name or checkpoint path (default: bundled weights)")
+    p.add_argument("--also-model", action="append", default=[], metavar="MODEL",
+                   help="other weights that compete with --model at each qp, as `msinn encode --also-model` "
+                   "makes them (repeatable): each point is the file with the lower training loss there")
     p.add_argument("--json", dest="json_out", metavar="OUT",
                    help="write the results as JSON (rewritten after every image, so an interrupted run keeps its work)")
     p.add_argument("--resume", action="store_true",
@@ -127,13 +130,23 @@ def main(argv: list[str]) -> int:
     except (msinn.CheckpointError, FileNotFoundError) as exc:
         log_stderr(f"msinn eval: error: cannot load model: {exc}")
         return 1
+    try:
+        also = [msinn.load(m, args.device) for m in args.also_model]
+        if also:
+            from ..weights_set import shared_lambdas
+
+            shared_lambdas([model, *also])  # weights whose qps mean other trades are refused before any coding
+    except (msinn.CheckpointError, FileNotFoundError, ValueError) as exc:
+        log_stderr(f"msinn eval: error: cannot use --also-model: {exc}")
+        return 1
     qps = qps_arg if qps_arg is not None else list(range(model.anchor_num))
     for qp in qps:
         try:
             model.check_qp(qp)
         except (TypeError, ValueError) as exc:
             p.error(str(exc))
-    name = model.model_name or str(args.model or "default")
+    name = "+".join([model.model_name or str(args.model or "default"),
+                     *(m.model_name or str(a) for m, a in zip(also, args.also_model))])
     log_stderr(f"msinn eval: {len(uris)} file(s), model {name}, qps {qps}, codecs {available or 'none'}")
 
     choice = [c.strip().lower() for c in args.choice.split(",") if c.strip()]
@@ -151,7 +164,7 @@ def main(argv: list[str]) -> int:
 
     try:
         result = evaluate(model, uris, qps, available, limit=args.limit, done=done,
-                          checkpoint=checkpoint if args.json_out else None)
+                          checkpoint=checkpoint if args.json_out else None, also=also)
     except ValueError as exc:  # --resume from a file of another sweep
         log_stderr(f"msinn eval: error: {args.json_out}: {exc}")
         return 1

@@ -42,7 +42,8 @@ def target_of(args: argparse.Namespace) -> tuple[str, float] | None:
 
 
 def add_coding_args(p: argparse.ArgumentParser) -> None:
-    """``--codecs``, ``--avif-speed`` and ``--effort``: how each image may be coded beyond its target."""
+    """``--codecs``, ``--avif-speed``, ``--effort`` and ``--also-model``: how each image may be coded beyond its
+    target."""
     p.add_argument("--codecs", default="msinn",
                    help="formats each image may be stored in, comma-separated: msinn, avif, jpeg, webp, jxl, lossless "
                         "(the exact file of --lossless, competing at the target) (default msinn). Per image the best "
@@ -52,10 +53,16 @@ def add_coding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--effort", type=int, default=0,
                    help="the model's encoder-side refinement level: 0 none, 1 or 2 (fewer bits at many times the "
                         "encode time: docs/refinement.md)")
+    p.add_argument("--also-model", action="append", default=[], metavar="MODEL",
+                   help="other weights that compete with --model on each image (repeatable; e.g. the graphics "
+                        "specialist msinn-small-graphics-2026-12-p1): the better file is kept, as between codecs, "
+                        "at each model's encode time; a --qp means --model's qp, and the files there are compared "
+                        "by the loss the weights were trained for (docs/weights-choice.md)")
 
 
 def coding_of(args: argparse.Namespace) -> dict:
     """The coding options as the job and the codec take them (codec names checked here)."""
     from ..choice import parse_codecs
 
-    return {"codecs": parse_codecs(args.codecs), "avif_speed": args.avif_speed, "effort": args.effort}
+    return {"codecs": parse_codecs(args.codecs), "avif_speed": args.avif_speed, "effort": args.effort,
+            "also_models": tuple(args.also_model or ())}

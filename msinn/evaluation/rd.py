@@ -11,6 +11,7 @@ the command line is :mod:`msinn.cli.eval`.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -85,8 +86,15 @@ def evaluate(
     progress: Callable[[str], None] = log_stderr,
     done: Sequence[dict] = (),
     checkpoint: Callable[[dict], None] | None = None,
+    also: Sequence[CodecModel] = (),
 ) -> dict:
     """Code each readable image at every qp (and codec quality); per-image and averaged results.
+
+    ``also`` holds other weights that compete with ``model`` as ``msinn encode
+    --also-model`` makes them: at each qp every weights codes the image and the
+    point is the file with the lowest training loss there
+    (:mod:`msinn.weights_set`), its weights named in the point's ``model``;
+    its encode time is all of them together, as the encoder spends it.
 
     Images are processed one at a time so memory does not grow with the
     dataset. Unreadable images are reported through ``progress`` and listed
@@ -99,6 +107,12 @@ def evaluate(
 
     if coder is None:
         coder = code_image  # looked up now, so a replacement assigned to the module is used
+    models = [model, *also]
+    lambdas = None
+    if also:
+        from ..weights_set import shared_lambdas
+
+        lambdas = shared_lambdas(models)  # before hours of coding, not after
     _check_same_sweep(done, qps, codecs)  # before hours of coding, not after
     earlier = {im["image"]: im for im in done}
     per_image: list[dict] = []
@@ -122,7 +136,7 @@ def evaluate(
         t_start = time.perf_counter()
         points = []
         for qp in qps:
-            nbytes, rec, enc_s, dec_s = coder(model, img, qp)
+            nbytes, rec, enc_s, dec_s, chosen = _code_best(models, lambdas, coder, img, qp)
             points.append(
                 {
                     "qp": qp,
@@ -132,6 +146,7 @@ def evaluate(
                     "ms_ssim": ms_ssim_uint8(img, rec),
                     "encode_s": enc_s,
                     "decode_s": dec_s,
+                    **({"model": chosen} if also else {}),
                 }
             )
         mine: dict[str, list[dict]] = {}
@@ -148,6 +163,27 @@ def evaluate(
         if checkpoint is not None:
             checkpoint(summarize(per_image, qps, codecs, skipped))
     return summarize(per_image, qps, codecs, skipped)
+
+
+def _code_best(models: Sequence[CodecModel], lambdas: Sequence[float] | None, coder: Coder, img: np.ndarray,
+               qp: int | float) -> tuple[int, np.ndarray, float, float, str | None]:
+    """The image coded at ``qp`` by each weights, the file with the lowest training loss kept (the first on a tie):
+    (bytes, reconstruction, encode s of all, decode s of the kept one, its weights' name)."""
+    if len(models) == 1:
+        return (*coder(models[0], img, qp), None)
+    from ..weights_set import lambda_at, rd_cost
+
+    lam = lambda_at(lambdas, float(qp))
+    pixels = img.shape[0] * img.shape[1]
+    best, best_cost, total_enc = None, math.inf, 0.0
+    for i, m in enumerate(models):
+        nbytes, rec, enc_s, dec_s = coder(m, img, qp)
+        total_enc += enc_s
+        cost = rd_cost(nbytes, pixels, psnr_uint8(img, rec), lam)
+        if cost < best_cost:
+            best, best_cost = (nbytes, rec, dec_s, getattr(m, "model_name", None) or f"weights {i}"), cost
+    nbytes, rec, dec_s, name = best
+    return nbytes, rec, total_enc, dec_s, name
 
 
 def _check_same_sweep(per_image: Sequence[dict], qps: Sequence[int | float], codecs: Sequence[str]) -> None:
