@@ -371,6 +371,12 @@ def test_scheduled_specs_take_codecs_and_effort(tmp_path):
     bad.write_text('archive = "a"\ncodecs = "msinn,gif"\n[target]\nkind = "psnr"\nvalue = 35\n')
     with pytest.raises(ValueError, match=r"bad.toml: unknown codec\(s\) gif"):
         load_spec(bad)
+    also = tmp_path / "also.toml"
+    also.write_text('archive = "a"\nalso_models = ["x-p1"]\n[target]\nkind = "psnr"\nvalue = 35\n')
+    assert load_spec(also)["also_models"] == ["x-p1"]
+    also.write_text('archive = "a"\nalso_models = "x-p1"\n[target]\nkind = "psnr"\nvalue = 35\n')
+    with pytest.raises(ValueError, match="also.toml: also_models must be a list"):
+        load_spec(also)
 
 
 def test_images_a_codec_cannot_carry_go_to_the_others(monkeypatch):

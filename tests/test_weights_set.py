@@ -233,6 +233,15 @@ def test_a_transcode_on_ray_with_the_bundled_specialist_records_and_decodes_each
             data = f.read(r["length"])
         back = decode_image(data, msinn.load(r["model"]))
         assert image_digest(back.pixels) == r["pixel_hash"]
+    from pipeline.reencode import run_reencode
+
+    again = run_reencode(str(out), "key = 'screen'", "psnr", 32.0, model=default, source_mode="bitstream",
+                         also_models=[specialist], actors=1)
+    assert again["selected"] == 1 and again["errors_this_run"] == 0
+    (plan,) = (out / "_reencode").glob("*/plan.json")
+    assert json.loads(plan.read_text())["job"]["also_models"] == [specialist]  # a resume codes as it began
+    new = [r for r in pq.read_table(out / "manifest").to_pylist() if r["run_id"] == again["run_id"]]
+    assert len(new) == 1 and new[0]["model"] in (default, specialist) and new[0]["psnr"] >= 32.0
     with pytest.raises(JobError, match="cannot use --also-model"):
         run_job(JobSpec(input=str(src), output=str(tmp_path / "o2"), target_kind="qp", target_value=6.0,
                         also_models=(str(tmp_path / "missing.pt"),)), actors=1)
