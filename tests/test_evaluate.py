@@ -294,7 +294,9 @@ def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched
                      "encode_s": 0.1} for i, q in enumerate(classical.CODEC_QUALITIES["avif"])]
             codecs = {"avif": avif} if with_avif else {}
             per_image.append({"image": f"/data/{name}", "points": points, "codecs": codecs})
-        return {"model": "m", "per_image": per_image, "codecs": {}}
+        mean = [{"qp": q, "bpp": float(np.mean([im["points"][q]["bpp"] for im in per_image])),
+                 "psnr": psnr[q] + dpsnr} for q in qps]
+        return {"model": "m", "points": mean, "per_image": per_image, "codecs": {}}
 
     a, b = doc({"a.png": 1.0, "b.png": 1.0}, True), doc({"a.png": 0.7, "b.png": 1.3}, False)
     lambdas = [0.001 * 2**k for k in range(6)]
@@ -326,6 +328,14 @@ def test_weights_choice_keeps_each_images_cheaper_weights_and_refuses_mismatched
     (tmp_path / "4.json").write_text(json.dumps({"model": "m"}))
     assert mod.main([str(tmp_path / "0.json"), str(tmp_path / "4.json"), "--lambdas", "0.1"]) == 1
     assert "no per-image results" in capsys.readouterr().err
+    # compare_rd --codecs-from: B's run alone (coded without codecs) against A's run's AVIF points
+    cmp = _load_script("compare_rd")
+    j = [str(tmp_path / f"{i}.json") for i in range(3)]
+    assert cmp.main([j[1], j[0], "--codecs-from", j[0]]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("m against avif:"))
+    assert float(line.split()[-1].rstrip("%")) == pytest.approx(100 / 0.9 - 100, abs=0.01)  # B's mean is A's curve
+    assert cmp.main([j[0], j[2], "--codecs-from", j[2]]) == 1
+    assert "images without codec results" in capsys.readouterr().err
 
 
 def test_weights_choice_weighs_bits_against_distortion_with_each_qps_lambda(tmp_path):
