@@ -143,6 +143,7 @@ class Choice:
             "probes": sum(c.probes for c in self.candidates),
             "estimates": sum(c.estimates for c in self.candidates),
             "seconds": round(self.seconds, 3),
+            **({"failed": dict(self.failed)} if self.failed else {}),
             "candidates": [{"codec": c.codec, "bytes": c.bytes, "psnr": round(c.psnr, 4), "quality": c.quality,
                             "in_range": c.in_range, **({"model": c.model} if c.model else {})}
                            for c in self.candidates],
@@ -351,8 +352,16 @@ def encode_best(
     results = None
     models = [model, *also]
     lam = qp_lambda_for(models, target) if MODEL_CODEC in options.codecs else None  # before any coding
+    failed: dict[str, str] = {}
     if MODEL_CODEC in options.codecs:
         from .encoding import encode_image
 
-        results = [encode_image(m, img, target, encode_options) for m in models]
-    return choose(img, target, options, results, exact, lam)
+        results = [encode_image(model, img, target, encode_options)]  # --model's failure is the image's
+        for m in also:  # another weights failing leaves the image to the rest, as a classical codec's would
+            try:
+                results.append(encode_image(m, img, target, encode_options))
+            except (ValueError, RuntimeError, MemoryError) as exc:
+                failed[f"msinn {m.model_name}"] = f"{type(exc).__name__}: {exc}"
+    choice = choose(img, target, options, results, exact, lam)
+    choice.failed.update(failed)
+    return choice

@@ -60,16 +60,18 @@ def trained_lambdas(model: CodecModel) -> tuple[float, ...] | None:
 
 
 def shared_lambdas(models: Sequence[CodecModel]) -> tuple[float, ...]:
-    """The lambdas every model agrees on (those that record none take the others'); a clear error otherwise."""
+    """The lambdas every model records and agrees on; a clear error otherwise (weights that record none are not
+    assumed to share the others': a qp would mean an unknown trade for them)."""
     names = [getattr(m, "model_name", None) or "model" for m in models]
     anchors = {getattr(m, "anchor_num", None) for m in models}
     if len(anchors) != 1:
         raise ValueError(f"weights {', '.join(names)} have different numbers of anchors {sorted(anchors)}: "
                          "their qps do not mean the same rates")
-    known = [(n, lam) for n, m in zip(names, models) if (lam := trained_lambdas(m)) is not None]
-    if not known:
-        raise ValueError(f"none of the weights {', '.join(names)} records the lambdas it was trained with, so "
-                         "files at one qp cannot be compared: give a --psnr, --bpp or --bytes target instead")
+    known = [(n, trained_lambdas(m)) for n, m in zip(names, models)]
+    unknown = [n for n, lam in known if lam is None]
+    if unknown:
+        raise ValueError(f"weights {', '.join(unknown)} record no lambdas they were trained with, so their files "
+                         "at one qp cannot be compared with the others': give a --psnr, --bpp or --bytes target")
     first_name, first = known[0]
     for n, lam in known[1:]:
         if len(lam) != len(first) or any(not math.isclose(a, b, rel_tol=1e-9) for a, b in zip(lam, first)):

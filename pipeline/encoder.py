@@ -51,6 +51,7 @@ class PendingImage:
     original: str = "bytes"  # what ``data`` is of the original (InputRecord.original): caps what the row promises
     recompress: bool = True  # False: over the memory budget, the exact file is the original as it is
     qp_lambda: float | None = None  # a qp target's training lambda, when several weights compete there
+    weights_failed: dict[str, str] | None = None  # --also-model weights that could not code the image, and why
 
 
 def _node_id() -> str | None:
@@ -166,7 +167,8 @@ class UnitEncoder:
             return row.fail(rec.error), None
         exact = spec.target_kind == LOSSLESS or LOSSLESS in spec.codecs
         target = spec.target_for(rec.target_value)
-        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels, spec.effort)
+        refusal = memory_refusal(rec.data, spec.image_memory, spec.tile_pixels, spec.effort,
+                                 1 + len(spec.also_models) if spec.needs_model else 1)
         if refusal is not None:  # judged from the header: nothing decoded yet
             if exact:  # too large to recompress here: stored as it is
                 return row, PendingImage(None, target, None, rec.data, f"refused: {refusal}", rec.original, False)
@@ -175,11 +177,16 @@ class UnitEncoder:
             return row, PendingImage(None, target, None, rec.data, original=rec.original)
         try:
             img = open_image(rec.data, rec.source_uri, spec.max_pixels)
-            model_encode, lam = None, None
+            model_encode, lam, weights_failed = None, None, {}
             if spec.needs_model:
                 opts = EncodeOptions(tile_pixels=spec.tile_pixels, max_pixels=spec.max_pixels, effort=spec.effort)
                 lam = self._qp_lambda(target)
-                model_encode = [prepare_encode(m, img, target, opts) for m in (self.model, *self.also)]
+                model_encode = [prepare_encode(self.model, img, target, opts)]
+                for m in self.also:  # one of the other weights failing leaves the image to the rest
+                    try:
+                        model_encode.append(prepare_encode(m, img, target, opts))
+                    except (ValueError, RuntimeError, MemoryError) as exc:
+                        weights_failed[f"msinn {m.model_name}"] = f"{type(exc).__name__}: {exc}"
         except ImageInputError as exc:
             if exact:  # the exact file stores what cannot be coded: never an error for a file that can be stored
                 return row, PendingImage(None, target, None, rec.data, f"bad image: {exc}", rec.original)
@@ -187,7 +194,7 @@ class UnitEncoder:
         except (ValueError, RuntimeError, MemoryError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
         return row, PendingImage(img, target, model_encode, rec.data if exact else None, original=rec.original,
-                                 qp_lambda=lam)
+                                 qp_lambda=lam, weights_failed=weights_failed)
 
     def _qp_lambda(self, target: Target) -> float | None:
         """The training lambda of a qp target when several weights compete (their lambdas read once)."""
@@ -207,8 +214,16 @@ class UnitEncoder:
         if pending is None:
             return row, None
         img, target = pending.img, pending.target
+        failed = dict(pending.weights_failed or {})
         try:
-            res = [p.finish() for p in pending.model_encode] if pending.model_encode is not None else None
+            res = None
+            if pending.model_encode is not None:
+                res = [pending.model_encode[0].finish()]  # --model's file: its failure is the image's
+                for other in pending.model_encode[1:]:
+                    try:
+                        res.append(other.finish())
+                    except (ValueError, RuntimeError, MemoryError) as exc:
+                        failed[f"msinn {other.model.model_name}"] = f"{type(exc).__name__}: {exc}"
             exact = None
             if pending.data is not None:
                 exact = store_exactly(pending.data, row.source_uri or row.key, spec.max_pixels, pending.recompress)
@@ -219,6 +234,7 @@ class UnitEncoder:
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
         w = choice.winner
+        failed.update(choice.failed)
         row.status, row.error = "ok", None
         row.bytes, row.probes, row.encode_seconds = w.bytes, sum(c.probes for c in choice.candidates), choice.seconds
         row.codec, row.codec_version = w.codec, w.codec_version
@@ -255,6 +271,9 @@ class UnitEncoder:
                 row.model = row.model_hash = None
                 row.codec_params = w.codec_params
             row.ms_ssim = ms_ssim_uint8(rgb_view(w.pixels, img.mode), img.rgb) if spec.ms_ssim else None
+        if failed:  # what could not compete, so a row never hides it
+            row.note = "; ".join([*([row.note] if row.note else []), *(f"{k} could not code it: {v}"
+                                                                     for k, v in failed.items())])
         if row.width and row.height:
             row.bpp = w.bytes * 8 / (row.width * row.height)
         return row, w.data

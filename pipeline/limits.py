@@ -23,6 +23,10 @@ over the loaded model, this project's 2-core CPU, one thread):
   squares at effort 1: +333, +1161, +4089 and +4411 MB). The number of steps
   changes the time, not the peak (512 at effort 2 with 20 steps: see
   docs/pipeline.md).
+
+With several weights (``--also-model``) each one's prepared encode is held
+until the choice, the next weights' network running meanwhile: the estimate
+counts the whole peak once per weights (an upper bound, not measured).
 """
 
 from __future__ import annotations
@@ -37,18 +41,19 @@ REFINE_BYTES_PER_PIXEL = 3400  # ... per pixel of the tile it refines
 TILE_SIDE = 1024  # the encoder's tiles above tile_pixels (msinn.encoding.DEFAULT_TILE_SIZE; not imported: no torch)
 
 
-def peak_bytes(width: int, height: int, tile_pixels: int, effort: int = 0) -> int:
-    """Estimated working memory to encode a ``width`` x ``height`` image at ``effort``, above the loaded model."""
+def peak_bytes(width: int, height: int, tile_pixels: int, effort: int = 0, weights: int = 1) -> int:
+    """Estimated working memory to encode a ``width`` x ``height`` image at ``effort`` with ``weights`` sets of
+    weights, above the loaded models."""
     pixels = width * height
     if pixels <= tile_pixels:
         base, largest_tile = UNTILED_BYTES_PER_PIXEL * pixels, pixels
     else:
         base = TILED_BASE_BYTES + TILED_BYTES_PER_PIXEL * pixels
         largest_tile = min(width, TILE_SIDE) * min(height, TILE_SIDE)
-    return base + (REFINE_BASE_BYTES + REFINE_BYTES_PER_PIXEL * largest_tile if effort else 0)
+    return weights * (base + (REFINE_BASE_BYTES + REFINE_BYTES_PER_PIXEL * largest_tile if effort else 0))
 
 
-def memory_refusal(data: bytes, budget: int, tile_pixels: int, effort: int) -> str | None:
+def memory_refusal(data: bytes, budget: int, tile_pixels: int, effort: int, weights: int = 1) -> str | None:
     """Why an image is refused before decoding (its estimated peak at ``effort`` is over ``budget``), or None.
 
     Data whose size its header does not tell is left to the decoder, which refuses it with its own reason
@@ -57,9 +62,9 @@ def memory_refusal(data: bytes, budget: int, tile_pixels: int, effort: int) -> s
         size = image_size(data)
     except ValueError:
         return None
-    need = peak_bytes(size.width, size.height, tile_pixels, effort)
+    need = peak_bytes(size.width, size.height, tile_pixels, effort, weights)
     if need <= budget:
         return None
-    at = f" at --effort {effort}" if effort else ""
+    at = (f" at --effort {effort}" if effort else "") + (f" with {weights} sets of weights" if weights > 1 else "")
     return (f"needs about {need / 2**30:.1f} GiB to encode ({size.width}x{size.height}{at}), over the image memory "
             f"budget of {budget / 2**30:.1f} GiB (raise --image-memory-mb if the workers have the memory)")

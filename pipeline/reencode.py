@@ -131,7 +131,8 @@ def run_reencode(
            "model": model, "from": source_mode, **coding}
     found = read_plan(archive, options)
     base_job = found.job if found else {}
-    resume = [p for p in _reencode_plans(archive, options) if {k: p[1].job.get(k) for k in job} == job]
+    resume = [p for p in _reencode_plans(archive, options) if {k: p[1].job.get(k) for k in job} == job
+              and list(p[1].job.get("also_models") or []) == list(also_models)]  # also when given none
     unfinished = None
     for run_id, plan in resume:
         shards = committed_shards(_spec(archive, plan.job, base_job, options, run_id, device))

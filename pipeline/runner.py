@@ -105,6 +105,13 @@ def _frozen(spec: JobSpec, found: Plan) -> tuple[JobSpec, Plan]:
         log.warning("model changed from %s to %s: shards not yet committed will use %s",
                     job.get("model"), spec.model, spec.model)
         job["model"] = spec.model
+    planned_also = [storage.canonical_model(m) for m in job.get("also_models") or []]
+    if planned_also != list(spec.also_models):  # as a changed model: committed shards keep theirs
+        log.warning("--also-model changed from %s to %s: shards not yet committed will use %s",
+                    planned_also or "none", list(spec.also_models) or "none", list(spec.also_models) or "none")
+    job.pop("also_models", None)
+    if spec.also_models:
+        job["also_models"] = list(spec.also_models)
     mine, theirs = spec.job_dict(), {k: job.get(k) for k in spec.job_dict()}
     if mine != theirs:
         diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
@@ -278,6 +285,7 @@ def summarise(spec: JobSpec, plan: Plan, wall: float, processed: int, failed: li
         "output": spec.output,
         "target": {"kind": spec.target_kind, "value": spec.target_value},
         "model": s["models"][0] if len(s["models"]) == 1 else spec.model,  # the name rows record
+        "models": s["models"],  # every weights rows name (several with --also-model)
         "shards": len(plan),
         "shards_committed": committed[0],
         "shards_failed": failed,

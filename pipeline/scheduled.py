@@ -56,6 +56,10 @@ def load_spec(path: str | Path) -> dict[str, Any]:
     also = spec.get("also_models", [])
     if not isinstance(also, list) or not all(isinstance(m, str) and m for m in also):
         raise ValueError(f"{path}: also_models must be a list of model names or checkpoint paths")
+    kind = spec["target"].get("kind") if isinstance(spec.get("target"), dict) else None
+    if also and (kind == "lossless" or "msinn" not in (spec.get("codecs") or ("msinn",))):
+        raise ValueError(f"{path}: also_models names weights of the model, which this job does not run "
+                         "(msinn is not among its codecs, or its target is lossless)")
     from .spec import JobError, check_limits  # light: no torch
 
     try:

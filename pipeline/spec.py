@@ -97,6 +97,8 @@ class JobSpec:
         if self.target_kind == "qp" and MODEL_CODEC not in options.codecs:
             raise ValueError("a qp target is the model's rate parameter: it needs msinn among the codecs")
         object.__setattr__(self, "also_models", tuple(self.also_models or ()))
+        if self.also_models and self.target_kind == LOSSLESS:
+            raise ValueError("--also-model names weights of the model, which a --lossless job does not run")
         if self.also_models and MODEL_CODEC not in self.codecs:
             raise ValueError("--also-model names weights of the model: it needs msinn among the codecs")
         from msinn.refine import effort_of  # light: the levels, not torch

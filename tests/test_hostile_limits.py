@@ -242,6 +242,9 @@ def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
     budget = 2 << 30
     assert memory_refusal(data, budget, 1 << 21, 0) is None
     assert "1024x1024 at --effort 1" in memory_refusal(data, budget, 1 << 21, 1)
+    # each weights' prepared encode is held until the choice (--also-model): counted once per weights
+    assert peak_bytes(1024, 1024, 1 << 21, 0, weights=2) == 2 * peak_bytes(1024, 1024, 1 << 21, 0)
+    assert "with 3 sets of weights" in memory_refusal(data, budget, 1 << 21, 0, weights=3)
     spec = JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0, effort=1, image_memory=budget)
     row, pending = UnitEncoder(tiny_checkpoint).prepare_record(InputRecord("k", "/in/k.png", data), spec,
                                                                WorkUnit("0", "files", (), 0, "/"))
