@@ -258,3 +258,35 @@ def test_a_transcode_on_ray_with_the_bundled_specialist_records_and_decodes_each
     with pytest.raises(JobError, match="cannot use --also-model"):
         run_job(JobSpec(input=str(src), output=str(tmp_path / "o2"), target_kind="qp", target_value=6.0,
                         also_models=(str(tmp_path / "missing.pt"),)), actors=1)
+
+
+def test_other_weights_that_fail_leave_the_image_to_the_rest_and_say_why(pair, tmp_path):
+    """An --also-model weights that cannot code an image is left out, as a classical codec would be; the file is
+    --model's and the row's note names the failure. --model failing still fails the image."""
+    import msinn
+    from msinn.choice import ChoiceOptions, encode_best
+    from msinn.images import open_image
+    from msinn.ratecontrol import Target
+    from pipeline.encoder import UnitEncoder
+    from pipeline.sources import InputRecord
+    from pipeline.spec import JobSpec, WorkUnit
+
+    def broken(x):
+        raise RuntimeError("out of device memory")
+
+    a, b = (msinn.load(p) for p in pair)
+    b.analyze = broken  # this weights' analysis fails on every image
+    img = open_image(png_bytes(5, 64, 64), "img")
+    got = encode_best(a, img, Target("psnr", 25.0), ChoiceOptions(("msinn",)), also=[b])
+    assert [c.model for c in got.candidates] == ["tiny-a.pt"]
+    assert got.summary(64 * 64)["failed"] == {"msinn tiny-b.pt": "RuntimeError: out of device memory"}
+    with pytest.raises(RuntimeError):
+        encode_best(b, img, Target("psnr", 25.0), ChoiceOptions(("msinn",)), also=[a])
+    enc = UnitEncoder(pair[0], also_models=pair[1:])
+    enc.also[0].analyze = broken
+    spec = JobSpec(input="mem://", output=str(tmp_path / "o"), target_kind="psnr", target_value=25.0,
+                   model=pair[0], also_models=pair[1:])
+    row, data = enc.finish_record(*enc.prepare_record(InputRecord("k", "mem://k.png", png_bytes(5, 64, 64)), spec,
+                                                      WorkUnit("0", "files", (), 0, "mem://")), spec)
+    assert row.status == "ok" and row.model == "tiny-a.pt" and data
+    assert row.note == "msinn tiny-b.pt could not code it: RuntimeError: out of device memory"
