@@ -234,7 +234,6 @@ class UnitEncoder:
         except (ValueError, RuntimeError, MemoryError, OSError) as exc:
             return row.fail(f"encode failed: {type(exc).__name__}: {exc}"), None
         w = choice.winner
-        failed.update(choice.failed)
         row.status, row.error = "ok", None
         row.bytes, row.probes, row.encode_seconds = w.bytes, sum(c.probes for c in choice.candidates), choice.seconds
         row.codec, row.codec_version = w.codec, w.codec_version
@@ -271,7 +270,7 @@ class UnitEncoder:
                 row.model = row.model_hash = None
                 row.codec_params = w.codec_params
             row.ms_ssim = ms_ssim_uint8(rgb_view(w.pixels, img.mode), img.rgb) if spec.ms_ssim else None
-        if failed:  # what could not compete, so a row never hides it
+        if failed:  # --also-model weights that could not compete, so a row never hides it
             row.note = "; ".join([*([row.note] if row.note else []), *(f"{k} could not code it: {v}"
                                                                      for k, v in failed.items())])
         if row.width and row.height:

@@ -107,8 +107,8 @@ def _frozen(spec: JobSpec, found: Plan) -> tuple[JobSpec, Plan]:
         job["model"] = spec.model
     planned_also = [storage.canonical_model(m) for m in job.get("also_models") or []]
     if planned_also != list(spec.also_models):  # as a changed model: committed shards keep theirs
-        log.warning("--also-model changed from %s to %s: shards not yet committed will use %s",
-                    planned_also or "none", list(spec.also_models) or "none", list(spec.also_models) or "none")
+        log.warning("--also-model changed from %s to %s: shards not yet committed will use the latter",
+                    planned_also or "none", list(spec.also_models) or "none")
     job.pop("also_models", None)
     if spec.also_models:
         job["also_models"] = list(spec.also_models)

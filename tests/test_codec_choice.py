@@ -377,6 +377,12 @@ def test_scheduled_specs_take_codecs_and_effort(tmp_path):
     also.write_text('archive = "a"\nalso_models = "x-p1"\n[target]\nkind = "psnr"\nvalue = 35\n')
     with pytest.raises(ValueError, match="also.toml: also_models must be a list"):
         load_spec(also)
+    also.write_text('archive = "a"\nalso_models = ["x-p1"]\n[target]\nkind = "lossless"\n')
+    with pytest.raises(ValueError, match="also.toml: also_models names weights of the model"):
+        load_spec(also)
+    also.write_text('archive = "a"\ncodecs = ["avif"]\nalso_models = ["x-p1"]\n[target]\nkind = "psnr"\nvalue = 35\n')
+    with pytest.raises(ValueError, match="which this job does not run"):
+        load_spec(also)
 
 
 def test_images_a_codec_cannot_carry_go_to_the_others(monkeypatch):

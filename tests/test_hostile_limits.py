@@ -249,6 +249,14 @@ def test_the_memory_estimate_covers_the_effort_the_job_runs(tiny_checkpoint):
     row, pending = UnitEncoder(tiny_checkpoint).prepare_record(InputRecord("k", "/in/k.png", data), spec,
                                                                WorkUnit("0", "files", (), 0, "/"))
     assert pending is None and row.error.startswith("refused: needs about") and "--effort 1" in row.error
+    # with --also-model the actor counts its weights: a budget one set fits, two do not
+    budget = int(1.5 * peak_bytes(1024, 1024, 1 << 21, 0))
+    spec = JobSpec(input="/in", output="/out", target_kind="qp", target_value=1.0, image_memory=budget,
+                   also_models=(tiny_checkpoint,))
+    row, pending = UnitEncoder(tiny_checkpoint, also_models=[tiny_checkpoint]).prepare_record(
+        InputRecord("k", "/in/k.png", data), spec, WorkUnit("0", "files", (), 0, "/"))
+    assert pending is None and "with 2 sets of weights" in row.error
+    assert memory_refusal(data, budget, 1 << 21, 0) is None
 
 
 # ---------------------------------------------------------------- 6: a selection over the time limit

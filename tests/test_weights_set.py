@@ -260,7 +260,7 @@ def test_a_transcode_on_ray_with_the_bundled_specialist_records_and_decodes_each
                         also_models=(str(tmp_path / "missing.pt"),)), actors=1)
 
 
-def test_other_weights_that_fail_leave_the_image_to_the_rest_and_say_why(pair, tmp_path):
+def test_other_weights_that_fail_leave_the_image_to_the_rest_and_say_why(pair, tmp_path, monkeypatch):
     """An --also-model weights that cannot code an image is left out, as a classical codec would be; the file is
     --model's and the row's note names the failure. --model failing still fails the image."""
     import msinn
@@ -290,3 +290,21 @@ def test_other_weights_that_fail_leave_the_image_to_the_rest_and_say_why(pair, t
                                                       WorkUnit("0", "files", (), 0, "mem://")), spec)
     assert row.status == "ok" and row.model == "tiny-a.pt" and data
     assert row.note == "msinn tiny-b.pt could not code it: RuntimeError: out of device memory"
+    # the other half: the weights' network half succeeds, its entropy coding fails
+    from msinn.encoding import PendingEncode
+
+    enc = UnitEncoder(pair[0], also_models=pair[1:])
+    finish = PendingEncode.finish
+
+    def failing(self):
+        if self.model is enc.also[0]:
+            raise MemoryError("no memory for the coder")
+        return finish(self)
+
+    monkeypatch.setattr(PendingEncode, "finish", failing)
+    row, data = enc.finish_record(*enc.prepare_record(InputRecord("k", "mem://k.png", png_bytes(5, 64, 64)), spec,
+                                                      WorkUnit("0", "files", (), 0, "mem://")), spec)
+    assert row.status == "ok" and row.model == "tiny-a.pt" and data
+    assert row.note == "msinn tiny-b.pt could not code it: MemoryError: no memory for the coder"
+    with pytest.raises(ValueError, match="a --lossless job does not run"):
+        JobSpec(input="i", output="o", target_kind="lossless", target_value=0, also_models=("x",))

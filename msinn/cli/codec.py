@@ -127,6 +127,9 @@ def cmd_encode(argv: list[str]) -> int:
         print(f"msinn encode: {exc}", file=sys.stderr)
         return 1
     winner = result.winner
+    for name, why in result.failed.items():
+        if name.startswith("msinn "):  # other weights left out: the kept file is still the best of the rest
+            print(f"msinn encode: warning: {name[6:]} could not code {args.input}: {why}", file=sys.stderr)
     out = _output_path(args.output, winner.extension)
     from ..atomic import write_atomic
 
