@@ -269,7 +269,7 @@ def _model_lead(cands: list[Candidate], pixels: int, qp_lambda: float | None) ->
         raise ValueError("several weights at a qp target need the lambda of that qp to compare their files")
     from .weights_set import rd_cost
 
-    return min(cands, key=lambda c: rd_cost(c.bytes, pixels, c.psnr, qp_lambda))
+    return min(cands, key=lambda c: rd_cost(c.bytes * 8 / pixels, c.psnr, qp_lambda))
 
 
 def choose(

@@ -18,6 +18,7 @@ from the bundled float model it was converted from (same weights hash).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -45,18 +46,25 @@ def trained_lambdas(model: CodecModel) -> tuple[float, ...] | None:
     meta = getattr(model, "checkpoint_meta", None) or {}
     if meta.get("lambdas") is not None:
         return _checked(meta["lambdas"], anchors, name)
-    source_hash = meta.get("source_sha256")
     from .registry import float_source_name, lookup
 
-    source = float_source_name(name) if getattr(model, "model_name", None) else None
+    source = float_source_name(name)  # None for an unnamed model ("model" has no -pN suffix)
     entry = lookup(source) if source else None
-    if entry is None or not entry.bundled or source_hash != entry.sha256:
+    if entry is None or not entry.bundled or meta.get("source_sha256") != entry.sha256:
         return None
+    lam = _bundled_lambdas(str(entry.path), entry.sha256)
+    return _checked(lam, anchors, entry.name) if lam is not None else None
+
+
+@functools.lru_cache(maxsize=8)
+def _bundled_lambdas(path: str, sha256: str) -> tuple[float, ...] | None:
+    """A bundled float model's recorded lambdas, its file read once per process (the eval command's check and
+    its run, the driver's check and each model it loads, all ask); ``sha256`` keys the cache to those weights."""
     from .checkpoint import load_object
 
-    _, obj = load_object(entry.path)
+    _, obj = load_object(path)
     lam = (obj.get("meta") or {}).get("lambdas")
-    return _checked(lam, anchors, entry.name) if lam is not None else None
+    return tuple(lam) if lam is not None else None
 
 
 def shared_lambdas(models: Sequence[CodecModel]) -> tuple[float, ...]:
@@ -91,7 +99,7 @@ def lambda_at(lambdas: Sequence[float], qp: float) -> float:
     return float(math.exp((1 - t) * math.log(lambdas[lo]) + t * math.log(lambdas[lo + 1])))
 
 
-def rd_cost(nbytes: int, pixels: int, psnr: float, lam: float) -> float:
+def rd_cost(bpp: float, psnr: float, lam: float) -> float:
     """The training loss of one file: ``bpp + lambda * MSE`` with MSE on 0..255, from the file's PSNR."""
     mse = 0.0 if math.isinf(psnr) else 255.0**2 * 10 ** (-psnr / 10)
-    return nbytes * 8 / pixels + lam * mse
+    return bpp + lam * mse

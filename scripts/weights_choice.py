@@ -41,8 +41,10 @@ def lambdas_of(source: str) -> list[float]:
 
 
 def loss(point: dict, lam: float) -> float:
-    """The training loss of one measured point: MSE of [0, 1] pixels from its PSNR."""
-    return point["bpp"] + lam * 255**2 * 10 ** (-point["psnr"] / 10)
+    """The training loss of one measured point, as the encoder's choice computes it (``weights_set.rd_cost``)."""
+    from msinn.weights_set import rd_cost
+
+    return rd_cost(point["bpp"], point["psnr"], lam)
 
 
 def choose(evals: list[dict], lambdas: list[float]) -> tuple[list[dict], list[int]]:

@@ -46,8 +46,8 @@ def test_lambda_of_a_qp_is_its_anchors_own_or_their_log_linear_mean():
     with pytest.raises(ValueError, match="outside"):
         lambda_at(LAMBDAS, 3.5)
     # the loss the weights were trained for: bpp + lambda * MSE on 0..255 (PSNR 40 dB: MSE 6.5025)
-    assert rd_cost(1000, 8000, 40.0, 0.01) == pytest.approx(1.0 + 0.01 * 6.5025)
-    assert rd_cost(1000, 8000, math.inf, 0.01) == 1.0
+    assert rd_cost(1000 * 8 / 8000, 40.0, 0.01) == pytest.approx(1.0 + 0.01 * 6.5025)
+    assert rd_cost(1000 * 8 / 8000, math.inf, 0.01) == 1.0
 
 
 def test_lambdas_come_from_the_file_or_the_bundled_float_model_it_was_converted_from(pair, tiny_float_checkpoint):
@@ -108,7 +108,7 @@ def test_the_choice_between_weights_follows_the_training_loss_at_a_qp_and_the_ta
             ra, rb = (encode_image(m, img, Target("qp", qp)) for m in (a, b))
             lam = lambda_at(LAMBDAS, qp)
             got = encode_best(a, img, Target("qp", qp), opts, also=[b])
-            want = min((ra, rb), key=lambda r: rd_cost(r.bytes, px, r.psnr, lam))
+            want = min((ra, rb), key=lambda r: rd_cost(r.bytes * 8 / px, r.psnr, lam))
             assert got.winner.data == want.data and got.winner.model == want.header.model_name
             assert [c.model for c in got.candidates] == ["tiny-a.pt", "tiny-b.pt"]
             assert got.floor == want.psnr
@@ -169,7 +169,7 @@ def test_eval_reports_the_kept_file_of_each_qp(pair, tmp_path):
         for p, pa, pb in zip(im["points"], ia["points"], ib["points"]):
             lam = lambda_at(LAMBDAS, p["qp"])
             want, name = min(((pa, "tiny-a.pt"), (pb, "tiny-b.pt")),
-                             key=lambda t: rd_cost(t[0]["bytes"], px, t[0]["psnr"], lam))
+                             key=lambda t: rd_cost(t[0]["bytes"] * 8 / px, t[0]["psnr"], lam))
             assert (p["bytes"], p["psnr"], p["model"]) == (want["bytes"], want["psnr"], name)
 
 

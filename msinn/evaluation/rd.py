@@ -179,7 +179,7 @@ def _code_best(models: Sequence[CodecModel], lambdas: Sequence[float] | None, co
     for i, m in enumerate(models):
         nbytes, rec, enc_s, dec_s = coder(m, img, qp)
         total_enc += enc_s
-        cost = rd_cost(nbytes, pixels, psnr_uint8(img, rec), lam)
+        cost = rd_cost(nbytes * 8 / pixels, psnr_uint8(img, rec), lam)
         if cost < best_cost:
             best, best_cost = (nbytes, rec, dec_s, getattr(m, "model_name", None) or f"weights {i}"), cost
     nbytes, rec, dec_s, name = best
